@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what `make demo`, `make test` and the benchmarks need on a fresh
+# Debian bookworm machine that has only the Rust toolchain. Idempotent: every
+# step checks first and skips what is present.
+#   scripts/bootstrap.sh            build + test prerequisites
+#   scripts/bootstrap.sh bench      also the baselines' packages
+set -euo pipefail
+
+want_bench=${1:-}
+export DEBIAN_FRONTEND=noninteractive
+
+need_pkgs=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+pkgs=(iproute2 iptables nftables containernetworking-plugins iperf3 dnsutils unbound
+      llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc make python3 procps
+      bpftool jq)
+if [ "$want_bench" = bench ]; then
+  pkgs+=(knot knot-dnsutils nsd dnsperf conntrack)
+fi
+for p in "${pkgs[@]}"; do have_pkg "$p" || need_pkgs+=("$p"); done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${need_pkgs[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+# unbound is used as a test upstream only; never leave the system service running.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now unbound >/dev/null 2>&1 || true; fi
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+  rustup component add rust-src --toolchain nightly
+fi
+if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
+  echo "bootstrap: building bpf-linker against LLVM 22 (a few minutes, once)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker \
+    --no-default-features --features llvm-22 >/dev/null 2>&1 \
+  || LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22
+fi
+
+# bpffs, for the pinned maps and programs.
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+  mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
+fi
+echo "bootstrap: ok"

@@ -1,0 +1,1 @@
+//! cni end-to-end tests

@@ -1,0 +1,1 @@
+//! lb end-to-end tests

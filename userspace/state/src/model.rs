@@ -1,0 +1,175 @@
+//! The catalog's own types: what the agent and DNS need of Services and
+//! EndpointSlices, already validated. Sources (YAML directory, Kubernetes API)
+//! translate Kubernetes objects into these; consumers never see raw objects.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `namespace/name` of a Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as the data path keys on it.
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+    /// Lowercase name, as used in SRV labels (`_tcp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+/// `targetPort` of a Service port: a number, or the name of a container port
+/// resolved per endpoint through the EndpointSlice's ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Empty when the Service has a single unnamed port.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub node_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub key: ObjectKey,
+    pub service_type: ServiceType,
+    /// `spec.clusterIPs` (dual-stack: one per family). Empty for headless
+    /// (`clusterIP: None`) and ExternalName Services.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `clusterIP: None`.
+    pub headless: bool,
+    /// `spec.externalName` for ExternalName Services.
+    pub external_name: Option<String>,
+    pub ports: Vec<ServicePort>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `sessionAffinity: ClientIP` with its timeout (default 10800 s).
+    pub session_affinity: Option<Duration>,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_traffic_local: bool,
+    /// `externalTrafficPolicy: Local`.
+    pub external_traffic_local: bool,
+    pub publish_not_ready_addresses: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready`; absent means true (per the EndpointSlice API).
+    pub ready: bool,
+    /// `conditions.serving`; absent means the value of `ready`.
+    pub serving: bool,
+    /// `conditions.terminating`; absent means false.
+    pub terminating: bool,
+    pub hostname: Option<String>,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    /// Name of the Pod in `targetRef`, if any.
+    pub target_pod: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddressType {
+    IPv4,
+    IPv6,
+    Fqdn,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSlice {
+    pub key: ObjectKey,
+    /// `kubernetes.io/service-name` label: the Service this slice belongs to.
+    pub service: ObjectKey,
+    pub address_type: AddressType,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub pod_cidrs: Vec<String>,
+}
+
+/// One consistent view of the cluster: every Service with the EndpointSlices
+/// that name it. Immutable; a new one is published on every change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    pub services: BTreeMap<ObjectKey, Service>,
+    /// Slices grouped by the Service they belong to (which may not exist yet).
+    pub slices: BTreeMap<ObjectKey, Vec<EndpointSlice>>,
+    pub nodes: BTreeMap<String, Node>,
+}
+
+impl Catalog {
+    pub fn slices_of(&self, service: &ObjectKey) -> &[EndpointSlice] {
+        self.slices.get(service).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// What consumers receive: the catalog, whether the source has completed its
+/// first full load (before that, absence proves nothing — no NXDOMAIN, no
+/// deleting map entries), and a generation that increases on every change.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub catalog: Arc<Catalog>,
+    pub ready: bool,
+    pub generation: u64,
+}
