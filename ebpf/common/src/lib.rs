@@ -1,1 +1,294 @@
+//! ferry-common: the one definition of every BPF map key and value, shared by
+//! the eBPF programs (`ebpf/programs`) and userspace (agent, ctl, cni-plugin).
+//!
+//! Rules for every type here:
+//! - `#[repr(C)]` with no implicit padding: the kernel hashes key bytes,
+//!   padding included, so every byte is a named field (`_pad*` = zero).
+//! - Addresses are stored as they appear on the wire (network byte order):
+//!   IPv4 in `addr[0]` with `addr[1..4] == 0`, IPv6 in all four words.
+//! - Ports are in network byte order, as read from the L4 header.
+//! - Sizes are asserted at compile time below and in the tests.
 #![no_std]
+
+/// Pin directory (bpffs) for maps and programs; overridable at run time so
+/// tests can use their own.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ferry";
+
+/// Names of the maps, as they appear in the ELF object and under the pin dir.
+pub mod map_names {
+    pub const SERVICES: &str = "FERRY_SERVICES";
+    pub const BACKENDS: &str = "FERRY_BACKENDS";
+    pub const MAGLEV: &str = "FERRY_MAGLEV";
+    pub const CONNTRACK: &str = "FERRY_CT";
+    pub const REVNAT: &str = "FERRY_REVNAT";
+    pub const AFFINITY: &str = "FERRY_AFFINITY";
+    pub const SERVICE_STATS: &str = "FERRY_SVC_STATS";
+    pub const DROPS: &str = "FERRY_DROPS";
+    pub const GLOBAL_STATS: &str = "FERRY_GLOBAL";
+    pub const CONFIG: &str = "FERRY_CONFIG";
+}
+
+/// Names of the programs (ELF symbol names and pin names under `<pin>/progs`).
+pub mod prog_names {
+    pub const FROM_POD: &str = "ferry_from_pod";
+    pub const TO_POD: &str = "ferry_to_pod";
+}
+
+/// Default map capacities. The Maglev array is `MAX_TABLES * MAGLEV_SIZE`
+/// u32 slots; tables are double-buffered (a new table is written into a free
+/// slot, then the service entry is switched to it), so `MAX_TABLES` must
+/// exceed the number of frontends by the number of updates in flight.
+pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
+pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
+/// Prime, as Maglev requires; >= 100x the backends of a typical Service keeps
+/// the imbalance under 1%. 1021 x 4 bytes x 16384 tables = 67 MB.
+pub const DEFAULT_MAGLEV_SIZE: u32 = 1021;
+pub const DEFAULT_MAX_TABLES: u32 = 16_384;
+pub const DEFAULT_CT_SIZE: u32 = 262_144;
+pub const DEFAULT_AFFINITY_SIZE: u32 = 65_536;
+
+pub const AF_INET: u8 = 4;
+pub const AF_INET6: u8 = 6;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// A frontend: one (VIP, port, protocol) of a Service. Key of `FERRY_SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// `AF_INET` (4) or `AF_INET6` (6).
+    pub family: u8,
+}
+
+/// Service flags (`ServiceValue::flags`).
+pub mod service_flags {
+    /// `sessionAffinity: ClientIP`; `affinity_timeout_s` is valid.
+    pub const AFFINITY: u32 = 1 << 0;
+    /// `internalTrafficPolicy: Local` (the agent only lists local backends).
+    pub const LOCAL_ONLY: u32 = 1 << 1;
+}
+
+/// Value of `FERRY_SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Frontend id: index into per-service counters, owner of backends.
+    pub id: u32,
+    /// Backends eligible for new flows (the Maglev table's population).
+    /// 0 = no endpoints: new flows are rejected (TCP RST / ICMP unreachable).
+    pub backend_count: u32,
+    /// Which Maglev table (index into `FERRY_MAGLEV` / `maglev_size`).
+    pub maglev_table: u32,
+    pub flags: u32,
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
+}
+
+/// Backend states (`BackendValue::state`).
+pub mod backend_state {
+    /// Ready: receives new flows.
+    pub const ACTIVE: u8 = 0;
+    /// Terminating (or not ready but serving): keeps its existing flows.
+    pub const TERMINATING: u8 = 1;
+}
+
+/// Value of `FERRY_BACKENDS`, keyed by a u32 backend id. Backend ids are
+/// allocated per (frontend, endpoint), never shared between frontends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    pub addr: [u32; 4],
+    /// Network byte order (the resolved target port).
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// The frontend this backend belongs to.
+    pub service_id: u32,
+    pub state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of `FERRY_CT`: the flow as the client sent it (client -> VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// CT flags (`CtValue::flags`).
+pub mod ct_flags {
+    pub const SEEN_REPLY: u32 = 1 << 0;
+    pub const FIN_SEEN: u32 = 1 << 1;
+    pub const RST_SEEN: u32 = 1 << 2;
+    /// The client reached itself through the Service: its source was
+    /// SNATed to the VIP so the reply comes back through us.
+    pub const HAIRPIN: u32 = 1 << 3;
+}
+
+/// Value of `FERRY_CT`. The backend's address and port are stored so that an
+/// established TCP flow keeps its backend even after the backend leaves the
+/// maps; UDP flows re-check `backend_id` and move when it is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    pub backend_addr: [u32; 4],
+    pub backend_port: u16,
+    pub _pad: u16,
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub flags: u32,
+    /// bpf_ktime_get_ns() of creation and of the last packet.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// Key of `FERRY_REVNAT`: the reply as the backend sends it (backend -> client).
+pub type RevNatKey = CtKey;
+
+/// Value of `FERRY_REVNAT`: what the reply's source must be rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNatValue {
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    /// For hairpin flows: the client's original address, to restore as the
+    /// reply's destination (the request's source was rewritten to the VIP).
+    pub orig_client: [u32; 4],
+    pub flags: u32,
+}
+
+/// Key of `FERRY_AFFINITY` (`sessionAffinity: ClientIP`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: [u32; 4],
+    pub service_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_used_ns: u64,
+}
+
+/// Per-CPU packet/byte counters per frontend id (`FERRY_SVC_STATS`, an array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Global per-CPU counters (`FERRY_GLOBAL`, array indexed by these).
+pub mod global_stat {
+    pub const CT_CREATED: u32 = 0;
+    pub const CT_INSERT_FAILED: u32 = 1;
+    pub const NO_ENDPOINTS_REJECTED: u32 = 2;
+    pub const HAIRPIN: u32 = 3;
+    pub const UDP_RESELECTED: u32 = 4;
+    pub const MAX: u32 = 8;
+}
+
+/// Runtime configuration (`FERRY_CONFIG`, a 1-entry array) written by the
+/// agent at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub maglev_size: u32,
+    pub max_tables: u32,
+}
+
+/// Why a packet was dropped: the eBPF error type, the index of `FERRY_DROPS`
+/// (a per-CPU array of u64) and the `reason` label of the drop metric.
+/// Codes are stable: never renumber, only append.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Headers shorter than they claim, or cut off.
+    Malformed = 1,
+    /// A fragment of a packet to a VIP (no L4 header to translate).
+    Fragment = 2,
+    /// A new flow to a Service with no endpoints (answered with RST/ICMP).
+    NoEndpoints = 3,
+    /// The Maglev slot or backend entry was missing.
+    NoBackend = 4,
+    /// A helper (store/csum/redirect) failed.
+    HelperFailed = 5,
+    /// The conntrack map was full and the insert failed.
+    CtFull = 6,
+    /// IPv4 header with options on a VIP-bound packet we do not translate.
+    Unsupported = 7,
+}
+
+impl DropReason {
+    pub const MAX: u32 = 16;
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Malformed,
+        DropReason::Fragment,
+        DropReason::NoEndpoints,
+        DropReason::NoBackend,
+        DropReason::HelperFailed,
+        DropReason::CtFull,
+        DropReason::Unsupported,
+    ];
+
+    /// Metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Fragment => "fragment",
+            DropReason::NoEndpoints => "no_endpoints",
+            DropReason::NoBackend => "no_backend",
+            DropReason::HelperFailed => "helper_failed",
+            DropReason::CtFull => "ct_full",
+            DropReason::Unsupported => "unsupported",
+        }
+    }
+}
+
+// No implicit padding anywhere: sizes are the sums of the fields.
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 24);
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 28);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 48);
+const _: () = assert!(core::mem::size_of::<RevNatValue>() == 40);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, have no padding (asserted above)
+    // and every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for RevNatValue {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for Config {}
+}
