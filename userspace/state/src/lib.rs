@@ -1,9 +1,70 @@
 //! ferry-state: Kubernetes sources folded into one catalog.
 //!
-//! Sources (the YAML directory now, the Kubernetes API later) publish
+//! Sources (the YAML directory now, the Kubernetes API later) feed a
+//! [`Store`], which merges objects by `(kind, namespace/name)` and publishes
 //! [`Snapshot`]s on a `tokio::sync::watch` channel; the agent and ferry-dns
 //! both subscribe to the same channel, so they always agree on what exists.
+//!
+//! # Public API
+//!
+//! ```text
+//! // Live: load a directory, then follow it (inotify). The receiver already
+//! // holds a ready snapshot; every change publishes a new generation.
+//! watch_dir(path).await -> Result<(watch::Receiver<Snapshot>, JoinHandle<()>), SourceError>
+//!
+//! // One-shot, for tools and tests: the catalog plus every skipped object.
+//! load_dir(path) -> Result<(Catalog, Vec<ObjectError>), SourceError>
+//!
+//! // Text -> objects (YAML streams with `---`, JSON, `kind: List`).
+//! parse_documents(text, origin) -> (Vec<Object>, Vec<ObjectError>)
+//! catalog_from_objects(objects) -> Catalog
+//!
+//! // Fixtures for other crates' tests: all-or-nothing.
+//! Catalog::from_yaml(text) -> Result<Catalog, SourceError>
+//!
+//! // Lookups: Catalog::service(ns, name), services_in(ns), namespaces(),
+//! // endpoints_of(&key), node(name), EndpointSlice::port_for(&ServicePort),
+//! // Endpoint::is_serving_terminating() ... see `model`.
+//! ```
+//!
+//! Readiness (STYLE.md principle 8): `Snapshot::ready` is false until the
+//! source's first full load; before that, absence proves nothing.
+//!
+//! Bad input never takes good input down with it: an invalid object is
+//! reported ([`ObjectError`]: file, kind, namespace/name, field, reason) and
+//! skipped. See [`yaml_dir`] for what happens to a file that stops parsing.
 
+pub mod convert;
+pub mod error;
 pub mod model;
+pub mod parse;
+pub mod store;
+pub mod yaml_dir;
 
+pub use convert::{Object, ObjectId};
+pub use error::{ConvertError, ObjectError, SourceError};
 pub use model::*;
+pub use parse::{parse_documents, Format};
+pub use store::Store;
+pub use yaml_dir::{load_dir, watch_dir};
+
+/// Merge objects into a catalog (later declarations of the same object win).
+pub fn catalog_from_objects(objects: impl IntoIterator<Item = Object>) -> Catalog {
+    let mut store = Store::new();
+    store.replace_origin("objects", objects.into_iter().collect());
+    store.into_catalog()
+}
+
+impl Catalog {
+    /// Build a catalog from YAML or JSON text (several documents, Lists).
+    /// Any invalid object is an error: fixtures should be exactly what the
+    /// test means.
+    pub fn from_yaml(text: &str) -> Result<Catalog, SourceError> {
+        let (objects, errors) = parse_documents(text, "from_yaml");
+        if errors.is_empty() {
+            Ok(catalog_from_objects(objects))
+        } else {
+            Err(SourceError::Objects(errors))
+        }
+    }
+}

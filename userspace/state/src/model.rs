@@ -173,3 +173,64 @@ pub struct Snapshot {
     pub ready: bool,
     pub generation: u64,
 }
+
+impl Catalog {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services.get(&ObjectKey::new(namespace, name))
+    }
+
+    /// Services of one namespace, by name.
+    pub fn services_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services
+            .range(ObjectKey::new(namespace, "")..)
+            .take_while(move |(k, _)| k.namespace == namespace)
+            .map(|(_, s)| s)
+    }
+
+    /// Namespaces that hold at least one Service, sorted, each once.
+    pub fn namespaces(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for k in self.services.keys() {
+            if out.last() != Some(&k.namespace.as_str()) {
+                out.push(&k.namespace);
+            }
+        }
+        out
+    }
+
+    /// Every endpoint of a Service across its slices, with the slice it
+    /// came from (for port resolution and the address type).
+    pub fn endpoints_of<'a>(&'a self, service: &ObjectKey) -> impl Iterator<Item = (&'a EndpointSlice, &'a Endpoint)> + 'a {
+        self.slices_of(service).iter().flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+}
+
+impl EndpointSlice {
+    /// The backend port of this slice's endpoints for `port` of the Service.
+    ///
+    /// The EndpointSlice controller names each slice port after the Service
+    /// port and sets its number to the resolved target port (numeric or named
+    /// container port), so matching is by name and protocol. A hand-written
+    /// slice without ports falls back to a numeric `targetPort`; a named
+    /// target port that no slice port matches has no backend port (`None`).
+    pub fn port_for(&self, port: &ServicePort) -> Option<u16> {
+        if let Some(p) = self.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) {
+            return Some(p.port);
+        }
+        match (&port.target_port, self.ports.is_empty()) {
+            (TargetPort::Number(n), true) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl Endpoint {
+    /// Terminating but still serving: used only when no endpoint is ready.
+    pub fn is_serving_terminating(&self) -> bool {
+        self.serving && self.terminating
+    }
+}
