@@ -1,1 +1,462 @@
-//! ferry-netlink
+//! ferry-netlink: network namespaces and the few link, address and route
+//! operations Ferry needs, over rtnetlink / netlink-packet-route.
+//!
+//! Callers are short-lived (the CNI plugin) or test code, so the API is
+//! synchronous: a [`Netlink`] owns a current-thread tokio runtime that is only
+//! driven inside each call. One `Netlink` is one netlink socket in the
+//! namespace it was opened in; [`Netlink::open_in`] opens a second socket in
+//! another namespace that shares the runtime, so a plugin invocation needs
+//! exactly one socket per namespace it touches and never switches namespaces
+//! for individual requests.
+//!
+//! "Already exists" and "does not exist" are answered as values (`Ok(false)`,
+//! `Ok(None)`) where callers need idempotence; everything else is an
+//! [`Error`] carrying the operation and its subject.
+
+mod netns;
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::rc::Rc;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+pub use netns::{Netns, NetnsGuard};
+
+/// Errno values callers branch on.
+pub const EEXIST: i32 = libc::EEXIST;
+pub const ENODEV: i32 = libc::ENODEV;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} network namespace {}: {source}", path.display())]
+    Netns {
+        op: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening a netlink socket: {0}")]
+    Connection(std::io::Error),
+    #[error("netlink {op} {subject}: {source}")]
+    Request {
+        op: &'static str,
+        subject: String,
+        source: rtnetlink::Error,
+    },
+    #[error("{subject} exists but is a {found}, not a {expected}")]
+    WrongKind {
+        subject: String,
+        found: String,
+        expected: &'static str,
+    },
+}
+
+impl Error {
+    /// The kernel's errno for a failed request (positive, e.g. `EEXIST`).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Request {
+                source: rtnetlink::Error::NetlinkError(m),
+                ..
+            } => m.code.map(|c| -c.get()),
+            _ => None,
+        }
+    }
+}
+
+fn request_err(op: &'static str, subject: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let subject = subject.into();
+    move |source| Error::Request { op, subject, source }
+}
+
+/// A link as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    /// Index of the bridge (or other master) this link is enslaved to.
+    pub controller: Option<u32>,
+    pub up: bool,
+    /// `IFLA_INFO_KIND` ("bridge", "veth", ...); None for physical devices.
+    pub kind: Option<String>,
+}
+
+impl Link {
+    fn from_message(m: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            controller: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+            kind: None,
+        };
+        for attr in &m.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    link.mac = Some([a[0], a[1], a[2], a[3], a[4], a[5]])
+                }
+                LinkAttribute::Mtu(v) => link.mtu = *v,
+                LinkAttribute::Controller(c) => link.controller = Some(*c),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            link.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// An interface address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr {
+    pub index: u32,
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+/// A route in the main table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpAddr,
+    pub prefix: u8,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+/// What to create for one veth pair. The peer is created directly inside
+/// `peer_netns` under its final name, so no move-and-rename round trips are
+/// needed and a half-created pod interface never appears in the host
+/// namespace.
+#[derive(Debug)]
+pub struct VethSpec<'a> {
+    pub name: &'a str,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// Bridge to enslave the host end to, in the same request.
+    pub controller: Option<u32>,
+    pub peer_name: &'a str,
+    pub peer_mac: [u8; 6],
+    pub peer_netns: BorrowedFd<'a>,
+}
+
+/// One netlink socket plus the runtime that drives it.
+pub struct Netlink {
+    rt: Rc<tokio::runtime::Runtime>,
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's current network namespace.
+    pub fn open() -> Result<Self, Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(Error::Connection)?;
+        Self::connect(Rc::new(rt))
+    }
+
+    /// A second socket, opened inside `ns` (the socket stays bound to it),
+    /// sharing this one's runtime.
+    pub fn open_in(&self, ns: &Netns) -> Result<Self, Error> {
+        let _guard = ns.enter()?;
+        Self::connect(self.rt.clone())
+    }
+
+    fn connect(rt: Rc<tokio::runtime::Runtime>) -> Result<Self, Error> {
+        let _ctx = rt.enter();
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::Connection)?;
+        rt.spawn(conn);
+        Ok(Self { rt, handle })
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// The link called `name`, if there is one.
+    pub fn link(&self, name: &str) -> Result<Option<Link>, Error> {
+        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        match self.block_on(req.try_next()) {
+            Ok(m) => Ok(m.map(|m| Link::from_message(&m))),
+            Err(e) => {
+                let e = request_err("get link", name)(e);
+                if e.errno() == Some(ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Every link in the namespace.
+    pub fn links(&self) -> Result<Vec<Link>, Error> {
+        let req = self.handle.link().get().execute();
+        let msgs: Vec<LinkMessage> = self
+            .block_on(req.try_collect())
+            .map_err(request_err("dump links", "*"))?;
+        Ok(msgs.iter().map(Link::from_message).collect())
+    }
+
+    /// Creates the bridge (up, with a fixed MAC so it never changes as ports
+    /// come and go) or returns the existing one. Concurrent callers race
+    /// safely: the loser of the creation gets EEXIST and reads the winner's.
+    /// Returns the link and whether this call created it.
+    pub fn ensure_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<(Link, bool), Error> {
+        if let Some(l) = self.existing_bridge(name)? {
+            return Ok((l, false));
+        }
+        let msg = LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build();
+        let created = match self.block_on(self.handle.link().add(msg).execute()) {
+            Ok(()) => true,
+            Err(e) => {
+                let e = request_err("create bridge", name)(e);
+                if e.errno() != Some(EEXIST) {
+                    return Err(e);
+                }
+                false
+            }
+        };
+        let link = self.existing_bridge(name)?.ok_or_else(|| Error::Request {
+            op: "get bridge",
+            subject: name.to_string(),
+            source: rtnetlink::Error::RequestFailed,
+        })?;
+        Ok((link, created))
+    }
+
+    fn existing_bridge(&self, name: &str) -> Result<Option<Link>, Error> {
+        let Some(l) = self.link(name)? else { return Ok(None) };
+        if l.kind.as_deref() != Some("bridge") {
+            return Err(Error::WrongKind {
+                subject: name.to_string(),
+                found: l.kind.unwrap_or_else(|| "device".into()),
+                expected: "bridge",
+            });
+        }
+        if !l.up {
+            self.set_up(l.index)?;
+        }
+        Ok(Some(l))
+    }
+
+    /// Creates a veth pair, host end up and enslaved, peer up inside its
+    /// namespace, in a single request.
+    pub fn add_veth(&self, spec: &VethSpec<'_>) -> Result<(), Error> {
+        let peer = LinkUnspec::new_with_name(spec.peer_name)
+            .mtu(spec.mtu)
+            .address(spec.peer_mac.to_vec())
+            .setns_by_fd(spec.peer_netns.as_raw_fd())
+            .up()
+            .build();
+        let mut b = LinkVeth::new(spec.name, spec.peer_name)
+            .mtu(spec.mtu)
+            .address(spec.mac.to_vec())
+            .up()
+            .set_info_data(netlink_packet_route::link::InfoData::Veth(
+                netlink_packet_route::link::InfoVeth::Peer(peer),
+            ));
+        if let Some(c) = spec.controller {
+            b = b.controller(c);
+        }
+        self.block_on(self.handle.link().add(b.build()).execute())
+            .map_err(request_err("create veth", format!("{} (peer {})", spec.name, spec.peer_name)))
+    }
+
+    pub fn set_up(&self, index: u32) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.block_on(self.handle.link().set(msg).execute())
+            .map_err(request_err("set up", format!("link #{index}")))
+    }
+
+    /// Hairpin mode on a bridge port: frames may leave through the port they
+    /// came in on, so a pod can reach itself through a Service VIP.
+    pub fn set_hairpin(&self, port_index: u32, on: bool) -> Result<(), Error> {
+        let msg = LinkBridgePort::new(port_index)
+            .append_info_data(InfoBridgePort::HairpinMode(on))
+            .build();
+        self.block_on(self.handle.link().set_port(msg).execute())
+            .map_err(request_err("set hairpin", format!("link #{port_index}")))
+    }
+
+    /// Deletes the link called `name`; Ok(false) if there was none.
+    pub fn del_link(&self, name: &str) -> Result<bool, Error> {
+        let msg = LinkUnspec::new_with_name(name).build();
+        match self.block_on(self.handle.link().del_with_message(msg).execute()) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = request_err("delete link", name)(e);
+                if e.errno() == Some(ENODEV) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Adds an address; Ok(false) if it was already there. IPv6 addresses
+    /// are added with IFA_F_NODAD: the address is ours by IPAM, and duplicate
+    /// address detection would keep it "tentative" (unusable) for a second
+    /// or more after ADD returned.
+    pub fn add_addr(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<bool, Error> {
+        let mut req = self.handle.address().add(index, ip, prefix);
+        if ip.is_ipv6() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match self.block_on(req.execute()) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = request_err("add address", format!("{ip}/{prefix} on link #{index}"))(e);
+                if e.errno() == Some(EEXIST) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Addresses, of one link or (None) of all links.
+    pub fn addrs(&self, index: Option<u32>) -> Result<Vec<Addr>, Error> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let msgs: Vec<AddressMessage> = self
+            .block_on(req.execute().try_collect())
+            .map_err(request_err("dump addresses", "*"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                // IFA_LOCAL is the interface's own address on point-to-point
+                // links; IFA_ADDRESS otherwise. Prefer LOCAL when present.
+                let ip = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    })
+                    .or_else(|| {
+                        m.attributes.iter().find_map(|a| match a {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    })?;
+                Some(Addr {
+                    index: m.header.index,
+                    ip,
+                    prefix: m.header.prefix_len,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds a route in the main table; Ok(false) if it already existed.
+    pub fn add_route(&self, route: &Route) -> Result<bool, Error> {
+        let subject = || format!("{}/{} via {:?}", route.dst, route.prefix, route.gateway);
+        let invalid = |e: String| Error::Request {
+            op: "build route",
+            subject: format!("{}: {e}", subject()),
+            source: rtnetlink::Error::RequestFailed,
+        };
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(route.dst, route.prefix)
+            .map_err(|e| invalid(e.to_string()))?;
+        if let Some(gw) = route.gateway {
+            b = b.gateway(gw).map_err(|e| invalid(e.to_string()))?;
+        }
+        if let Some(oif) = route.oif {
+            b = b.output_interface(oif);
+        }
+        match self.block_on(self.handle.route().add(b.build()).execute()) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = request_err("add route", subject())(e);
+                if e.errno() == Some(EEXIST) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Routes of the main table for one address family.
+    pub fn routes(&self, v6: bool) -> Result<Vec<Route>, Error> {
+        let msg = if v6 {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        };
+        let msgs: Vec<RouteMessage> = self
+            .block_on(self.handle.route().get(msg).execute().try_collect())
+            .map_err(request_err("dump routes", if v6 { "ipv6" } else { "ipv4" }))?;
+        let unspecified: IpAddr = if v6 {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        };
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.table == RT_TABLE_MAIN)
+            .filter(|m| {
+                let fam = m.header.address_family;
+                fam == if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet }
+            })
+            .map(|m| {
+                let mut r = Route {
+                    dst: unspecified,
+                    prefix: m.header.destination_prefix_length,
+                    gateway: None,
+                    oif: None,
+                };
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => {
+                            if let Some(ip) = route_ip(d) {
+                                r.dst = ip
+                            }
+                        }
+                        RouteAttribute::Gateway(g) => r.gateway = route_ip(g),
+                        RouteAttribute::Via(RouteVia::Inet(v)) => r.gateway = Some((*v).into()),
+                        RouteAttribute::Via(RouteVia::Inet6(v)) => r.gateway = Some((*v).into()),
+                        RouteAttribute::Oif(o) => r.oif = Some(*o),
+                        _ => {}
+                    }
+                }
+                r
+            })
+            .collect())
+    }
+}
+
+const RT_TABLE_MAIN: u8 = 254;
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some((*v).into()),
+        RouteAddress::Inet6(v) => Some((*v).into()),
+        _ => None,
+    }
+}
