@@ -1,1 +1,68 @@
-//! netns harness
+//! The netns harness: every privileged test builds its own world and tears it
+//! down even when it panics.
+//!
+//! ```text
+//!  root netns (untouched: no link, route, sysctl or rule is added here)
+//!
+//!  node netns "fyt<pid>n<k>"     ip_forward=1, send_redirects=0
+//!   ferry0 (bridge, created by the plugin on the first ADD)
+//!    ├─ fer<hash>  ─── veth ───  eth0  in pod netns "fyt<pid>n<k>p<j>"
+//!    └─ fer<hash>  ─── veth ───  eth0  in pod netns ...
+//! ```
+//!
+//! API (all `Drop`-cleaned; names include the test pid and a counter, so
+//! tests run concurrently and leftovers of killed runs are swept later):
+//!
+//! - [`Node::new()`] / [`Node::with_config`]`(`[`NodeConfig`]`)`: a node netns
+//!   and a netconf (dual-stack 10.244.0.0/24 + fd00:10:244::/64 on bridge
+//!   `ferry0` by default; `extra` JSON is merged in, e.g. `{"pinDir": ..}`).
+//!   `node.netconf()`, `node.ipam_dir()`, `node.scratch()`, `node.name()`,
+//!   `node.netns_path()`, `node.ip(&["link"])`, `node.run(|| ..)` (closure on
+//!   a fresh thread inside the node netns), `node.spawn(&mut Command)`
+//!   (long-running process in the node netns, SIGKILLed on drop),
+//!   `node.cni(&CniCall)` (raw plugin invocation, 10 s limit).
+//! - `node.add_pod("name") -> `[`Pod`]: a pod netns attached by running the
+//!   real `ferry` binary as a runtime does (CNI_* env, netconf on stdin, in
+//!   the node netns). `add_pod_with(name, &netconf, cni_args)` returns the
+//!   plugin's [`CniOutput`] on failure. `new_sandbox` + `attach` split the
+//!   two steps. The binary is `$FERRY_BIN_DIR/ferry`, else next to the test
+//!   executable's `target/release/`.
+//! - [`Pod`]: `ipv4()`, `ipv6()`, `host_veth`, `result` (the ADD result),
+//!   `run(|| ..)` (open sockets inside the pod from Rust), `spawn(&mut Command)`,
+//!   `ip(&[..])`, `cni("CHECK")` (any command with prevResult), `delete()`.
+//!   Drop runs DEL and removes the netns.
+//! - [`IdServer::tcp`]`(pod.netns_path(), port, "id")` / [`IdServer::udp`]: a
+//!   server on `[::]:port` in a pod answering `<id>\n` (TCP then echoes), and
+//!   the clients [`tcp_id`] / [`udp_id`] to call from inside `Pod::run`.
+//! - [`assert_eventually!`]`(cond, timeout, "msg {}", args)`: retries `cond`
+//!   every 10 ms until it holds or the deadline passes (then panics).
+//! - [`util`]: `sh`, `run_timeout` (every external command has a time
+//!   limit), `NamedNetns`, `run_in`, `in_netns`, `unique`.
+
+pub mod node;
+pub mod server;
+pub mod util;
+
+pub use node::{cni_path, ferry_bin_dir, merge, CniCall, CniOutput, Node, NodeConfig, Pod, Proc, Sandbox};
+pub use server::{tcp_id, udp_id, IdServer};
+
+/// Retries a boolean expression until it is true or the timeout expires:
+/// `assert_eventually!(cond, Duration::from_secs(2))` or with a message.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $timeout:expr) => {
+        $crate::assert_eventually!($cond, $timeout, "{}", stringify!($cond))
+    };
+    ($cond:expr, $timeout:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + $timeout;
+        loop {
+            if $cond {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!("not true within {:?}: {}", $timeout, format!($($msg)+));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }};
+}
