@@ -4,4 +4,5 @@
 //! attach, HTTP) sit at the edges.
 
 pub mod desired;
+pub mod diff;
 pub mod maglev;

@@ -12,7 +12,7 @@
 
 use thiserror::Error;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum MaglevError {
     #[error("maglev table size {0} is not a prime (the permutation needs a prime to visit every slot)")]
     NotPrime(u32),
