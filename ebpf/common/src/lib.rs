@@ -47,6 +47,14 @@ pub const DEFAULT_MAX_TABLES: u32 = 16_384;
 pub const DEFAULT_CT_SIZE: u32 = 262_144;
 pub const DEFAULT_AFFINITY_SIZE: u32 = 65_536;
 
+/// Source address a hairpin flow (a pod reaching itself through its own
+/// Service) is SNATed to, so that the pod's reply leaves it and comes back
+/// through the from-pod program to be reverse-translated. Link-local, as
+/// Cilium's 169.254.42.1, never assigned to an interface. Wire order bytes.
+pub const HAIRPIN_V4: [u8; 4] = [169, 254, 42, 1];
+/// IPv6 counterpart, from the discard-only prefix 100::/64 (RFC 6666).
+pub const HAIRPIN_V6: [u8; 16] = [0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42, 0, 1];
+
 pub const AF_INET: u8 = 4;
 pub const AF_INET6: u8 = 6;
 
@@ -291,4 +299,41 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    /// Every map type is exactly the sum of its fields (no implicit
+    /// padding the kernel would hash) and aligned as the kernel expects.
+    #[test]
+    fn sizes_and_alignment() {
+        // (type, size, sum of field sizes, alignment)
+        let rows: [(&str, usize, usize, usize); 10] = [
+            ("ServiceKey", size_of::<ServiceKey>(), 16 + 2 + 1 + 1, align_of::<ServiceKey>()),
+            ("ServiceValue", size_of::<ServiceValue>(), 6 * 4, align_of::<ServiceValue>()),
+            ("BackendValue", size_of::<BackendValue>(), 16 + 2 + 1 + 1 + 4 + 1 + 3, align_of::<BackendValue>()),
+            ("CtKey", size_of::<CtKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2, align_of::<CtKey>()),
+            ("CtValue", size_of::<CtValue>(), 16 + 2 + 2 + 4 + 4 + 4 + 8 + 8, align_of::<CtValue>()),
+            ("RevNatValue", size_of::<RevNatValue>(), 16 + 2 + 2 + 16 + 4, align_of::<RevNatValue>()),
+            ("AffinityKey", size_of::<AffinityKey>(), 16 + 4 + 1 + 3, align_of::<AffinityKey>()),
+            ("AffinityValue", size_of::<AffinityValue>(), 4 + 4 + 8, align_of::<AffinityValue>()),
+            ("Counter", size_of::<Counter>(), 8 + 8, align_of::<Counter>()),
+            ("Config", size_of::<Config>(), 4 + 4, align_of::<Config>()),
+        ];
+        for (name, size, fields, align) in rows {
+            assert_eq!(size, fields, "{name}: implicit padding");
+            assert!(align <= 8, "{name}: alignment {align}");
+        }
+    }
+
+    #[test]
+    fn drop_reason_codes_are_stable_and_in_range() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32 + 1, "{}", r.as_str());
+            assert!((*r as u32) < DropReason::MAX);
+        }
+    }
 }

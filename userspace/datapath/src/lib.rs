@@ -1,1 +1,116 @@
-//! ferry-datapath
+//! ferry-datapath: the userspace handle on Ferry's eBPF data path.
+//!
+//! The eBPF object (`ebpf/programs`, built by this crate's build.rs) is
+//! embedded. Everything lives pinned under one bpffs directory (default
+//! [`ferry_common::DEFAULT_PIN_DIR`]), so a restarted agent (even after
+//! `kill -9`), `ferryctl` and the CNI plugin all see the same state:
+//!
+//! ```text
+//! <pin_dir>/maps/<MAP NAME>         ferry_common::map_names::*
+//! <pin_dir>/progs/<PROG NAME>       ferry_common::prog_names::*
+//! <pin_dir>/links/<ifindex>-in      tcx ingress link (from-pod) of a host veth
+//! <pin_dir>/links/<ifindex>-out     tcx egress link (to-pod)
+//! ```
+//!
+//! Public API:
+//! - [`load_or_adopt`]`(pin_dir, &DatapathConfig) -> Result<Datapath>`: load the
+//!   programs, reuse pinned maps (creating missing ones), replace the program
+//!   of every pinned link atomically (`bpf_link_update`), re-pin programs.
+//! - [`open_pinned`]`(pin_dir) -> Result<Maps>`: typed handles to every map.
+//! - [`programs_pinned`]`(pin_dir) -> bool`: whether a loader ran.
+//! - [`attach`]`(pin_dir, Iface) -> Result<Attachment>`: from-pod at tcx ingress,
+//!   to-pod at tcx egress of a host veth, pinned so they outlive the caller;
+//!   idempotent. [`detach`]`(pin_dir, ifindex)`, [`gc_links`]`(pin_dir)`.
+//! - [`attach_matching`]`(pin_dir, &IfacePattern)`, [`spawn_attach_watcher`]:
+//!   attach to existing and new interfaces whose name matches a pattern.
+//! - [`test_run`]`(pin_dir, Prog, packet) -> Result<TestRunOutput>`:
+//!   `BPF_PROG_TEST_RUN` of a pinned program.
+//!
+//! Interface names and indexes are those of the calling thread's network
+//! namespace: enter the node namespace first (the watcher thread inherits
+//! the namespace of the thread that spawns it).
+mod attach;
+mod load;
+mod sys;
+mod watch;
+
+use std::{io, path::PathBuf};
+
+pub use attach::{
+    attach, attach_matching, detach, gc_links, link_pins, Attachment, Iface, IfacePattern,
+};
+pub use ferry_common as common;
+pub use load::{
+    load_or_adopt, open_pinned, programs_pinned, test_run, Datapath, DatapathConfig, Maps, Prog,
+    TestRunOutput,
+};
+pub use watch::{spawn_attach_watcher, AttachWatcher, WatchEvent};
+
+/// The eBPF object, built for bpfel by build.rs.
+pub(crate) static ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object (maps pinned under {pin_dir}): {source}")]
+    Load {
+        pin_dir: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("map {name} ({path}): {source}")]
+    Map {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "pinned map {path} has {found} entries but the configuration asks for {want}; \
+         remove it (losing its state) to resize"
+    )]
+    MapSizeMismatch { path: PathBuf, found: u32, want: u32 },
+    #[error("data path not loaded: {0} does not exist (is ferry-agent running?)")]
+    NotLoaded(PathBuf),
+    #[error("interface {iface}: {source}")]
+    Interface {
+        iface: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { op, path, source }
+}

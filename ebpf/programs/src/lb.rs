@@ -1,0 +1,163 @@
+//! from-pod: Service lookup, backend selection (conntrack, ClientIP
+//! affinity, Maglev) and DNAT of packets leaving a pod.
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use ferry_common::{
+    global_stat, service_flags, AffinityKey, AffinityValue, DropReason, ServiceKey, ServiceValue,
+    AF_INET, IPPROTO_TCP,
+};
+
+use crate::{
+    conntrack::{self, backend_usable, now_ns, Target},
+    csum::{set_addr, set_port},
+    maps::{count_global, count_service, FERRY_AFFINITY, FERRY_CONFIG, FERRY_MAGLEV, FERRY_SERVICES},
+    nat::{self, hairpin_addr},
+    parse::{parse, Packet, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF},
+};
+
+pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(pkt) = parse(ctx) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let hairpin = hairpin_addr(pkt.family);
+    if pkt.dst == hairpin {
+        return nat::hairpin_reply(ctx, &pkt);
+    }
+    let skey = ServiceKey {
+        addr: pkt.dst,
+        port: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    // Non-service traffic: one hash lookup, untouched.
+    let Some(svc) = FERRY_SERVICES.get_ptr(&skey) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    // SAFETY: map value pointer, copied once.
+    let svc = unsafe { *svc };
+    // A VIP-bound packet we cannot translate faithfully is dropped (and
+    // counted by reason), never half-translated.
+    if let Some(reason) = pkt.problem {
+        return Err(reason);
+    }
+    count_service(svc.id, ctx.len());
+
+    let now = now_ns();
+    let key = conntrack::flow_key(&pkt);
+    let target = match conntrack::lookup_forward(&key, &pkt, &svc, now) {
+        Some(t) => t,
+        None => {
+            if svc.backend_count == 0 {
+                count_global(global_stat::NO_ENDPOINTS_REJECTED);
+                return nat::reject(ctx, &pkt);
+            }
+            let backend_id = select_backend(&pkt, &svc, now)?;
+            let b = backend_usable(backend_id, svc.id).ok_or(DropReason::NoBackend)?;
+            let target = Target {
+                backend_id,
+                addr: b.addr,
+                port: b.port,
+                hairpin: b.addr == pkt.src,
+            };
+            let reply_dst = if target.hairpin { hairpin } else { pkt.src };
+            conntrack::create(&key, &pkt, &svc, &target, &reply_dst, now)?;
+            target
+        }
+    };
+
+    set_addr(ctx, &pkt, IP4_DST_OFF, IP6_DST_OFF, &pkt.dst, &target.addr)?;
+    set_port(ctx, &pkt, pkt.l4_off() + 2, pkt.dport, target.port)?;
+    if target.hairpin {
+        // The client is its own backend: make the reply leave it (towards
+        // the hairpin address) so it comes back through us.
+        set_addr(ctx, &pkt, IP4_SRC_OFF, IP6_SRC_OFF, &pkt.src, &hairpin)?;
+        count_global(global_stat::HAIRPIN);
+    }
+    Ok(TC_ACT_OK as i32)
+}
+
+/// Picks the backend id of a new flow: the client's affinity entry while
+/// it is fresh (`sessionAffinity: ClientIP`), else the Maglev slot of the
+/// flow's hash.
+#[inline(always)]
+fn select_backend(pkt: &Packet, svc: &ServiceValue, now: u64) -> Result<u32, DropReason> {
+    let affinity = svc.flags & service_flags::AFFINITY != 0;
+    let akey = AffinityKey {
+        client: pkt.src,
+        service_id: svc.id,
+        family: pkt.family,
+        _pad: [0; 3],
+    };
+    if affinity {
+        if let Some(a) = FERRY_AFFINITY.get_ptr_mut(&akey) {
+            // SAFETY: map value pointer.
+            let a = unsafe { &mut *a };
+            let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
+            if now.wrapping_sub(a.last_used_ns) <= timeout_ns
+                && backend_usable(a.backend_id, svc.id).is_some()
+            {
+                a.last_used_ns = now;
+                return Ok(a.backend_id);
+            }
+        }
+    }
+    let id = maglev_lookup(svc, flow_hash(pkt))?;
+    if affinity {
+        let v = AffinityValue {
+            backend_id: id,
+            _pad: 0,
+            last_used_ns: now,
+        };
+        // Best effort: without the entry the next flow just hashes again.
+        let _ = FERRY_AFFINITY.insert(&akey, &v, 0);
+    }
+    Ok(id)
+}
+
+#[inline(always)]
+fn maglev_lookup(svc: &ServiceValue, hash: u32) -> Result<u32, DropReason> {
+    let cfg = FERRY_CONFIG.get(0).ok_or(DropReason::NoBackend)?;
+    let size = cfg.maglev_size;
+    if size == 0 || svc.maglev_table >= cfg.max_tables {
+        return Err(DropReason::NoBackend);
+    }
+    let idx = svc.maglev_table * size + hash % size;
+    FERRY_MAGLEV.get(idx).copied().ok_or(DropReason::NoBackend)
+}
+
+/// Hash of the flow's 5-tuple (the VIP side is fixed per Service, so the
+/// client address and both ports carry the entropy). A multiply-xorshift
+/// per word and murmur3's finalizer: cheap, and every input bit moves the
+/// slot.
+#[inline(always)]
+fn flow_hash(pkt: &Packet) -> u32 {
+    let mut h: u32 = 0x9747_b28c ^ pkt.proto as u32;
+    let words = if pkt.family == AF_INET { 1 } else { 4 };
+    let mut i = 0;
+    while i < 4 {
+        if i < words {
+            h = mix(h, pkt.src[i]);
+            h = mix(h, pkt.dst[i]);
+        }
+        i += 1;
+    }
+    h = mix(h, ((pkt.sport as u32) << 16) | pkt.dport as u32);
+    if pkt.proto == IPPROTO_TCP {
+        h ^= 0x5bd1_e995;
+    }
+    fmix(h)
+}
+
+#[inline(always)]
+fn mix(h: u32, v: u32) -> u32 {
+    let k = v.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}

@@ -1,0 +1,76 @@
+//! The maps, named exactly as `ferry_common::map_names` (userspace pins them
+//! by these names). Capacities here are defaults; the loader overrides them
+//! from its configuration before creating the maps.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use ferry_common::{
+    AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason,
+    RevNatKey, RevNatValue, ServiceKey, ServiceValue, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+};
+
+#[map]
+pub static FERRY_SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static FERRY_BACKENDS: HashMap<u32, BackendValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// `max_tables * maglev_size` backend ids; always sized by the loader.
+#[map]
+pub static FERRY_MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static FERRY_CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);
+
+#[map]
+pub static FERRY_REVNAT: LruHashMap<RevNatKey, RevNatValue> =
+    LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);
+
+#[map]
+pub static FERRY_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_SIZE, 0);
+
+#[map]
+pub static FERRY_SVC_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map]
+pub static FERRY_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::MAX, 0);
+
+#[map]
+pub static FERRY_GLOBAL: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(ferry_common::global_stat::MAX, 0);
+
+#[map]
+pub static FERRY_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    if let Some(c) = FERRY_DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_global(stat: u32) {
+    if let Some(c) = FERRY_GLOBAL.get_ptr_mut(stat) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_service(id: u32, bytes: u32) {
+    if let Some(c) = FERRY_SVC_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes as u64;
+        }
+    }
+}

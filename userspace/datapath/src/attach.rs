@@ -1,0 +1,266 @@
+//! Attaching the pinned programs to host veths (tcx), with pinned links so
+//! the attachment outlives the attaching process (CNI plugin, agent).
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    links::FdLink,
+    tc::{TcAttachOptions, TcAttachType},
+    LinkOrder, SchedClassifier,
+};
+use tracing::debug;
+
+use crate::{io_err, load::Prog, sys, Error, Result};
+
+/// An interface of the calling thread's network namespace.
+#[derive(Clone, Copy, Debug)]
+pub enum Iface<'a> {
+    Name(&'a str),
+    Index(u32),
+}
+
+impl<'a> From<&'a str> for Iface<'a> {
+    fn from(name: &'a str) -> Self {
+        Iface::Name(name)
+    }
+}
+
+impl From<u32> for Iface<'_> {
+    fn from(index: u32) -> Self {
+        Iface::Index(index)
+    }
+}
+
+impl Iface<'_> {
+    /// (name, ifindex) in the calling thread's namespace.
+    fn resolve(self) -> Result<(String, u32)> {
+        match self {
+            Iface::Name(name) => nix::net::if_::if_nametoindex(name)
+                .map(|i| (name.to_owned(), i))
+                .map_err(|source| Error::Interface { iface: name.to_owned(), source }),
+            Iface::Index(i) => nix::net::if_::if_indextoname(i)
+                .map(|n| (n.to_string_lossy().into_owned(), i))
+                .map_err(|source| Error::Interface { iface: format!("#{i}"), source }),
+        }
+    }
+}
+
+/// The outcome of [`attach`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub ifname: String,
+    pub ifindex: u32,
+    /// False when both programs were already attached (nothing changed).
+    pub created: bool,
+}
+
+impl Prog {
+    fn suffix(self) -> &'static str {
+        match self {
+            Prog::FromPod => "in",
+            Prog::ToPod => "out",
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Prog::FromPod => TcAttachType::Ingress,
+            Prog::ToPod => TcAttachType::Egress,
+        }
+    }
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn link_path(pin_dir: &Path, ifindex: u32, prog: Prog) -> PathBuf {
+    links_dir(pin_dir).join(format!("{ifindex}-{}", prog.suffix()))
+}
+
+/// Every link pin under `pin_dir`: (ifindex, program, path).
+pub fn link_pins(pin_dir: &Path) -> Result<Vec<(u32, Prog, PathBuf)>> {
+    let dir = links_dir(pin_dir);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("read", dir)(e)),
+    };
+    let mut pins = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err("read", &dir))?;
+        let name = entry.file_name();
+        let Some((idx, suffix)) = name.to_str().and_then(|n| n.split_once('-')) else {
+            continue;
+        };
+        let prog = match suffix {
+            "in" => Prog::FromPod,
+            "out" => Prog::ToPod,
+            _ => continue,
+        };
+        if let Ok(ifindex) = idx.parse() {
+            pins.push((ifindex, prog, entry.path()));
+        }
+    }
+    Ok(pins)
+}
+
+/// Attaches to-pod (tcx egress) then from-pod (tcx ingress) to `iface` and
+/// pins both links under `<pin_dir>/links/<ifindex>-{out,in}`. Idempotent:
+/// a live pinned link is kept; a stale pin (its interface is gone and the
+/// index was reused) is replaced. Reverse NAT goes first so that no flow is
+/// translated before its replies can be.
+pub fn attach<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachment> {
+    let (ifname, ifindex) = iface.into().resolve()?;
+    let mut created = false;
+    for prog in Prog::ALL {
+        let path = link_path(pin_dir, ifindex, prog);
+        if path.exists() {
+            if matches!(sys::link_ifindex(&path), Ok(i) if i == ifindex) {
+                continue;
+            }
+            fs::remove_file(&path).map_err(io_err("remove stale link pin", &path))?;
+        }
+        let prog_path = prog.pin_path(pin_dir);
+        if !prog_path.exists() {
+            return Err(Error::NotLoaded(prog_path));
+        }
+        let mut program = SchedClassifier::from_pin(&prog_path).map_err(|source| Error::Program {
+            name: prog.name().to_owned(),
+            source,
+        })?;
+        let program_err = |source| Error::Program { name: prog.name().to_owned(), source };
+        let id = program
+            .attach_with_options(&ifname, prog.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(program_err)?;
+        let link = program.take_link(id).map_err(program_err)?;
+        let link = FdLink::try_from(link).map_err(|source| Error::Link { path: path.clone(), source })?;
+        match link.pin(&path) {
+            Ok(_pinned) => created = true,
+            // Someone (the CNI plugin or the agent's watcher) attached at the
+            // same moment and pinned first: our unpinned link is detached as
+            // its fd closes here, theirs stays.
+            Err(aya::pin::PinError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::AlreadyExists => {
+                debug!(ifname, ?prog, "already attached concurrently");
+            }
+            Err(source) => return Err(Error::Pin { path, source }),
+        }
+    }
+    Ok(Attachment { ifname, ifindex, created })
+}
+
+/// Detaches both programs from interface `ifindex` by removing the link
+/// pins (the pins are the links' only owners). Returns whether any existed.
+pub fn detach(pin_dir: &Path, ifindex: u32) -> Result<bool> {
+    let mut any = false;
+    for prog in Prog::ALL {
+        let path = link_path(pin_dir, ifindex, prog);
+        match fs::remove_file(&path) {
+            Ok(()) => any = true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove link pin", path)(e)),
+        }
+    }
+    Ok(any)
+}
+
+/// Removes link pins whose interface no longer exists (or whose link the
+/// kernel already detached). Returns the interface indexes cleaned up.
+pub fn gc_links(pin_dir: &Path) -> Result<Vec<u32>> {
+    let mut removed = Vec::new();
+    for (ifindex, _, path) in link_pins(pin_dir)? {
+        let live = matches!(sys::link_ifindex(&path), Ok(i) if i == ifindex);
+        if !live {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove link pin", path)(e)),
+            }
+            if !removed.contains(&ifindex) {
+                removed.push(ifindex);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Which interfaces count as pod veths: a glob where `*` matches any run of
+/// characters (e.g. `veth*`, `fy*`); several globs separated by commas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfacePattern {
+    globs: Vec<String>,
+}
+
+impl IfacePattern {
+    pub fn new(pattern: &str) -> Result<Self> {
+        let globs: Vec<String> = pattern
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if globs.is_empty() {
+            return Err(Error::Config(format!("empty interface pattern {pattern:?}")));
+        }
+        Ok(Self { globs })
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.globs.iter().any(|g| glob_match(g.as_bytes(), name.as_bytes()))
+    }
+}
+
+fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    match pat.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_match(rest, &s[i..])),
+        Some((c, rest)) => s.first() == Some(c) && glob_match(rest, &s[1..]),
+    }
+}
+
+/// Attaches to every existing interface of the calling thread's namespace
+/// whose name matches `pattern`. Returns the attachments (and the
+/// interfaces that failed, with why).
+pub fn attach_matching(pin_dir: &Path, pattern: &IfacePattern) -> Result<(Vec<Attachment>, Vec<(String, Error)>)> {
+    let ifaces = nix::net::if_::if_nameindex().map_err(|source| Error::Interface {
+        iface: "*".to_owned(),
+        source,
+    })?;
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for iface in ifaces.iter() {
+        let name = iface.name().to_string_lossy().into_owned();
+        if !pattern.matches(&name) {
+            continue;
+        }
+        match attach(pin_dir, Iface::Index(iface.index())) {
+            Ok(a) => ok.push(a),
+            Err(e) => failed.push((name, e)),
+        }
+    }
+    Ok((ok, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = IfacePattern::new("veth*, fy*x").unwrap();
+        // (name, matches)
+        for (name, want) in [
+            ("veth1234", true),
+            ("veth", true),
+            ("eth0", false),
+            ("fyx", true),
+            ("fy12x", true),
+            ("fy12", false),
+        ] {
+            assert_eq!(p.matches(name), want, "{name}");
+        }
+        assert!(IfacePattern::new(" , ").is_err());
+    }
+}

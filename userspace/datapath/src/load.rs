@@ -1,0 +1,380 @@
+//! Loading, adopting and opening the pinned data path.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{links::FdLink, links::PinnedLink, tc::SchedClassifierLink, SchedClassifier, TestRun, TestRunOptions},
+    EbpfLoader,
+};
+use ferry_common::{
+    global_stat, map_names, prog_names, AffinityKey, AffinityValue, BackendValue, Config, Counter,
+    CtKey, CtValue, DropReason, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
+};
+use tracing::{debug, info, warn};
+
+use crate::{attach, io_err, Error, Result, ELF};
+
+/// Capacities of the maps. They are fixed when a map is first created and
+/// pinned; adopting pins created with other sizes is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Slots per Maglev table (a prime, see ferry-common).
+    pub maglev_size: u32,
+    /// Number of Maglev tables (`FERRY_MAGLEV` holds `max_tables * maglev_size`).
+    pub max_tables: u32,
+    pub max_services: u32,
+    pub max_backends: u32,
+    /// Conntrack and reverse-NAT entries (LRU).
+    pub ct_size: u32,
+    pub affinity_size: u32,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            maglev_size: ferry_common::DEFAULT_MAGLEV_SIZE,
+            max_tables: ferry_common::DEFAULT_MAX_TABLES,
+            max_services: ferry_common::DEFAULT_MAX_SERVICES,
+            max_backends: ferry_common::DEFAULT_MAX_BACKENDS,
+            ct_size: ferry_common::DEFAULT_CT_SIZE,
+            affinity_size: ferry_common::DEFAULT_AFFINITY_SIZE,
+        }
+    }
+}
+
+impl DatapathConfig {
+    /// Small maps for tests: a few MB instead of ~100 MB.
+    pub fn small() -> Self {
+        Self {
+            maglev_size: 251,
+            max_tables: 64,
+            max_services: 1024,
+            max_backends: 4096,
+            ct_size: 16_384,
+            affinity_size: 1024,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let fields = [
+            ("maglev_size", self.maglev_size),
+            ("max_tables", self.max_tables),
+            ("max_services", self.max_services),
+            ("max_backends", self.max_backends),
+            ("ct_size", self.ct_size),
+            ("affinity_size", self.affinity_size),
+        ];
+        if let Some((name, _)) = fields.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Config(format!("{name} must be > 0")));
+        }
+        self.maglev_slots()?;
+        Ok(())
+    }
+
+    fn maglev_slots(&self) -> Result<u32> {
+        self.max_tables.checked_mul(self.maglev_size).ok_or_else(|| {
+            Error::Config(format!(
+                "max_tables ({}) x maglev_size ({}) overflows u32",
+                self.max_tables, self.maglev_size
+            ))
+        })
+    }
+
+    /// `max_entries` of every map, by name.
+    fn map_sizes(&self) -> Result<[(&'static str, u32); 10]> {
+        Ok([
+            (map_names::SERVICES, self.max_services),
+            (map_names::BACKENDS, self.max_backends),
+            (map_names::MAGLEV, self.maglev_slots()?),
+            (map_names::CONNTRACK, self.ct_size),
+            (map_names::REVNAT, self.ct_size),
+            (map_names::AFFINITY, self.affinity_size),
+            (map_names::SERVICE_STATS, self.max_services),
+            (map_names::DROPS, DropReason::MAX),
+            (map_names::GLOBAL_STATS, global_stat::MAX),
+            (map_names::CONFIG, 1),
+        ])
+    }
+}
+
+/// The two programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Prog {
+    /// tcx ingress of a pod's host veth (packets leaving the pod).
+    FromPod,
+    /// tcx egress of a pod's host veth (packets entering the pod).
+    ToPod,
+}
+
+impl Prog {
+    pub const ALL: [Prog; 2] = [Prog::ToPod, Prog::FromPod];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::FromPod => prog_names::FROM_POD,
+            Prog::ToPod => prog_names::TO_POD,
+        }
+    }
+
+    pub fn pin_path(self, pin_dir: &Path) -> PathBuf {
+        pin_dir.join("progs").join(self.name())
+    }
+}
+
+/// Typed handles on every pinned map. The LRU maps (conntrack, reverse
+/// NAT, affinity) are aya `HashMap`s too: the API is the same.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: HashMap<MapData, u32, BackendValue>,
+    /// Index `table * maglev_size + slot` -> backend id.
+    pub maglev: Array<MapData, u32>,
+    pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub revnat: HashMap<MapData, RevNatKey, RevNatValue>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    /// Per-CPU counters indexed by `ServiceValue::id`.
+    pub service_stats: PerCpuArray<MapData, Counter>,
+    /// Per-CPU counters indexed by `DropReason as u32`.
+    pub drops: PerCpuArray<MapData, u64>,
+    /// Per-CPU counters indexed by `ferry_common::global_stat::*`.
+    pub global: PerCpuArray<MapData, u64>,
+    /// One entry: the Maglev geometry the programs index with.
+    pub config: Array<MapData, Config>,
+}
+
+impl Maps {
+    /// The Maglev geometry the programs use (`FERRY_CONFIG[0]`).
+    pub fn maglev_config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(|source| Error::Map {
+            name: map_names::CONFIG,
+            path: PathBuf::new(),
+            source,
+        })
+    }
+
+    fn from_source(mut take: impl FnMut(&'static str) -> Result<(Map, PathBuf)>) -> Result<Self> {
+        macro_rules! typed {
+            ($name:expr) => {{
+                let (map, path) = take($name)?;
+                map.try_into().map_err(|source| Error::Map { name: $name, path, source })?
+            }};
+        }
+        Ok(Self {
+            services: typed!(map_names::SERVICES),
+            backends: typed!(map_names::BACKENDS),
+            maglev: typed!(map_names::MAGLEV),
+            conntrack: typed!(map_names::CONNTRACK),
+            revnat: typed!(map_names::REVNAT),
+            affinity: typed!(map_names::AFFINITY),
+            service_stats: typed!(map_names::SERVICE_STATS),
+            drops: typed!(map_names::DROPS),
+            global: typed!(map_names::GLOBAL_STATS),
+            config: typed!(map_names::CONFIG),
+        })
+    }
+}
+
+/// A loaded (or adopted) data path.
+pub struct Datapath {
+    pub pin_dir: PathBuf,
+    /// True when the maps were already pinned (a restart): their state,
+    /// conntrack included, was kept.
+    pub adopted: bool,
+    /// Links whose program was replaced by this load.
+    pub links_updated: usize,
+    pub maps: Maps,
+}
+
+fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("maps").join(name)
+}
+
+/// Whether the programs are pinned under `pin_dir` (a loader has run).
+pub fn programs_pinned(pin_dir: &Path) -> bool {
+    Prog::ALL.iter().all(|p| p.pin_path(pin_dir).exists())
+}
+
+/// Loads the embedded programs and pins them and their maps under
+/// `pin_dir`, adopting what a previous loader left there: pinned maps are
+/// reused as they are (so conntrack, services and counters survive an agent
+/// restart), and every pinned link is switched to the new program with
+/// `bpf_link_update`, so no packet ever sees an interface without a program.
+pub fn load_or_adopt(pin_dir: &Path, config: &DatapathConfig) -> Result<Datapath> {
+    config.validate()?;
+    for sub in ["maps", "progs", "links"] {
+        let dir = pin_dir.join(sub);
+        fs::create_dir_all(&dir).map_err(io_err("create", dir))?;
+    }
+    let sizes = config.map_sizes()?;
+    let mut adopted = false;
+    for (name, want) in sizes {
+        let path = map_pin(pin_dir, name);
+        if !path.exists() {
+            continue;
+        }
+        adopted = true;
+        let data = MapData::from_pin(&path).map_err(|source| Error::Map { name, path: path.clone(), source })?;
+        let found = data
+            .info()
+            .map_err(|source| Error::Map { name, path: path.clone(), source })?
+            .max_entries();
+        if found != want {
+            return Err(Error::MapSizeMismatch { path, found, want });
+        }
+    }
+
+    let paths: Vec<(&'static str, PathBuf)> =
+        sizes.iter().map(|(n, _)| (*n, map_pin(pin_dir, n))).collect();
+    let mut loader = EbpfLoader::new();
+    for ((name, size), (_, path)) in sizes.iter().zip(&paths) {
+        loader.map_max_entries(name, *size);
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(ELF).map_err(|source| Error::Load {
+        pin_dir: pin_dir.to_owned(),
+        source: Box::new(source),
+    })?;
+
+    let mut links_updated = 0;
+    for prog in Prog::ALL {
+        let name = prog.name();
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Program {
+                name: name.to_owned(),
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| Error::Program { name: name.to_owned(), source })?;
+        program.load().map_err(|source| Error::Program { name: name.to_owned(), source })?;
+        links_updated += replace_in_links(pin_dir, prog, program)?;
+        pin_program(pin_dir, prog, program)?;
+    }
+
+    let mut maps = Maps::from_source(|name| {
+        let map = ebpf.take_map(name).ok_or_else(|| Error::Map {
+            name,
+            path: map_pin(pin_dir, name),
+            source: aya::maps::MapError::InvalidName { name: name.to_owned() },
+        })?;
+        Ok((map, map_pin(pin_dir, name)))
+    })?;
+    let geometry = Config {
+        maglev_size: config.maglev_size,
+        max_tables: config.max_tables,
+    };
+    maps.config.set(0, geometry, 0).map_err(|source| Error::Map {
+        name: map_names::CONFIG,
+        path: map_pin(pin_dir, map_names::CONFIG),
+        source,
+    })?;
+    info!(pin_dir = %pin_dir.display(), adopted, links_updated, "data path loaded");
+    Ok(Datapath {
+        pin_dir: pin_dir.to_owned(),
+        adopted,
+        links_updated,
+        maps,
+    })
+}
+
+/// Pins `program` at its final path without a moment where the path is
+/// missing: pin under a temporary name, then rename over the old pin.
+fn pin_program(pin_dir: &Path, prog: Prog, program: &mut SchedClassifier) -> Result<()> {
+    let path = prog.pin_path(pin_dir);
+    // bpffs refuses names with a dot.
+    let tmp = pin_dir
+        .join("progs")
+        .join(format!("{}_new{}", prog.name(), std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    program.pin(&tmp).map_err(|source| Error::Pin { path: tmp.clone(), source })?;
+    fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    // aya forgets the temporary name; the pin now lives at `path`.
+    Ok(())
+}
+
+/// Switches every pinned link of `prog`'s direction to `program`; pins of
+/// links whose interface is gone are removed.
+fn replace_in_links(pin_dir: &Path, prog: Prog, program: &mut SchedClassifier) -> Result<usize> {
+    let mut updated = 0;
+    for (ifindex, dir, path) in attach::link_pins(pin_dir)? {
+        if dir != prog {
+            continue;
+        }
+        match crate::sys::link_ifindex(&path) {
+            Ok(i) if i == ifindex => {}
+            _ => {
+                debug!(path = %path.display(), "removing pin of a detached link");
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+        }
+        let pinned = PinnedLink::from_pin(&path).map_err(|source| Error::Link { path: path.clone(), source })?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .map_err(|source| Error::Link { path: path.clone(), source })?;
+        match program.attach_to_link(link) {
+            Ok(id) => {
+                // Keep the pin as the only owner: drop our fd without detaching.
+                let link = program.take_link(id).map_err(|source| Error::Program {
+                    name: prog.name().to_owned(),
+                    source,
+                })?;
+                drop(link);
+                updated += 1;
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "could not replace program in link"),
+        }
+    }
+    Ok(updated)
+}
+
+/// Typed handles on the maps pinned under `pin_dir` (for the agent after a
+/// load, and for ferryctl, which works with the agent down).
+pub fn open_pinned(pin_dir: &Path) -> Result<Maps> {
+    Maps::from_source(|name| {
+        let path = map_pin(pin_dir, name);
+        if !path.exists() {
+            return Err(Error::NotLoaded(path));
+        }
+        let data = MapData::from_pin(&path).map_err(|source| Error::Map { name, path: path.clone(), source })?;
+        let map = Map::from_map_data(data).map_err(|source| Error::Map { name, path: path.clone(), source })?;
+        Ok((map, path))
+    })
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// The program's return value (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2,
+    /// `TC_ACT_REDIRECT` 7).
+    pub verdict: u32,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+}
+
+/// Runs the pinned program `prog` once on `packet` (an Ethernet frame) with
+/// `BPF_PROG_TEST_RUN`, against the live pinned maps.
+pub fn test_run(pin_dir: &Path, prog: Prog, packet: &[u8]) -> Result<TestRunOutput> {
+    let path = prog.pin_path(pin_dir);
+    if !path.exists() {
+        return Err(Error::NotLoaded(path));
+    }
+    let program = SchedClassifier::from_pin(&path).map_err(|source| Error::Program {
+        name: prog.name().to_owned(),
+        source,
+    })?;
+    let mut out = vec![0u8; packet.len() + 256];
+    let res = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .map_err(|source| Error::Program { name: prog.name().to_owned(), source })?;
+    out.truncate(res.data_size_out as usize);
+    Ok(TestRunOutput {
+        verdict: res.return_value,
+        packet: out,
+    })
+}

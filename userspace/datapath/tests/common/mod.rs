@@ -1,0 +1,329 @@
+//! Shared by the datapath crate's privileged tests: a per-test bpffs pin
+//! directory removed on drop, map programming shortcuts, and a hand-made
+//! packet builder / decoder with checksum verification.
+#![allow(dead_code)]
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use ferry_common::{BackendValue, ServiceKey, ServiceValue, AF_INET, AF_INET6};
+use ferry_datapath::Maps;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// `/sys/fs/bpf/ferry-test-<pid>-<n>`, removed (pins, hence maps, programs
+/// and links) on drop, also when the test panics.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new() -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = PathBuf::from(format!("/sys/fs/bpf/ferry-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        PinDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Map layout of an address (as on the wire).
+pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let mut w = [0u32; 4];
+            for (i, c) in o.chunks(4).enumerate() {
+                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            (w, AF_INET6)
+        }
+    }
+}
+
+pub fn svc_key(vip: IpAddr, port: u16, proto: u8) -> ServiceKey {
+    let (addr, family) = addr_words(vip);
+    ServiceKey { addr, port: port.to_be(), proto, family }
+}
+
+pub fn backend(addr: IpAddr, port: u16, proto: u8, service_id: u32) -> BackendValue {
+    let (a, family) = addr_words(addr);
+    BackendValue {
+        addr: a,
+        port: port.to_be(),
+        proto,
+        family,
+        service_id,
+        state: ferry_common::backend_state::ACTIVE,
+        _pad: [0; 3],
+    }
+}
+
+/// Programs one frontend `id` with the given backends (ids `id*100 + i`),
+/// Maglev table `id` filled round-robin (what a real Maglev table
+/// approximates), written backends first, service last.
+pub fn program_service(
+    maps: &mut Maps,
+    id: u32,
+    vip: IpAddr,
+    port: u16,
+    proto: u8,
+    backends: &[(IpAddr, u16)],
+    flags: u32,
+    affinity_timeout_s: u32,
+) -> Vec<u32> {
+    let cfg = maps.maglev_config().unwrap();
+    let mut ids = Vec::new();
+    for (i, (a, p)) in backends.iter().enumerate() {
+        let bid = id * 100 + i as u32;
+        maps.backends.insert(bid, backend(*a, *p, proto, id), 0).unwrap();
+        ids.push(bid);
+    }
+    if !ids.is_empty() {
+        for slot in 0..cfg.maglev_size {
+            maps.maglev
+                .set(id * cfg.maglev_size + slot, ids[slot as usize % ids.len()], 0)
+                .unwrap();
+        }
+    }
+    let value = ServiceValue {
+        id,
+        backend_count: ids.len() as u32,
+        maglev_table: id,
+        flags,
+        affinity_timeout_s,
+        _pad: 0,
+    };
+    maps.services.insert(svc_key(vip, port, proto), value, 0).unwrap();
+    ids
+}
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const RST: u8 = 0x04;
+
+/// A packet to build by hand. Defaults make a valid TCP SYN; the knobs
+/// make it malformed in one specific way.
+#[derive(Clone, Debug)]
+pub struct Pkt {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload: Vec<u8>,
+    /// TCP options (padded to 4 bytes by the caller).
+    pub tcp_opts: Vec<u8>,
+    /// IPv4 options (a multiple of 4 bytes).
+    pub ip_opts: Vec<u8>,
+    /// IPv4 frag_off field (host order, flags included).
+    pub frag: u16,
+    /// Added to the IP length field (tot_len / payload_len).
+    pub len_delta: i32,
+    /// IPv6 hop-by-hop extension header before the L4 header.
+    pub ext_hdr: bool,
+    /// Override of the TCP data offset (in 32-bit words).
+    pub doff: Option<u8>,
+    /// Cut the frame to this many bytes after building.
+    pub truncate: Option<usize>,
+}
+
+impl Pkt {
+    pub fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Self {
+        Pkt {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: TCP,
+            sport,
+            dport,
+            flags,
+            seq: 1000,
+            ack: if flags & ACK != 0 { 5000 } else { 0 },
+            payload: Vec::new(),
+            tcp_opts: Vec::new(),
+            ip_opts: Vec::new(),
+            frag: 0,
+            len_delta: 0,
+            ext_hdr: false,
+            doff: None,
+            truncate: None,
+        }
+    }
+
+    pub fn udp(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Self {
+        Pkt {
+            proto: UDP,
+            payload: payload.to_vec(),
+            ..Pkt::tcp(src, sport, dst, dport, 0)
+        }
+    }
+
+    fn l4(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        l4.extend_from_slice(&self.sport.to_be_bytes());
+        l4.extend_from_slice(&self.dport.to_be_bytes());
+        if self.proto == TCP {
+            l4.extend_from_slice(&self.seq.to_be_bytes());
+            l4.extend_from_slice(&self.ack.to_be_bytes());
+            let doff = self.doff.unwrap_or(5 + (self.tcp_opts.len() / 4) as u8);
+            l4.push(doff << 4);
+            l4.push(self.flags);
+            l4.extend_from_slice(&64240u16.to_be_bytes());
+            l4.extend_from_slice(&[0, 0, 0, 0]); // csum, urg
+            l4.extend_from_slice(&self.tcp_opts);
+        } else {
+            l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+            l4.extend_from_slice(&[0, 0]);
+        }
+        l4.extend_from_slice(&self.payload);
+        let csum_off = if self.proto == TCP { 16 } else { 6 };
+        let c = l4_checksum(self.src, self.dst, self.proto, &l4);
+        l4[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
+        l4
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let l4 = self.l4();
+        let mut f = vec![0x02, 0, 0, 0, 0, 0xbb, 0x02, 0, 0, 0, 0, 0xaa];
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                f.extend_from_slice(&0x0800u16.to_be_bytes());
+                let ihl = 5 + self.ip_opts.len() / 4;
+                let tot = (ihl * 4 + l4.len()) as i32 + self.len_delta;
+                let mut ip = vec![0x40 | ihl as u8, 0];
+                ip.extend_from_slice(&(tot as u16).to_be_bytes());
+                ip.extend_from_slice(&[0x12, 0x34]);
+                ip.extend_from_slice(&self.frag.to_be_bytes());
+                ip.extend_from_slice(&[64, self.proto, 0, 0]);
+                ip.extend_from_slice(&s.octets());
+                ip.extend_from_slice(&d.octets());
+                ip.extend_from_slice(&self.ip_opts);
+                let c = fold(sum(&ip));
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+                f.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                f.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let ext = if self.ext_hdr { 8 } else { 0 };
+                let plen = (ext + l4.len()) as i32 + self.len_delta;
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&(plen as u16).to_be_bytes());
+                f.push(if self.ext_hdr { 0 } else { self.proto });
+                f.push(64);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+                if self.ext_hdr {
+                    // Hop-by-hop: next header, length 0 (8 bytes), PadN.
+                    f.extend_from_slice(&[self.proto, 0, 1, 4, 0, 0, 0, 0]);
+                }
+            }
+            _ => panic!("mixed families"),
+        }
+        f.extend_from_slice(&l4);
+        if let Some(n) = self.truncate {
+            f.truncate(n);
+        }
+        f
+    }
+}
+
+fn sum(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+    let mut p = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&[0, proto]);
+            p.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&(len as u32).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("mixed families"),
+    }
+    sum(&p)
+}
+
+fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> u16 {
+    let c = fold(pseudo(src, dst, proto, l4.len()) + sum(l4));
+    if proto == UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// What a test observes of a (translated) frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub src_mac: [u8; 6],
+    /// The IPv4 header checksum and the L4 checksum both verify.
+    pub checksums_ok: bool,
+}
+
+/// Decodes a plain (no options, no extension headers) TCP/UDP frame.
+pub fn decode(f: &[u8]) -> Seen {
+    let ethertype = u16::from_be_bytes([f[12], f[13]]);
+    let (src, dst, proto, l4, ip_ok) = if ethertype == 0x0800 {
+        let ip = &f[14..34];
+        let s: [u8; 4] = ip[12..16].try_into().unwrap();
+        let d: [u8; 4] = ip[16..20].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), ip[9], &f[34..], fold(sum(ip)) == 0)
+    } else {
+        let s: [u8; 16] = f[22..38].try_into().unwrap();
+        let d: [u8; 16] = f[38..54].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), f[20], &f[54..], true)
+    };
+    let l4_ok = fold(pseudo(src, dst, proto, l4.len()) + sum(l4)) == 0;
+    let tcp = proto == TCP;
+    Seen {
+        src,
+        dst,
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        flags: if tcp { l4[13] } else { 0 },
+        seq: if tcp { u32::from_be_bytes(l4[4..8].try_into().unwrap()) } else { 0 },
+        ack: if tcp { u32::from_be_bytes(l4[8..12].try_into().unwrap()) } else { 0 },
+        src_mac: f[6..12].try_into().unwrap(),
+        checksums_ok: ip_ok && l4_ok,
+    }
+}
