@@ -1,8 +1,175 @@
 //! ferry-agent: the node agent's logic. `main.rs` only parses flags and calls
 //! [`run`]; everything that decides what goes into the maps is pure and
 //! table-tested here (maglev, desired, diff), and the side effects (map I/O,
-//! attach, HTTP) sit at the edges.
+//! attach, HTTP) sit at the edges (maps, metrics, [`run`]).
 
 pub mod desired;
 pub mod diff;
 pub mod maglev;
+pub mod maps;
+pub mod metrics;
+pub mod names;
+pub mod sync;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_datapath::{DatapathConfig, IfacePattern, WatchEvent};
+use tracing::{info, warn};
+
+use crate::desired::NodeContext;
+use crate::diff::Limits;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "ferry-agent", about = "Ferry node agent: programs the eBPF service load balancer from a catalog")]
+pub struct Args {
+    /// Directory of Kubernetes YAML/JSON (Service, EndpointSlice, Node), followed live.
+    #[arg(long)]
+    pub yaml_dir: PathBuf,
+    /// bpffs directory for the pinned programs, maps and links.
+    #[arg(long, default_value = ferry_common::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Where the frontend names file goes (default: /run/ferry/<pin dir, flattened>).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// This node's name: endpoints with this nodeName are local (internalTrafficPolicy: Local).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Network namespace (a name under /run/netns or a path) holding the pod veths;
+    /// attach work happens there. Default: the agent's own.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Which links are pod veths: comma-separated globs (`veth*,fy*`). Unset: attach nothing
+    /// (the CNI plugin attaches at pod creation).
+    #[arg(long)]
+    pub iface_pattern: Option<String>,
+    /// Slots per Maglev table (prime).
+    #[arg(long, default_value_t = ferry_common::DEFAULT_MAGLEV_SIZE)]
+    pub maglev_size: u32,
+    #[arg(long, default_value_t = ferry_common::DEFAULT_MAX_TABLES)]
+    pub max_tables: u32,
+    #[arg(long, default_value_t = ferry_common::DEFAULT_MAX_SERVICES)]
+    pub max_services: u32,
+    #[arg(long, default_value_t = ferry_common::DEFAULT_MAX_BACKENDS)]
+    pub max_backends: u32,
+    #[arg(long, default_value_t = ferry_common::DEFAULT_CT_SIZE)]
+    pub ct_size: u32,
+    #[arg(long, default_value_t = ferry_common::DEFAULT_AFFINITY_SIZE)]
+    pub affinity_size: u32,
+    /// Listen address for /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:9962")]
+    pub metrics_addr: SocketAddr,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+impl Args {
+    pub fn datapath_config(&self) -> DatapathConfig {
+        DatapathConfig {
+            maglev_size: self.maglev_size,
+            max_tables: self.max_tables,
+            max_services: self.max_services,
+            max_backends: self.max_backends,
+            ct_size: self.ct_size,
+            affinity_size: self.affinity_size,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            maglev_size: self.maglev_size,
+            max_tables: self.max_tables,
+            max_services: self.max_services,
+            max_backends: self.max_backends,
+        }
+    }
+}
+
+pub fn netns_path(netns: &str) -> PathBuf {
+    if netns.contains('/') { PathBuf::from(netns) } else { Path::new("/run/netns").join(netns) }
+}
+
+/// Attaches to matching links (existing and future) from a thread that lives
+/// in the node namespace; returns once existing links are attached.
+fn start_attach(pin_dir: PathBuf, netns: Option<PathBuf>, pattern: IfacePattern) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
+    std::thread::Builder::new().name("ferry-netns".into()).spawn(move || {
+        if let Some(path) = &netns {
+            let entered = std::fs::File::open(path)
+                .with_context(|| format!("opening {}", path.display()))
+                .and_then(|f| nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {}", path.display())));
+            if let Err(e) = entered {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+        let watcher = ferry_datapath::spawn_attach_watcher(pin_dir, pattern, |ev| match ev {
+            WatchEvent::Attached { ifname, ifindex } => info!(ifname, ifindex, "attached"),
+            WatchEvent::AttachFailed { ifname, ifindex, error } => warn!(ifname, ifindex, %error, "attach failed"),
+            WatchEvent::Detached { ifindex } => info!(ifindex, "interface gone"),
+        });
+        match watcher {
+            Ok(w) => {
+                let _ = tx.send(Ok(()));
+                // The watcher lives as long as the process.
+                let _keep = w;
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into()));
+            }
+        }
+    })?;
+    rx.recv().context("attach thread ended")?
+}
+
+/// The agent: load or adopt the data path, follow the catalog, serve metrics.
+/// Returns on SIGINT/SIGTERM, leaving maps, programs and links pinned: the
+/// next agent adopts them and traffic never stops.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    maglev::validate_size(args.maglev_size)?;
+    let dp = ferry_datapath::load_or_adopt(&args.pin_dir, &args.datapath_config())
+        .with_context(|| format!("loading the data path under {}", args.pin_dir.display()))?;
+    let maps = maps::PinnedMaps::new(dp.maps);
+    let programmed = maps.read_programmed(args.limits())?;
+    info!(
+        adopted = dp.adopted,
+        frontends = programmed.frontends.len(),
+        backends = programmed.backend_count(),
+        links_updated = dp.links_updated,
+        "data path ready"
+    );
+    if let Some(pattern) = &args.iface_pattern {
+        let pattern = IfacePattern::new(pattern)?;
+        start_attach(args.pin_dir.clone(), args.netns.as_deref().map(netns_path), pattern)?;
+    }
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| names::default_state_dir(&args.pin_dir));
+    let names_file = names::names_path(&state_dir);
+    let collector = metrics::MapCollector::new(ferry_datapath::open_pinned(&args.pin_dir)?, names_file.clone());
+    let metrics = Arc::new(metrics::Metrics::new(Some(collector)));
+    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+
+    // Absolute, so every file is known by one name (inotify events carry
+    // the watched path).
+    let yaml_dir = std::fs::canonicalize(&args.yaml_dir)
+        .with_context(|| format!("reading {}", args.yaml_dir.display()))?;
+    let (rx, _source) = ferry_state::watch_dir(&yaml_dir)
+        .await
+        .with_context(|| format!("reading {}", args.yaml_dir.display()))?;
+    let rec = sync::Reconciler::new(NodeContext { node_name: args.node_name.clone() }, programmed);
+    let sync_task = tokio::spawn(sync::run_loop(rx, rec, maps, metrics, names_file));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted"),
+        _ = term.recv() => info!("terminated"),
+        r = server => anyhow::bail!("metrics server ended: {r:?}"),
+        _ = sync_task => anyhow::bail!("sync loop ended"),
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The edge where plans meet the kernel: applying [`Op`]s to the pinned maps
+//! and reading them back for adoption.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::maps::{IterableMap, MapError, PerCpuValues};
+use ferry_common::{map_names, Counter};
+use ferry_datapath::Maps;
+use thiserror::Error;
+
+use crate::diff::{Limits, Op, Programmed};
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("{op} in {map}: {source}")]
+    Map {
+        op: &'static str,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("batch update of {map} (table {table}): {source}")]
+    Batch {
+        map: &'static str,
+        table: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where ops go: the pinned maps in production, a recorder in tests.
+pub trait MapWriter {
+    fn apply(&mut self, ops: &[Op], limits: &Limits) -> Result<(), ApplyError>;
+}
+
+/// The live maps.
+pub struct PinnedMaps {
+    pub maps: Maps,
+    ncpus: usize,
+}
+
+impl PinnedMaps {
+    pub fn new(maps: Maps) -> Self {
+        let ncpus = aya::util::nr_cpus().unwrap_or(1);
+        Self { maps, ncpus }
+    }
+
+    /// The maps' content as the planner models it: what a previous agent
+    /// (or this one before a failed apply) left.
+    pub fn read_programmed(&self, limits: Limits) -> Result<Programmed, ApplyError> {
+        let read = |map, source| ApplyError::Map { op: "read", map, source };
+        let services: Vec<_> = self
+            .maps
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| read(map_names::SERVICES, e))?;
+        let backends: Vec<_> = self
+            .maps
+            .backends
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| read(map_names::BACKENDS, e))?;
+        Ok(Programmed::adopt(limits, services, backends))
+    }
+
+    fn write_table(&mut self, table: u32, slots: &[u32], limits: &Limits) -> Result<(), ApplyError> {
+        let base = table * limits.maglev_size;
+        let keys: Vec<u32> = (base..base + slots.len() as u32).collect();
+        let fd = self.maps.maglev.map().fd().as_fd().as_raw_fd();
+        match update_batch(fd, &keys, slots) {
+            Ok(()) => Ok(()),
+            // Kernels without batch ops on arrays: one update per slot.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(524 /* ENOTSUPP, kernel-internal */) => {
+                for (k, v) in keys.iter().zip(slots) {
+                    self.maps.maglev.set(*k, v, 0).map_err(|source| ApplyError::Map {
+                        op: "set",
+                        map: map_names::MAGLEV,
+                        source,
+                    })?;
+                }
+                Ok(())
+            }
+            Err(source) => Err(ApplyError::Batch { map: map_names::MAGLEV, table, source }),
+        }
+    }
+}
+
+/// `BPF_MAP_UPDATE_BATCH`: one syscall per Maglev table instead of one per
+/// slot (10,000 tables x 1021 slots would be 10 M syscalls). aya 0.14 has
+/// no batch API, hence the raw call (layout: `union bpf_attr`, `batch`).
+fn update_batch(map_fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+        // The kernel zero-checks the rest of bpf_attr up to the size passed.
+    }
+    let mut done = 0usize;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: (keys.len() - done) as u32,
+            map_fd: map_fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: attr points at valid key/value arrays of `count` elements
+        // that outlive the call; the kernel writes back only `count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // A partial batch reports how far it got in `count`.
+        if attr.count == 0 {
+            return Err(std::io::Error::other("batch update made no progress"));
+        }
+        done += attr.count as usize;
+    }
+    Ok(())
+}
+
+fn not_found(e: &MapError) -> bool {
+    matches!(e, MapError::KeyNotFound)
+        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+impl MapWriter for PinnedMaps {
+    fn apply(&mut self, ops: &[Op], limits: &Limits) -> Result<(), ApplyError> {
+        let err = |op, map| move |source| ApplyError::Map { op, map, source };
+        for op in ops {
+            match op {
+                Op::PutBackend { id, value } => {
+                    self.maps.backends.insert(id, value, 0).map_err(err("insert", map_names::BACKENDS))?
+                }
+                Op::WriteTable { table, slots } => self.write_table(*table, slots, limits)?,
+                Op::ResetCounters { service_id } => {
+                    let zeros = PerCpuValues::try_from(vec![Counter::default(); self.ncpus]).map_err(|e| {
+                        ApplyError::Map { op: "reset", map: map_names::SERVICE_STATS, source: MapError::from(e) }
+                    })?;
+                    self.maps
+                        .service_stats
+                        .set(*service_id, zeros, 0)
+                        .map_err(err("reset", map_names::SERVICE_STATS))?
+                }
+                Op::PutService { key, value } => {
+                    self.maps.services.insert(key, value, 0).map_err(err("insert", map_names::SERVICES))?
+                }
+                // Already gone is what we wanted (a predecessor got there).
+                Op::DeleteService { key } => match self.maps.services.remove(key) {
+                    Err(e) if !not_found(&e) => return Err(err("remove", map_names::SERVICES)(e)),
+                    _ => {}
+                },
+                Op::DeleteBackend { id } => match self.maps.backends.remove(id) {
+                    Err(e) if !not_found(&e) => return Err(err("remove", map_names::BACKENDS)(e)),
+                    _ => {}
+                },
+            }
+        }
+        Ok(())
+    }
+}

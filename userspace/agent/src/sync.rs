@@ -1,0 +1,290 @@
+//! The reconciler: catalog snapshots in, map ops out.
+//!
+//! Only Services whose object or EndpointSlices changed since the previous
+//! snapshot are translated again and diffed (an endpoint change in a
+//! 10,000-Service catalog touches one Service, not 10,000); the first sync,
+//! and any sync after a failure, is a full one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_state::{Catalog, ObjectKey, Snapshot};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::desired::{desired, service_frontends, DesiredFrontend, Frontend, NodeContext};
+use crate::diff::{plan, Limits, Op, PlanError, Programmed, Scope};
+use crate::maps::{ApplyError, MapWriter, PinnedMaps};
+use crate::metrics::Metrics;
+use crate::names::{self, FrontendName, Names};
+
+pub struct Reconciler {
+    node: NodeContext,
+    programmed: Programmed,
+    desired: BTreeMap<Frontend, DesiredFrontend>,
+    by_service: HashMap<ObjectKey, Vec<Frontend>>,
+    prev: Option<Arc<Catalog>>,
+}
+
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub ops: usize,
+    pub errors: Vec<PlanError>,
+    /// Frontends were added or removed (the names file needs rewriting).
+    pub frontends_changed: bool,
+    pub full: bool,
+}
+
+impl Reconciler {
+    pub fn new(node: NodeContext, programmed: Programmed) -> Self {
+        Self { node, programmed, desired: BTreeMap::new(), by_service: HashMap::new(), prev: None }
+    }
+
+    pub fn programmed(&self) -> &Programmed {
+        &self.programmed
+    }
+
+    /// After a failed apply the model no longer matches the maps: take the
+    /// maps as they are, and make the next sync a full one.
+    pub fn reset(&mut self, programmed: Programmed) {
+        self.programmed = programmed;
+        self.prev = None;
+    }
+
+    pub fn sync(&mut self, catalog: &Arc<Catalog>, w: &mut impl MapWriter) -> Result<SyncReport, ApplyError> {
+        let (scope_set, full) = match self.prev.take() {
+            Some(prev) => match self.update_incrementally(&prev, catalog) {
+                Some(touched) => (touched, false),
+                None => (self.rebuild(catalog), true),
+            },
+            None => (self.rebuild(catalog), true),
+        };
+        let scope = if full { Scope::All } else { Scope::Only(&scope_set) };
+        let p = plan(&mut self.programmed, &self.desired, scope);
+        for e in &p.errors {
+            warn!(error = %e, "frontend not programmed");
+        }
+        let limits = self.programmed.limits;
+        w.apply(&p.ops, &limits)?;
+        self.prev = Some(catalog.clone());
+        let frontends_changed =
+            p.ops.iter().any(|op| matches!(op, Op::ResetCounters { .. } | Op::DeleteService { .. }));
+        Ok(SyncReport { ops: p.ops.len(), errors: p.errors, frontends_changed, full })
+    }
+
+    fn rebuild(&mut self, catalog: &Catalog) -> BTreeSet<Frontend> {
+        let (d, conflicts) = desired(catalog, &self.node);
+        for c in conflicts {
+            warn!(frontend = ?c.frontend, kept = %c.kept, ignored = %c.ignored, "two Services claim one frontend");
+        }
+        self.by_service.clear();
+        for (fe, f) in &d {
+            self.by_service.entry(f.service.clone()).or_default().push(*fe);
+        }
+        self.desired = d;
+        BTreeSet::new()
+    }
+
+    /// Re-translates only the Services that changed; `None` when a frontend
+    /// conflict makes a full rebuild the simpler correct answer.
+    fn update_incrementally(&mut self, prev: &Arc<Catalog>, cur: &Arc<Catalog>) -> Option<BTreeSet<Frontend>> {
+        let mut touched = BTreeSet::new();
+        if Arc::ptr_eq(prev, cur) {
+            return Some(touched);
+        }
+        let keys: BTreeSet<&ObjectKey> =
+            prev.services.keys().chain(cur.services.keys()).chain(prev.slices.keys()).chain(cur.slices.keys()).collect();
+        for key in keys {
+            if prev.services.get(key) == cur.services.get(key) && prev.slices_of(key) == cur.slices_of(key) {
+                continue;
+            }
+            for fe in self.by_service.remove(key).unwrap_or_default() {
+                if self.desired.get(&fe).is_some_and(|d| &d.service == key) {
+                    self.desired.remove(&fe);
+                }
+                touched.insert(fe);
+            }
+            let Some(svc) = cur.services.get(key) else {
+                continue;
+            };
+            let mut mine = Vec::new();
+            for (fe, d) in service_frontends(svc, cur.slices_of(key), &self.node) {
+                if self.desired.contains_key(&fe) {
+                    return None;
+                }
+                self.desired.insert(fe, d);
+                touched.insert(fe);
+                mine.push(fe);
+            }
+            self.by_service.insert(key.clone(), mine);
+        }
+        Some(touched)
+    }
+
+    /// Frontend id -> Kubernetes name, for the names file.
+    pub fn names(&self) -> Names {
+        self.programmed
+            .frontends
+            .iter()
+            .filter_map(|(fe, p)| {
+                let d = self.desired.get(fe)?;
+                Some((p.value.id, FrontendName { service: d.service.to_string(), port_name: d.port_name.clone() }))
+            })
+            .collect()
+    }
+}
+
+/// How often a failed sync is retried when nothing else changes.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Follows the catalog until the channel closes. Nothing is written before
+/// the source reports `ready`: an empty catalog during start-up must not
+/// delete what a previous agent programmed.
+pub async fn run_loop(
+    mut rx: watch::Receiver<Snapshot>,
+    mut rec: Reconciler,
+    mut maps: PinnedMaps,
+    metrics: Arc<Metrics>,
+    names_file: PathBuf,
+) {
+    let limits: Limits = rec.programmed().limits;
+    let mut failing = false;
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        if snap.ready {
+            let started = Instant::now();
+            match rec.sync(&snap.catalog, &mut maps) {
+                Ok(report) => {
+                    let took = started.elapsed();
+                    metrics.sync_duration.observe(took.as_secs_f64());
+                    metrics.set_programmed(rec.programmed());
+                    if report.frontends_changed || report.full {
+                        if let Err(e) = names::write(&names_file, &rec.names()) {
+                            warn!(path = %names_file.display(), error = %e, "could not write the names file");
+                        }
+                    }
+                    if !metrics.is_ready() {
+                        info!(
+                            frontends = rec.programmed().frontends.len(),
+                            backends = rec.programmed().backend_count(),
+                            ops = report.ops,
+                            took_ms = took.as_secs_f64() * 1e3,
+                            "first full sync done"
+                        );
+                        metrics.set_ready();
+                    } else {
+                        debug!(generation = snap.generation, ops = report.ops, full = report.full, took_us = took.as_micros() as u64, "synced");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    error!(error = %e, "applying the sync failed; re-reading the maps and retrying");
+                    metrics.sync_failures.inc();
+                    match maps.read_programmed(limits) {
+                        Ok(p) => rec.reset(p),
+                        Err(e) => error!(error = %e, "re-reading the maps failed"),
+                    }
+                    failing = true;
+                }
+            }
+        }
+        if failing {
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        } else if rx.changed().await.is_err() {
+            break;
+        }
+    }
+    info!("catalog source closed; sync loop ends");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_state::{Endpoint, EndpointSlice, Protocol, Service, ServicePort, ServiceType, TargetPort, AddressType};
+
+    /// Records applied ops; can be told to fail once.
+    #[derive(Default)]
+    struct Recorder {
+        batches: Vec<Vec<Op>>,
+    }
+
+    impl MapWriter for Recorder {
+        fn apply(&mut self, ops: &[Op], _: &Limits) -> Result<(), ApplyError> {
+            self.batches.push(ops.to_vec());
+            Ok(())
+        }
+    }
+
+    fn catalog(n: usize, endpoints_of_first: &[&str]) -> Arc<Catalog> {
+        let mut c = Catalog::default();
+        for i in 0..n {
+            let key = ObjectKey::new("default", format!("svc{i}"));
+            c.services.insert(key.clone(), Service {
+                key: key.clone(),
+                service_type: ServiceType::ClusterIp,
+                cluster_ips: vec![format!("10.96.{}.{}", i / 250, i % 250 + 1).parse().unwrap()],
+                headless: false,
+                external_name: None,
+                ports: vec![ServicePort { name: String::new(), protocol: Protocol::Tcp, port: 80, target_port: TargetPort::Number(8080), node_port: None }],
+                external_ips: vec![],
+                load_balancer_ips: vec![],
+                session_affinity: None,
+                internal_traffic_local: false,
+                external_traffic_local: false,
+                publish_not_ready_addresses: false,
+            });
+            let eps: Vec<String> = if i == 0 {
+                endpoints_of_first.iter().map(|s| s.to_string()).collect()
+            } else {
+                vec![format!("10.244.{}.{}", i / 250, i % 250 + 2)]
+            };
+            c.slices.insert(key.clone(), vec![EndpointSlice {
+                key: ObjectKey::new("default", format!("svc{i}-a")),
+                service: key,
+                address_type: AddressType::IPv4,
+                ports: vec![],
+                endpoints: eps.iter().map(|a| Endpoint {
+                    addresses: vec![a.parse().unwrap()],
+                    ready: true, serving: true, terminating: false,
+                    hostname: None, node_name: None, zone: None, target_pod: None,
+                }).collect(),
+            }]);
+        }
+        Arc::new(c)
+    }
+
+    const LIMITS: Limits = Limits { maglev_size: 251, max_tables: 64, max_services: 64, max_backends: 256 };
+
+    #[test]
+    fn an_endpoint_change_touches_only_its_service() {
+        let mut rec = Reconciler::new(NodeContext::default(), Programmed::new(LIMITS));
+        let mut w = Recorder::default();
+        let r = rec.sync(&catalog(20, &["10.0.0.1"]), &mut w).unwrap();
+        assert!(r.full && r.frontends_changed);
+        assert_eq!(rec.programmed().frontends.len(), 20);
+        // Same content, new snapshot: nothing written.
+        let r = rec.sync(&catalog(20, &["10.0.0.1"]), &mut w).unwrap();
+        assert_eq!((r.ops, r.full), (0, false));
+        // One endpoint added to svc0: its backend, its table, its entry.
+        let r = rec.sync(&catalog(20, &["10.0.0.1", "10.0.0.2"]), &mut w).unwrap();
+        assert!(!r.full && !r.frontends_changed);
+        let kinds: Vec<&str> = w.batches.last().unwrap().iter().map(|op| match op {
+            Op::PutBackend { .. } => "backend",
+            Op::WriteTable { .. } => "table",
+            Op::PutService { .. } => "service",
+            _ => "other",
+        }).collect();
+        assert_eq!(kinds, vec!["backend", "table", "service"]);
+        // A Service removed: its frontend goes, names change.
+        let r = rec.sync(&catalog(19, &["10.0.0.1", "10.0.0.2"]), &mut w).unwrap();
+        assert!(r.frontends_changed);
+        assert_eq!(rec.programmed().frontends.len(), 19);
+        assert_eq!(rec.names().len(), 19);
+        assert_eq!(rec.names().values().next().unwrap().service, "default/svc0");
+    }
+}
