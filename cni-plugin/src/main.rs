@@ -1,1 +1,43 @@
-fn main() {}
+//! `ferry`: the CNI plugin binary. Reads the config on stdin, runs the
+//! operation named by CNI_COMMAND, prints the result or the spec's error
+//! object, and never panics out (a panic becomes error 999).
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use ferry_cni::netconf::peek_version;
+use ferry_cni::result::{LATEST, SUPPORTED_VERSIONS};
+use ferry_cni::{Code, CniError};
+
+fn main() -> ExitCode {
+    let mut stdin = Vec::new();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Err(e) => Err(CniError::new(Code::Io, "reading stdin").with_details(e)),
+        Ok(_) => std::panic::catch_unwind(|| ferry_cni::run(&|k| std::env::var(k).ok(), &stdin))
+            .unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(CniError::new(Code::Internal, "internal error (panic)").with_details(what))
+            }),
+    };
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Ok(Some(v)) => {
+            let _ = writeln!(out, "{v}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Tag the error with the caller's version when it is one we speak.
+            let ver = peek_version(&stdin)
+                .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+                .unwrap_or_else(|| LATEST.to_string());
+            let _ = writeln!(out, "{}", e.to_json(&ver));
+            eprintln!("ferry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

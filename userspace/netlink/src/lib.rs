@@ -257,14 +257,16 @@ impl Netlink {
         Ok(Some(l))
     }
 
-    /// Creates a veth pair, host end up and enslaved, peer up inside its
-    /// namespace, in a single request.
+    /// Creates a veth pair, host end up and enslaved, peer (down) inside its
+    /// namespace, in a single request. The peer cannot be brought up in the
+    /// same request: the kernel configures it before the two ends are paired
+    /// and veth_open() then fails with ENOTCONN; bring it up with
+    /// [`Netlink::set_up`] from a socket in its namespace.
     pub fn add_veth(&self, spec: &VethSpec<'_>) -> Result<(), Error> {
         let peer = LinkUnspec::new_with_name(spec.peer_name)
             .mtu(spec.mtu)
             .address(spec.peer_mac.to_vec())
             .setns_by_fd(spec.peer_netns.as_raw_fd())
-            .up()
             .build();
         let mut b = LinkVeth::new(spec.name, spec.peer_name)
             .mtu(spec.mtu)

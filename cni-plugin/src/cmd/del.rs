@@ -1,0 +1,28 @@
+//! DEL: idempotent. The host-side veth name is derived from (container id,
+//! ifname), so DEL needs neither the netns (it may be gone) nor the ADD's
+//! result: deleting the host end removes the pair; then the addresses are
+//! released. The link goes first so an address is never free while an
+//! interface still holds it; if that fails the runtime retries DEL.
+
+use ferry_netlink::Netlink;
+
+use crate::delegate;
+use crate::env::{Command, Env};
+use crate::error::Result;
+use crate::ipam;
+use crate::names;
+use crate::netconf::{Config, Ipam};
+
+pub fn run(cfg: &Config, env: &Env) -> Result<()> {
+    let nl = Netlink::open()?;
+    nl.del_link(&names::host_veth(&env.container_id, &env.ifname))?;
+    match &cfg.ipam {
+        Ipam::Builtin(ic) => {
+            ipam::release(ic, &cfg.conf.name, &env.container_id, &env.ifname)?;
+        }
+        Ipam::Delegated(t) => {
+            delegate::exec(t, Command::Del, env, &cfg.raw)?;
+        }
+    }
+    Ok(())
+}
