@@ -1,1 +1,161 @@
-fn main() {}
+//! ferry-dns: parse flags, start logging, load the catalog source, serve.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use ferry_dns::answer::Shared;
+use ferry_dns::forward::{read_resolv_conf, Forwarder};
+use ferry_dns::metrics::{serve_http, Metrics};
+use ferry_dns::server::{bind, follow_catalog, serve, worker_count, Limits};
+use ferry_dns::zone::ZoneConfig;
+use ferry_state::Snapshot;
+
+/// Cluster DNS for Ferry: the Kubernetes DNS specification's records for
+/// the cluster zone, from a YAML directory (or a one-shot fixture), and
+/// every other name forwarded to the upstream resolvers.
+#[derive(Parser, Debug)]
+#[command(name = "ferry-dns", version)]
+struct Args {
+    /// Address for both the UDP and the TCP listener (port 0: any free port,
+    /// printed on stdout).
+    #[arg(long, default_value = "0.0.0.0:53", env = "FERRY_DNS_LISTEN")]
+    listen: SocketAddr,
+    /// Address of the HTTP endpoint for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9153")]
+    metrics_addr: SocketAddr,
+    /// Directory of Kubernetes YAML (Service, EndpointSlice), followed live.
+    #[arg(long, conflicts_with = "fixture")]
+    yaml_dir: Option<PathBuf>,
+    /// A YAML or JSON file (a List, or documents) loaded once as the catalog.
+    #[arg(long)]
+    fixture: Option<PathBuf>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    zone: String,
+    /// TTL of cluster records, and of negative answers (seconds).
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
+    /// Upstream resolver (ip or ip:port), repeatable; replaces resolv.conf.
+    #[arg(long)]
+    upstream: Vec<String>,
+    /// resolv.conf whose nameservers are the upstreams when --upstream is not given.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// Answer a-b-c-d.<ns>.pod.<zone> for any address (CoreDNS "pods insecure").
+    #[arg(long)]
+    pods_insecure: bool,
+    /// Log every query (name, type, rcode, transport) at info level.
+    #[arg(long)]
+    query_log: bool,
+    /// Concurrent TCP connections; more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    tcp_max_connections: usize,
+    /// Seconds a TCP connection may sit idle (or trickle one message).
+    #[arg(long, default_value_t = 10)]
+    tcp_idle_timeout: u64,
+    /// UDP worker threads (0: one per CPU the process may run on).
+    #[arg(long, default_value_t = 0)]
+    udp_workers: usize,
+    /// Per-upstream timeout in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    upstream_timeout_ms: u64,
+    /// Entries in the forwarding cache.
+    #[arg(long, default_value_t = 10000)]
+    cache_size: usize,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = s.parse().with_context(|| format!("--upstream {s:?}: not an ip or ip:port"))?;
+    Ok(SocketAddr::new(ip, 53))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    if args.ttl == 0 {
+        bail!("--ttl must be at least 1 second");
+    }
+    let mut upstreams = if args.upstream.is_empty() {
+        read_resolv_conf(&args.resolv_conf).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no upstreams from resolv.conf: names outside the cluster get SERVFAIL");
+            Vec::new()
+        })
+    } else {
+        args.upstream.iter().map(|s| parse_upstream(s)).collect::<anyhow::Result<_>>()?
+    };
+    let limits = Limits {
+        tcp_max_connections: args.tcp_max_connections.max(1),
+        tcp_idle: Duration::from_secs(args.tcp_idle_timeout.max(1)),
+        udp_workers: args.udp_workers,
+    };
+    let (udp, tcp) = bind(args.listen, worker_count(&limits))?;
+    let local = udp[0].local_addr()?;
+    // Forwarding to ourselves would loop until every query times out.
+    upstreams.retain(|u| *u != local);
+    let zone_config = ZoneConfig { zone: args.zone.clone(), ttl: args.ttl, pods_insecure: args.pods_insecure };
+    let metrics = Metrics::new();
+    let forwarder = Forwarder::new(
+        upstreams.clone(),
+        Duration::from_millis(args.upstream_timeout_ms),
+        args.cache_size.max(1),
+        metrics.clone(),
+    );
+    let shared = Arc::new(Shared::new(zone_config, metrics.clone(), forwarder, args.query_log)?);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let http = tokio::net::TcpListener::bind(args.metrics_addr)
+            .await
+            .with_context(|| format!("binding metrics address {}", args.metrics_addr))?;
+        let http_addr = http.local_addr()?;
+        tokio::spawn(serve_http(http, metrics));
+        // Held until serve() returns: a closed channel would end the follower.
+        let mut fixture_tx = None;
+        let rx = if let Some(dir) = &args.yaml_dir {
+            let (rx, _task) = ferry_state::watch_dir(dir)
+                .await
+                .with_context(|| format!("loading YAML directory {}", dir.display()))?;
+            rx
+        } else if let Some(file) = &args.fixture {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading fixture {}", file.display()))?;
+            let (objects, errors) = ferry_state::parse_documents(&text, &file.display().to_string());
+            for e in &errors {
+                tracing::warn!(error = %e, "fixture object skipped");
+            }
+            let catalog = ferry_state::catalog_from_objects(objects);
+            let snap = Snapshot { catalog: Arc::new(catalog), ready: true, generation: 1 };
+            let (tx, rx) = tokio::sync::watch::channel(snap);
+            fixture_tx = Some(tx);
+            rx
+        } else {
+            bail!("one of --yaml-dir or --fixture is required");
+        };
+        tokio::spawn(follow_catalog(shared.clone(), rx));
+        tracing::info!(listen = %local, metrics = %http_addr, zone = %args.zone, ?upstreams, "ferry-dns started");
+        println!("ferry-dns listening on {local} metrics on {http_addr}");
+        serve(shared, udp, tcp, limits).await?;
+        drop(fixture_tx);
+        Ok(())
+    })
+}

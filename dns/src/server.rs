@@ -1,0 +1,353 @@
+//! Listeners and the catalog follower.
+//!
+//! UDP: one blocking worker thread per usable CPU, each with its own
+//! SO_REUSEPORT socket, reading and writing in batches with
+//! recvmmsg/sendmmsg — the kernel socket calls dominate the cost of an
+//! answer, so fewer of them is what makes the cluster zone fast. Queries that
+//! need the network are handed to the tokio runtime and answered from there.
+//!
+//! TCP (RFC 7766): tokio, a cap on concurrent connections and an idle
+//! timeout so slow or silent clients cannot hold the server.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_state::Snapshot;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::answer::{answer_fast, answer_slow, Fast, Shared, Transport};
+use crate::wire::Query;
+use crate::zone::Zone;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("binding {proto} {addr}: {source}")]
+    Bind { proto: &'static str, addr: SocketAddr, source: io::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub tcp_max_connections: usize,
+    pub tcp_idle: Duration,
+    /// 0: one UDP worker per CPU this process may run on.
+    pub udp_workers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { tcp_max_connections: 256, tcp_idle: Duration::from_secs(10), udp_workers: 0 }
+    }
+}
+
+/// A query the UDP fast path could not finish.
+struct SlowJob {
+    msg: Vec<u8>,
+    query: Query,
+    peer: SocketAddr,
+    socket: Arc<UdpSocket>,
+    start: Instant,
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    // Bursts of queries queue here instead of being dropped while the
+    // worker is busy with a batch.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Bind UDP and TCP on the same address. With port 0, the UDP port the
+/// kernel picks is reused for TCP (retrying if TCP has it taken).
+pub fn bind(listen: SocketAddr, workers: usize) -> Result<(Vec<UdpSocket>, StdTcpListener), ServerError> {
+    for _ in 0..20 {
+        let first = udp_socket(listen).map_err(|source| ServerError::Bind { proto: "udp", addr: listen, source })?;
+        let addr = first.local_addr().map_err(|source| ServerError::Bind { proto: "udp", addr: listen, source })?;
+        let tcp = match tcp_listener(addr) {
+            Ok(t) => t,
+            Err(_) if listen.port() == 0 => continue,
+            Err(source) => return Err(ServerError::Bind { proto: "tcp", addr, source }),
+        };
+        let mut socks = vec![first];
+        for _ in 1..workers.max(1) {
+            socks.push(udp_socket(addr).map_err(|source| ServerError::Bind { proto: "udp", addr, source })?);
+        }
+        return Ok((socks, tcp));
+    }
+    Err(ServerError::Bind { proto: "tcp", addr: listen, source: io::Error::other("no free port for udp+tcp") })
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<StdTcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+pub fn worker_count(limits: &Limits) -> usize {
+    if limits.udp_workers > 0 {
+        return limits.udp_workers;
+    }
+    // available_parallelism honours the CPU affinity mask, so a server
+    // pinned with taskset gets one worker per CPU it may use.
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+const BATCH: usize = 32;
+const RECV_BUF: usize = 4096;
+
+/// The blocking UDP loop of one worker.
+fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<SlowJob>) {
+    let fd = sock.as_raw_fd();
+    let mut bufs = vec![[0u8; RECV_BUF]; BATCH];
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(RECV_BUF)).collect();
+    // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for
+    // which all-zero bytes are a valid value.
+    let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
+    let mut iovs: Vec<libc::iovec> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
+    let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
+    let mut out_iovs: Vec<libc::iovec> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
+    let mut out_hdrs: Vec<libc::mmsghdr> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
+    let addr_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    loop {
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec { iov_base: bufs[i].as_mut_ptr().cast(), iov_len: RECV_BUF };
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = addr_len;
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        // SAFETY: every header points at buffers owned by this frame that
+        // outlive the call; BATCH matches the vector lengths.
+        let n = unsafe {
+            libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::warn!(error = %e, "recvmmsg failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        }
+        let start = Instant::now();
+        let (zone, ready) = shared.zone();
+        let mut m = 0;
+        for i in 0..n as usize {
+            let len = hdrs[i].msg_len as usize;
+            // A datagram larger than the buffer is no query we could answer.
+            if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                shared.metrics.dropped.inc();
+                continue;
+            }
+            let msg = &bufs[i][..len];
+            match answer_fast(&zone, ready, msg, Transport::Udp, &mut outs[m]) {
+                Fast::Done { qtype, rcode } => {
+                    shared.metrics.count(qtype, rcode);
+                    if shared.query_log {
+                        log_query(msg, qtype, rcode, "udp");
+                    }
+                    out_iovs[m] = libc::iovec { iov_base: outs[m].as_mut_ptr().cast(), iov_len: outs[m].len() };
+                    let h = &mut out_hdrs[m].msg_hdr;
+                    h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+                    h.msg_namelen = hdrs[i].msg_hdr.msg_namelen;
+                    h.msg_iov = &mut out_iovs[m];
+                    h.msg_iovlen = 1;
+                    m += 1;
+                }
+                Fast::Drop => {
+                    shared.metrics.dropped.inc();
+                }
+                Fast::Slow(query) => {
+                    let Some(peer) = to_socket_addr(&addrs[i]) else { continue };
+                    let job = SlowJob { msg: msg.to_vec(), query, peer, socket: sock.clone(), start };
+                    // A full queue means the upstreams are far behind: shed
+                    // load rather than buffer without bound.
+                    if slow.try_send(job).is_err() {
+                        shared.metrics.dropped.inc();
+                    }
+                }
+            }
+        }
+        let mut sent = 0;
+        while sent < m {
+            // SAFETY: out_hdrs[sent..m] point at live buffers set up above.
+            let r = unsafe { libc::sendmmsg(fd, out_hdrs[sent..].as_mut_ptr(), (m - sent) as u32, 0) };
+            if r <= 0 {
+                // The peer's buffer is full or it is gone: skip this one.
+                sent += 1;
+            } else {
+                sent += r as usize;
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        for _ in 0..m {
+            shared.metrics.latency.observe(secs);
+        }
+    }
+}
+
+fn to_socket_addr(sa: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match sa.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let v4 = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+            Some(SocketAddr::new(ip.into(), u16::from_be(v4.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let v6 = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(ip, u16::from_be(v6.sin6_port), 0, v6.sin6_scope_id)))
+        }
+        _ => None,
+    }
+}
+
+fn log_query(msg: &[u8], qtype: u16, rcode: crate::wire::Rcode, proto: &str) {
+    let name = crate::wire::parse_query(msg).map(|q| q.name_ascii()).unwrap_or_default();
+    tracing::info!(target: "ferry_dns::query", %name, qtype, rcode = rcode.label(), proto, "query");
+}
+
+async fn slow_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<SlowJob>) {
+    let limit = Arc::new(Semaphore::new(1024));
+    while let Some(job) = rx.recv().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else { return };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (out, rcode) = answer_slow(&shared, &job.msg, &job.query, Transport::Udp).await;
+            let _ = job.socket.send_to(&out, job.peer);
+            shared.metrics.count(job.query.qtype, rcode);
+            shared.metrics.latency.observe(job.start.elapsed().as_secs_f64());
+            if shared.query_log {
+                log_query(&job.msg, job.query.qtype, rcode, "udp");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_server(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
+    let conns = Arc::new(Semaphore::new(limits.tcp_max_connections));
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else { continue };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            // Over the limit: close at once rather than queue (RFC 7766 §6.1).
+            shared.metrics.tcp_rejected.inc();
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
+        let idle = limits.tcp_idle;
+        tokio::spawn(async move {
+            let _ = tcp_conn(stream, &shared, idle).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_conn(mut s: TcpStream, shared: &Shared, idle: Duration) -> io::Result<()> {
+    let mut buf = Vec::new();
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        // The idle timeout covers a whole message, so a client trickling
+        // bytes cannot keep the connection past it either.
+        let read = async {
+            let len = s.read_u16().await? as usize;
+            buf.resize(len, 0);
+            s.read_exact(&mut buf).await?;
+            io::Result::Ok(())
+        };
+        match tokio::time::timeout(idle, read).await {
+            Ok(Ok(())) => {}
+            _ => return Ok(()),
+        }
+        let start = Instant::now();
+        let (zone, ready) = shared.zone();
+        let (qtype, rcode) = match answer_fast(&zone, ready, &buf, Transport::Tcp, &mut out) {
+            Fast::Done { qtype, rcode } => (qtype, rcode),
+            Fast::Drop => {
+                shared.metrics.dropped.inc();
+                return Ok(());
+            }
+            Fast::Slow(q) => {
+                let (o, rc) = answer_slow(shared, &buf, &q, Transport::Tcp).await;
+                out = o;
+                (q.qtype, rc)
+            }
+        };
+        shared.metrics.count(qtype, rcode);
+        shared.metrics.latency.observe(start.elapsed().as_secs_f64());
+        if shared.query_log {
+            log_query(&buf, qtype, rcode, "tcp");
+        }
+        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&out);
+        tokio::time::timeout(idle, s.write_all(&framed)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+    }
+}
+
+/// Rebuild and swap the zone on every catalog change, once the source has
+/// completed its first load.
+pub async fn follow_catalog(shared: Arc<Shared>, mut rx: watch::Receiver<Snapshot>) {
+    let mut built = None;
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        if snap.ready && built != Some(snap.generation) {
+            let config = shared.zone_config.clone();
+            let t = Instant::now();
+            let cat = snap.catalog.clone();
+            match tokio::task::spawn_blocking(move || Zone::build(&cat, config)).await {
+                Ok(Ok(zone)) => {
+                    let names = zone.len();
+                    shared.set_zone(Arc::new(zone));
+                    shared.metrics.zone_rebuilds.inc();
+                    built = Some(snap.generation);
+                    tracing::info!(
+                        generation = snap.generation,
+                        services = snap.catalog.services.len(),
+                        names,
+                        build_ms = t.elapsed().as_millis() as u64,
+                        "cluster zone updated"
+                    );
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "building the cluster zone"),
+                Err(e) => tracing::error!(error = %e, "zone build task failed"),
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Start the listeners on already-bound sockets; returns when the runtime
+/// shuts down (never, in normal operation).
+pub async fn serve(shared: Arc<Shared>, udp: Vec<UdpSocket>, tcp: StdTcpListener, limits: Limits) -> io::Result<()> {
+    let (tx, rx) = mpsc::channel(4096);
+    tokio::spawn(slow_worker(shared.clone(), rx));
+    for (i, s) in udp.into_iter().enumerate() {
+        let s = Arc::new(s);
+        let (shared, tx) = (shared.clone(), tx.clone());
+        std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || udp_worker(s, shared, tx))?;
+    }
+    let tcp = TcpListener::from_std(tcp)?;
+    tcp_server(tcp, shared, limits).await;
+    Ok(())
+}
