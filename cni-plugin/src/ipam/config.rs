@@ -20,29 +20,18 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 struct RawIpam {
     #[serde(default)]
     ranges: Option<Vec<Vec<RawRange>>>,
+    /// The legacy single-range form: the same keys at the top level.
     #[serde(flatten)]
-    legacy: RawRangeOpt,
+    legacy: RawRange,
     #[serde(default)]
     routes: Vec<RawRoute>,
     #[serde(default)]
     data_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawRange {
-    subnet: String,
-    #[serde(default)]
-    range_start: Option<String>,
-    #[serde(default)]
-    range_end: Option<String>,
-    #[serde(default)]
-    gateway: Option<String>,
-}
-
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct RawRangeOpt {
+struct RawRange {
     #[serde(default)]
     subnet: Option<String>,
     #[serde(default)]
@@ -107,16 +96,11 @@ impl IpamConfig {
     pub fn parse(ipam: &Value) -> Result<Self> {
         let raw: RawIpam = serde_json::from_value(ipam.clone())
             .map_err(|e| invalid("ipam: invalid configuration").with_details(e))?;
-        let raw_sets: Vec<Vec<RawRange>> = match (raw.ranges, raw.legacy.subnet) {
-            (Some(r), None) => r,
-            (None, Some(subnet)) => vec![vec![RawRange {
-                subnet,
-                range_start: raw.legacy.range_start,
-                range_end: raw.legacy.range_end,
-                gateway: raw.legacy.gateway,
-            }]],
-            (Some(_), Some(_)) => return Err(invalid("ipam: use either \"ranges\" or \"subnet\", not both")),
-            (None, None) => return Err(invalid("ipam: no \"ranges\" (or \"subnet\") configured")),
+        let raw_sets: Vec<Vec<RawRange>> = match (raw.ranges, raw.legacy.subnet.is_some()) {
+            (Some(r), false) => r,
+            (None, true) => vec![vec![raw.legacy]],
+            (Some(_), true) => return Err(invalid("ipam: use either \"ranges\" or \"subnet\", not both")),
+            (None, false) => return Err(invalid("ipam: no \"ranges\" (or \"subnet\") configured")),
         };
         if raw_sets.is_empty() || raw_sets.iter().any(Vec::is_empty) {
             return Err(invalid("ipam: \"ranges\" must be a non-empty list of non-empty range sets"));
@@ -178,10 +162,10 @@ impl IpamConfig {
 }
 
 fn parse_range(r: &RawRange) -> Result<Range> {
-    let c: Cidr = r
-        .subnet
+    let raw_subnet = r.subnet.as_deref().ok_or_else(|| invalid("ipam: a range has no \"subnet\""))?;
+    let c: Cidr = raw_subnet
         .parse()
-        .map_err(|e| invalid(format!("ipam: invalid subnet {:?}: {e}", r.subnet)))?;
+        .map_err(|e| invalid(format!("ipam: invalid subnet {raw_subnet:?}: {e}")))?;
     let subnet = Cidr { addr: c.network(), prefix: c.prefix };
     let v6 = subnet.addr.is_ipv6();
     let net = to_u128(subnet.network());
