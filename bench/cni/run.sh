@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# CNI latency and leak benchmark: ferry and Debian's reference bridge +
+# host-local, same topology, same run. Every side effect stays inside network
+# namespaces the harness creates (see cni_harness.py).
+#
+#   bash bench/cni/run.sh            # 200 pods, 8 in parallel
+#   PODS=50 bash bench/cni/run.sh    # quicker
+#
+# Prints p50/p99 ADD and DEL per phase for both, the ferry/reference ratios
+# and leaks; writes everything to bench/results/cni.json.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PODS=${PODS:-200}
+CONC=${CONC:-8}
+FERRY_DIR=${FERRY_BIN_DIR:-target/release}
+REF_DIR=${REF_CNI_DIR:-/usr/lib/cni}
+[ -x "$FERRY_DIR/ferry" ] || { echo "no $FERRY_DIR/ferry: run 'make build' first" >&2; exit 2; }
+[ -x "$REF_DIR/bridge" ] || { echo "no $REF_DIR/bridge: apt-get install containernetworking-plugins" >&2; exit 2; }
+mkdir -p bench/results
+tmp=$(mktemp -d /tmp/ferry-bench-cni.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+echo "== reference: bridge + host-local ($REF_DIR)"
+python3 bench/cni/cni_bench.py "$REF_DIR" bridge --pods "$PODS" --concurrency "$CONC" --json "$tmp/ref.json" || true
+echo "== ferry ($FERRY_DIR, built-in IPAM)"
+python3 bench/cni/cni_bench.py "$FERRY_DIR" ferry '{"ipam": {"type": "ferry"}}' \
+    --pods "$PODS" --concurrency "$CONC" --json "$tmp/ferry.json" || true
+
+python3 bench/cni/report.py "$tmp/ferry.json" "$tmp/ref.json" bench/results/cni.json
