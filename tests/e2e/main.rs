@@ -1,5 +1,6 @@
 //! One integration-test binary for every privileged test. Each module builds
 //! its own node namespace through the harness and cleans it up on drop.
 mod cni;
+mod datapath;
 mod dns;
 mod lb;

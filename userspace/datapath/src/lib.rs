@@ -32,6 +32,7 @@
 mod attach;
 mod load;
 mod sys;
+pub mod testing;
 mod watch;
 
 use std::{io, path::PathBuf};

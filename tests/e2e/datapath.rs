@@ -1,0 +1,179 @@
+//! The eBPF data path with real traffic, Services programmed directly into
+//! the maps through ferry-datapath (no agent): a node netns with pods made
+//! by the real CNI plugin, the programs on their host veths.
+//!
+//! ```text
+//!  client pod ──veth── [from-pod: DNAT] node (ferry0, ip_forward) ──veth── backend pods
+//!             <─────── [to-pod: reverse NAT] ─────────────────────────────
+//! ```
+use std::{
+    io::{BufRead, BufReader, ErrorKind, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use ferry_common::{global_stat, IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
+use ferry_datapath::{
+    load_or_adopt,
+    testing::{program_service, svc_key, PinDir},
+    DatapathConfig, Datapath,
+};
+use ferry_tests::harness::{tcp_id, udp_id, IdServer, Node, NodeConfig, Pod};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(2);
+const VIP: &str = "10.96.0.10";
+const VIP6: &str = "fd00:96::10";
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// A node whose netconf points the plugin at a per-test pin dir, with the
+/// data path loaded there.
+fn node_with_datapath() -> (PinDir, Datapath, Node) {
+    let pin = PinDir::new();
+    let dp = load_or_adopt(pin.path(), &DatapathConfig::small()).expect("load data path");
+    let node = Node::with_config(NodeConfig {
+        extra: json!({ "pinDir": pin.path() }),
+        ..NodeConfig::default()
+    });
+    (pin, dp, node)
+}
+
+/// Makes sure the programs are on the pod's host veth (the plugin attaches
+/// them on ADD when the pins exist; this is idempotent).
+fn attached(node: &Node, pin: &PinDir, pod: &Pod) {
+    let veth = pod.host_veth.clone().expect("host veth");
+    let dir: PathBuf = pin.path().to_owned();
+    node.run(move || ferry_datapath::attach(&dir, veth.as_str()))
+        .expect("attach");
+}
+
+fn global(dp: &Datapath, stat: u32) -> u64 {
+    dp.maps.global.get(&stat, 0).unwrap().iter().sum()
+}
+
+#[test]
+fn datapath_tcp_udp_ipv6_and_hairpin_through_vips() {
+    let (pin, mut dp, node) = node_with_datapath();
+    let client = node.add_pod("client");
+    let b1 = node.add_pod("b1");
+    attached(&node, &pin, &client);
+    attached(&node, &pin, &b1);
+    let _tcp = IdServer::tcp(b1.netns_path(), 8080, "b1");
+    let _udp = IdServer::udp(b1.netns_path(), 5353, "b1");
+    let _me = IdServer::tcp(client.netns_path(), 8081, "me");
+    let b1v4 = IpAddr::V4(b1.ipv4());
+    let b1v6 = IpAddr::V6(b1.ipv6());
+    let m = &mut dp.maps;
+    program_service(m, 1, VIP.parse().unwrap(), 80, TCP, &[(b1v4, 8080)], 0, 0);
+    program_service(m, 2, VIP.parse().unwrap(), 53, UDP, &[(b1v4, 5353)], 0, 0);
+    program_service(m, 3, VIP6.parse().unwrap(), 80, TCP, &[(b1v6, 8080)], 0, 0);
+    // The client is the only backend of this one: hairpin.
+    program_service(m, 4, VIP.parse().unwrap(), 81, TCP, &[(IpAddr::V4(client.ipv4()), 8081)], 0, 0);
+
+    // The node's IPv6 addresses on a new bridge are tentative (DAD) for
+    // about a second, during which it cannot resolve pods' addresses:
+    // wait until a VIP flow completes before judging.
+    ferry_tests::assert_eventually!(
+        client.run(|| tcp_id(sa(VIP6, 80), Duration::from_millis(300)).is_ok()),
+        Duration::from_secs(5),
+        "IPv6 VIP reachable"
+    );
+    let (tcp4, udp4, tcp6, hairpin) = client.run(|| {
+        (
+            tcp_id(sa(VIP, 80), T),
+            udp_id(sa(VIP, 53), T),
+            tcp_id(sa(VIP6, 80), T),
+            tcp_id(sa(VIP, 81), T),
+        )
+    });
+    assert_eq!(tcp4.expect("TCP through the IPv4 VIP"), "b1");
+    assert_eq!(udp4.expect("UDP through the IPv4 VIP"), "b1");
+    assert_eq!(tcp6.expect("TCP through the IPv6 VIP"), "b1");
+    assert_eq!(hairpin.expect("a pod reaching itself through its Service"), "me");
+    assert!(global(&dp, global_stat::HAIRPIN) >= 1);
+    assert!(global(&dp, global_stat::CT_CREATED) >= 4);
+}
+
+#[test]
+fn datapath_no_endpoints_is_refused_at_once() {
+    let (pin, mut dp, node) = node_with_datapath();
+    let client = node.add_pod("client");
+    attached(&node, &pin, &client);
+    program_service(&mut dp.maps, 1, VIP.parse().unwrap(), 80, TCP, &[], 0, 0);
+    let (res, took) = client.run(|| {
+        let t = Instant::now();
+        let r = TcpStream::connect_timeout(&sa(VIP, 80), T);
+        (r.map(|_| ()).map_err(|e| e.kind()), t.elapsed())
+    });
+    assert_eq!(res, Err(ErrorKind::ConnectionRefused), "a RST, not a timeout");
+    assert!(took < Duration::from_millis(10), "refused after {took:?}");
+}
+
+#[test]
+fn datapath_tcp_keeps_its_backend_udp_moves() {
+    let (pin, mut dp, node) = node_with_datapath();
+    let client = node.add_pod("client");
+    let b1 = node.add_pod("b1");
+    let b2 = node.add_pod("b2");
+    for p in [&client, &b1, &b2] {
+        attached(&node, &pin, p);
+    }
+    let _t1 = IdServer::tcp(b1.netns_path(), 8080, "b1");
+    let _t2 = IdServer::tcp(b2.netns_path(), 8080, "b2");
+    let _u1 = IdServer::udp(b1.netns_path(), 5353, "b1");
+    let _u2 = IdServer::udp(b2.netns_path(), 5353, "b2");
+    let (b1a, b2a) = (IpAddr::V4(b1.ipv4()), IpAddr::V4(b2.ipv4()));
+    program_service(&mut dp.maps, 1, VIP.parse().unwrap(), 80, TCP, &[(b1a, 8080)], 0, 0);
+    program_service(&mut dp.maps, 2, VIP.parse().unwrap(), 53, UDP, &[(b1a, 5353)], 0, 0);
+
+    // One TCP connection and one UDP socket (one 5-tuple each), kept open.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (res_tx, res_rx) = std::sync::mpsc::channel();
+    let worker = client.netns_path().to_owned();
+    let handle = std::thread::spawn(move || {
+        ferry_tests::harness::util::run_in(&worker, move || {
+            let conn = TcpStream::connect_timeout(&sa(VIP, 80), T).expect("connect");
+            conn.set_read_timeout(Some(T)).unwrap();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+            udp.set_read_timeout(Some(T)).unwrap();
+            let ask = |s: &UdpSocket| -> String {
+                s.send_to(b"q", sa(VIP, 53)).unwrap();
+                let mut buf = [0u8; 64];
+                let n = s.recv(&mut buf).expect("UDP answer");
+                String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+            };
+            let udp_before = ask(&udp);
+            res_tx.send((line.trim().to_owned(), udp_before)).unwrap();
+            rx.recv().unwrap(); // the Services move to b2
+            let mut w = conn;
+            w.write_all(b"still there?\n").unwrap();
+            let mut echo = String::new();
+            r.read_line(&mut echo).expect("the established connection keeps working");
+            (echo.trim().to_owned(), ask(&udp))
+        })
+    });
+    let (tcp_before, udp_before) = res_rx.recv_timeout(Duration::from_secs(5)).expect("first round");
+    assert_eq!((tcp_before.as_str(), udp_before.as_str()), ("b1", "b1"));
+
+    // b1 leaves both Services; b2 replaces it (new backend ids).
+    let m = &mut dp.maps;
+    m.backends.remove(&100).unwrap();
+    m.backends.remove(&200).unwrap();
+    m.services.remove(&svc_key(VIP.parse().unwrap(), 80, TCP)).unwrap();
+    program_service(m, 5, VIP.parse().unwrap(), 80, TCP, &[(b2a, 8080)], 0, 0);
+    program_service(m, 6, VIP.parse().unwrap(), 53, UDP, &[(b2a, 5353)], 0, 0);
+    tx.send(()).unwrap();
+    let (echo, udp_after) = handle.join().expect("client thread");
+    assert_eq!(echo, "still there?", "TCP flow kept its (removed) backend");
+    assert_eq!(udp_after, "b2", "the UDP flow moved to a live backend on its next packet");
+    assert!(global(&dp, global_stat::UDP_RESELECTED) >= 1);
+    // New TCP connections go to b2.
+    assert_eq!(client.run(|| tcp_id(sa(VIP, 80), T)).expect("new flow"), "b2");
+}
