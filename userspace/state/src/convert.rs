@@ -474,15 +474,12 @@ fn validate_dns_subdomain(field: &str, value: &str) -> Result<(), ConvertError> 
     Ok(())
 }
 
-/// IANA_SVC_NAME (RFC 6335): 1-15 chars of `[a-z0-9-]`, at least one letter,
-/// no leading/trailing or double hyphen.
+/// IANA_SVC_NAME (RFC 6335): a DNS label of at most 15 chars with at least
+/// one letter and no double hyphen.
 fn validate_port_name(field: &str, value: &str) -> Result<(), ConvertError> {
-    let ok = !value.is_empty()
+    let ok = validate_dns_label(field, value).is_ok()
         && value.len() <= 15
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && value.bytes().any(|b| b.is_ascii_lowercase())
-        && !value.starts_with('-')
-        && !value.ends_with('-')
         && !value.contains("--");
     if ok {
         Ok(())
@@ -490,3 +487,7 @@ fn validate_port_name(field: &str, value: &str) -> Result<(), ConvertError> {
         Err(ConvertError::invalid(field, format!("{value:?} is not a port name (IANA_SVC_NAME)")))
     }
 }
+
+#[cfg(test)]
+#[path = "convert_tests.rs"]
+mod tests;

@@ -23,8 +23,8 @@ pub enum ConvertError {
     Invalid { field: String, reason: String },
     /// The document has the object's kind but not its shape (a string where a
     /// number belongs, a wrong apiVersion...).
-    #[error("does not match the schema: {0}")]
-    Schema(#[source] serde_json::Error),
+    #[error("{field}: does not match the schema: {source}")]
+    Schema { field: String, #[source] source: serde_json::Error },
     /// The text is not YAML/JSON at all. Reported once per file.
     #[error("syntax error: {0}")]
     Syntax(String),

@@ -108,17 +108,11 @@ fn collect(doc: Value, origin: &str, depth: u8, objects: &mut Vec<Object>, error
             }
             return;
         }
-        "Service" => serde_json::from_value(doc.clone())
-            .map_err(ConvertError::Schema)
-            .and_then(|s| convert::service(&s))
+        "Service" => typed::<k8s_openapi::api::core::v1::Service>(&doc).and_then(|o| convert::service(&o))
             .map(Object::Service),
-        "EndpointSlice" => serde_json::from_value(doc.clone())
-            .map_err(ConvertError::Schema)
-            .and_then(|s| convert::endpoint_slice(&s))
+        "EndpointSlice" => typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(&doc).and_then(|o| convert::endpoint_slice(&o))
             .map(Object::EndpointSlice),
-        "Node" => serde_json::from_value(doc.clone())
-            .map_err(ConvertError::Schema)
-            .and_then(|n| convert::node(&n))
+        "Node" => typed::<k8s_openapi::api::core::v1::Node>(&doc).and_then(|o| convert::node(&o))
             .map(Object::Node),
         "" => Err(ConvertError::Missing { field: "kind".into() }),
         other => {
@@ -132,10 +126,108 @@ fn collect(doc: Value, origin: &str, depth: u8, objects: &mut Vec<Object>, error
     }
 }
 
+/// Deserialize a document into its k8s-openapi type, naming the offending
+/// field on failure.
+fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> Result<T, ConvertError> {
+    serde_path_to_error::deserialize(doc).map_err(|e| ConvertError::Schema {
+        field: e.path().to_string(),
+        source: e.into_inner(),
+    })
+}
+
 /// Best-effort `namespace/name` of a raw document, for error messages.
 fn key_of(doc: &Value) -> Option<ObjectKey> {
     let meta = doc.get("metadata")?;
     let name = meta.get("name")?.as_str()?;
     let ns = meta.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("default");
     Some(ObjectKey::new(ns, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ServiceType;
+
+    fn names(objs: &[Object]) -> Vec<String> {
+        objs.iter().map(|o| o.id().to_string()).collect()
+    }
+
+    const SVC_A: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}";
+
+    #[test]
+    fn yaml_stream_with_several_documents_and_other_kinds() {
+        let text = format!(
+            "---\n{SVC_A}\n---\n# a comment-only document\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ignored}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: a-1, namespace: x, labels: {{kubernetes.io/service-name: a}}}}\n\
+             addressType: IPv4\nendpoints: [{{addresses: [10.0.0.1]}}]\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n---\n"
+        );
+        let (objs, errs) = parse_documents(&text, "f.yaml");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(names(&objs), ["Service x/a", "EndpointSlice x/a-1", "Node n1"]);
+    }
+
+    #[test]
+    fn kubectl_list_yaml() {
+        // As `kubectl get svc,endpointslices -o yaml` prints it.
+        let text = "apiVersion: v1\nkind: List\nmetadata: {resourceVersion: \"\"}\nitems:\n\
+                    - apiVersion: v1\n  kind: Service\n  metadata: {name: a, namespace: x, uid: \"1234\"}\n  spec: {clusterIP: 10.96.0.1, clusterIPs: [10.96.0.1], ports: [{port: 80, protocol: TCP, targetPort: 8080}], type: ClusterIP}\n  status: {loadBalancer: {}}\n\
+                    - apiVersion: v1\n  kind: Service\n  metadata: {name: b, namespace: x}\n  spec: {clusterIP: None}\n";
+        let (objs, errs) = parse_documents(text, "list.yaml");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(names(&objs), ["Service x/a", "Service x/b"]);
+    }
+
+    #[test]
+    fn typed_list_and_json() {
+        // `kubectl get svc -o json` prints a List; ServiceList from the API.
+        let json = r#"{"apiVersion":"v1","kind":"ServiceList","items":[
+            {"apiVersion":"v1","kind":"Service","metadata":{"name":"a","namespace":"x"},"spec":{"type":"ExternalName","externalName":"db.example.com"}}]}
+            {"apiVersion":"v1","kind":"Node","metadata":{"name":"n2"}}"#;
+        let (objs, errs) = parse_documents(json, "list.json");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(names(&objs), ["Service x/a", "Node n2"]);
+        let Object::Service(s) = &objs[0] else { panic!() };
+        assert_eq!(s.service_type, ServiceType::ExternalName);
+    }
+
+    #[test]
+    fn bad_object_is_reported_and_skipped_others_load() {
+        let text = format!(
+            "{SVC_A}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: broken, namespace: x}}\nspec: {{clusterIP: 10.96.0.999}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: typed-wrong, namespace: x}}\nspec: {{ports: [{{port: eighty}}]}}\n---\n\
+             metadata: {{name: kindless}}\n---\n\
+             apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {{name: old}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: c, namespace: x}}\n"
+        );
+        let (objs, errs) = parse_documents(&text, "mixed.yaml");
+        assert_eq!(names(&objs), ["Service x/a", "Service x/c"]);
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 4, "{msgs:#?}");
+        // Each error names the file, the kind, the object and the field.
+        assert!(msgs[0].starts_with("mixed.yaml: Service x/broken: spec.clusterIP[0]"), "{}", msgs[0]);
+        assert!(msgs[1].starts_with("mixed.yaml: Service x/typed-wrong: spec.ports[0].port: does not match the schema"), "{}", msgs[1]);
+        assert!(msgs[2].contains("document default/kindless: kind: required"), "{}", msgs[2]);
+        assert!(msgs[3].contains("EndpointSlice default/old"), "{}", msgs[3]);
+        assert!(errs.iter().all(|e| !e.is_syntax()));
+    }
+
+    #[test]
+    fn syntax_error_is_one_file_error() {
+        for (text, format) in [("kind: Service\n  bad: [indent", Format::Yaml), ("{\"kind\": \"Service\",", Format::Json)] {
+            let err = parse_text(text, format, "broken").unwrap_err();
+            assert!(err.is_syntax(), "{err}");
+            assert!(err.to_string().starts_with("broken: document"), "{err}");
+        }
+        // parse_documents reports it like any other error.
+        let (objs, errs) = parse_documents("{", "x");
+        assert!(objs.is_empty() && errs.len() == 1);
+    }
+
+    #[test]
+    fn empty_text_is_no_objects() {
+        for text in ["", "\n", "---\n", "# only a comment\n"] {
+            let (objs, errs) = parse_documents(text, "empty.yaml");
+            assert!(objs.is_empty() && errs.is_empty(), "{text:?}");
+        }
+    }
 }

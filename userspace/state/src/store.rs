@@ -148,16 +148,38 @@ impl Store {
     /// Publish a new snapshot if anything changed since the last one. Returns
     /// the generation now on the channel.
     pub fn publish(&mut self) -> u64 {
-        if self.dirty {
-            self.dirty = false;
-            self.generation += 1;
-            self.tx.send_replace(Snapshot {
-                catalog: Arc::new(self.catalog.clone()),
-                ready: self.ready,
-                generation: self.generation,
-            });
+        if let Some((published, replaced)) = self.publish_detached() {
+            drop(replaced);
+            self.restore((*published).clone());
         }
         self.generation
+    }
+
+    /// Publish, moving the working catalog into the snapshot instead of
+    /// cloning it first: the copy the store keeps working on costs ~30 ms at
+    /// 10,000 Services, and consumers should not wait for it. The caller must
+    /// [`restore`](Self::restore) a copy of the returned catalog before the
+    /// next change; it also gets the replaced snapshot, whose drop (if it was
+    /// the last reference) costs about as much, to do off the hot path too.
+    pub fn publish_detached(&mut self) -> Option<(Arc<Catalog>, Snapshot)> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        self.generation += 1;
+        let published = Arc::new(std::mem::take(&mut self.catalog));
+        let replaced = self.tx.send_replace(Snapshot {
+            catalog: published.clone(),
+            ready: self.ready,
+            generation: self.generation,
+        });
+        Some((published, replaced))
+    }
+
+    /// Hand back the working copy after [`publish_detached`](Self::publish_detached):
+    /// an equal copy of the catalog it returned.
+    pub fn restore(&mut self, catalog: Catalog) {
+        self.catalog = catalog;
     }
 
     fn declare(&mut self, origin: &Arc<str>, id: ObjectId, obj: Object) -> bool {
@@ -189,9 +211,9 @@ impl Store {
         let winner = self.decls.get(id).and_then(|d| d.values().next_back()).cloned();
         let cat = &mut self.catalog;
         let changed = match (id, winner) {
-            (ObjectId::Service(key), Some(Object::Service(svc))) => cat.services.insert(key.clone(), svc.clone()) != Some(svc),
+            (ObjectId::Service(key), Some(Object::Service(svc))) => put(&mut cat.services, key, svc),
             (ObjectId::Service(key), None) => cat.services.remove(key).is_some(),
-            (ObjectId::Node(name), Some(Object::Node(node))) => cat.nodes.insert(name.clone(), node.clone()) != Some(node),
+            (ObjectId::Node(name), Some(Object::Node(node))) => put(&mut cat.nodes, name, node),
             (ObjectId::Node(name), None) => cat.nodes.remove(name).is_some(),
             (ObjectId::EndpointSlice(key), winner) => {
                 let new = match winner {
@@ -226,4 +248,107 @@ fn remove_slice(cat: &mut Catalog, svc: &ObjectKey, key: &ObjectKey) -> Option<E
         cat.slices.remove(svc);
     }
     Some(slice)
+}
+
+/// Insert unless equal; whether the map changed.
+fn put<K: Ord + Clone, V: PartialEq>(map: &mut std::collections::BTreeMap<K, V>, key: &K, value: V) -> bool {
+    if map.get(key) == Some(&value) {
+        return false;
+    }
+    map.insert(key.clone(), value);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_documents;
+
+    fn objs(text: &str) -> Vec<Object> {
+        let (objs, errs) = parse_documents(text, "test");
+        assert!(errs.is_empty(), "{errs:?}");
+        objs
+    }
+
+    fn svc(name: &str, ip: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec: {{clusterIP: {ip}}}\n---\n")
+    }
+
+    fn slice(name: &str, service: &str, addr: &str) -> String {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: x, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+             addressType: IPv4\nendpoints: [{{addresses: [{addr}]}}]\n---\n"
+        )
+    }
+
+    fn vip(store: &Store, name: &str) -> Option<String> {
+        store.catalog().service("x", name).map(|s| s.cluster_ips[0].to_string())
+    }
+
+    #[test]
+    fn replacing_an_origin_adds_changes_and_removes() {
+        let mut st = Store::new();
+        assert!(st.replace_origin("f1", objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2")))));
+        assert!(st.replace_origin("f1", objs(&svc("a", "10.96.0.9"))));
+        assert_eq!(vip(&st, "a").as_deref(), Some("10.96.0.9"));
+        assert_eq!(vip(&st, "b"), None, "b left the file, so it left the catalog");
+        // Same content again: no change.
+        assert!(!st.replace_origin("f1", objs(&svc("a", "10.96.0.9"))));
+        assert!(st.remove_origin("f1"));
+        assert!(st.catalog().services.is_empty());
+    }
+
+    #[test]
+    fn conflicting_origins_last_by_name_wins_and_the_other_takes_over() {
+        let mut st = Store::new();
+        st.replace_origin("b.yaml", objs(&svc("a", "10.96.0.2")));
+        st.replace_origin("a.yaml", objs(&svc("a", "10.96.0.1")));
+        assert_eq!(vip(&st, "a").as_deref(), Some("10.96.0.2"));
+        st.remove_origin("b.yaml");
+        assert_eq!(vip(&st, "a").as_deref(), Some("10.96.0.1"), "the remaining declaration takes over");
+    }
+
+    #[test]
+    fn slices_group_by_service_and_follow_a_relabel() {
+        let mut st = Store::new();
+        st.replace_origin("f", objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "web", "10.0.0.1"))));
+        let web = ObjectKey::new("x", "web");
+        let keys: Vec<_> = st.catalog().slices_of(&web).iter().map(|s| s.key.name.clone()).collect();
+        assert_eq!(keys, ["s1", "s2"], "sorted by slice name");
+        // s1 moves to another Service.
+        st.replace_origin("f", objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "api", "10.0.0.1"))));
+        assert_eq!(st.catalog().slices_of(&web).len(), 1);
+        assert_eq!(st.catalog().slices_of(&ObjectKey::new("x", "api")).len(), 1);
+        st.remove_origin("f");
+        assert!(st.catalog().slices.is_empty(), "empty groups are dropped");
+    }
+
+    #[test]
+    fn generations_count_published_changes_and_ready_is_explicit() {
+        let mut st = Store::new();
+        let rx = st.subscribe();
+        assert!(!rx.borrow().ready);
+        st.replace_origin("f", objs(&svc("a", "10.96.0.1")));
+        assert_eq!(st.publish(), 1);
+        assert!(!rx.borrow().ready, "not ready until the source says so");
+        assert_eq!(st.publish(), 1, "nothing changed, nothing published");
+        st.set_ready();
+        assert_eq!(st.publish(), 2);
+        let snap = rx.borrow().clone();
+        assert!(snap.ready && snap.generation == 2 && snap.catalog.services.len() == 1);
+        st.replace_origin("f", objs(&svc("a", "10.96.0.1")));
+        assert_eq!(st.publish(), 2, "identical content is no change");
+    }
+
+    #[test]
+    fn upsert_and_delete_single_objects() {
+        let mut st = Store::new();
+        let a = objs(&svc("a", "10.96.0.1")).remove(0);
+        let id = a.id();
+        assert!(st.upsert("api", a.clone()));
+        assert!(!st.upsert("api", a));
+        assert!(st.delete("api", &id));
+        assert!(!st.delete("api", &id));
+        assert!(st.catalog().services.is_empty());
+    }
 }

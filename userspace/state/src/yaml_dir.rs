@@ -210,8 +210,25 @@ impl DirSource {
                 }
             }
             report(&errors);
-            let generation = self.store.publish();
-            debug!(generation, "directory change applied");
+            // Publish first, then rebuild the store's working copy on a
+            // blocking thread: the latency a consumer sees is the parse, not
+            // a clone of the whole catalog.
+            if let Some((published, replaced)) = self.store.publish_detached() {
+                let copy = tokio::task::spawn_blocking(move || {
+                    drop(replaced);
+                    (*published).clone()
+                });
+                match copy.await {
+                    Ok(copy) => self.store.restore(copy),
+                    // The clone cannot fail short of a panic (OOM): nothing
+                    // sane is left to publish from.
+                    Err(e) => {
+                        warn!(error = %e, "catalog copy failed; directory source stops");
+                        return;
+                    }
+                }
+                debug!(generation = self.store.publish(), "directory change applied");
+            }
         }
     }
 
