@@ -546,3 +546,27 @@ fn chains_with_portmap_and_bandwidth_like_libcni() {
     let rules = util::sh(&["ip", "netns", "exec", node.name(), "iptables-save"]);
     assert!(!rules.contains(&pod_ip), "portmap rules left: {rules}");
 }
+
+#[test]
+fn an_add_that_fails_halfway_rolls_back_everything_it_created() {
+    let node = Node::new();
+    let sb = node.new_sandbox("noipv6");
+    // IPv6 off in the pod: the veth and the IPv4 address go in, then the
+    // IPv6 address is refused by the kernel, after the bridge port exists.
+    sb.netns.run(|| {
+        util::sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        util::sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+    });
+    let out = node.cni(&sb.call("ADD", node.netconf(), ""));
+    assert_cni_error(&out, 101);
+    assert!(host_veths(&node).is_empty(), "veth left: {:?}", host_veths(&node));
+    assert!(reservations(&node).is_empty(), "reservation left: {:?}", reservations(&node));
+    assert_eq!(pod_links(sb.netns.name()), 0, "pod interface left");
+    // and the same sandbox works once IPv6 is back
+    sb.netns.run(|| {
+        util::sysctl("net.ipv6.conf.all.disable_ipv6", "0");
+        util::sysctl("net.ipv6.conf.default.disable_ipv6", "0");
+    });
+    let pod = node.attach(sb, node.netconf(), "").expect("ADD after fixing the sandbox");
+    assert!(pod.ipv6.is_some());
+}

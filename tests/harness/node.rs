@@ -342,8 +342,7 @@ impl Pod {
         // first, so take the last sandbox-less entry.
         let host_veth = ifaces
             .iter()
-            .filter(|i| i.get("sandbox").is_none())
-            .next_back()
+            .rfind(|i| i.get("sandbox").is_none())
             .and_then(|i| i["name"].as_str())
             .map(str::to_string);
         Pod {
