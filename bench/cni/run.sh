@@ -23,7 +23,10 @@ trap 'rm -rf "$tmp"' EXIT
 echo "== reference: bridge + host-local ($REF_DIR)"
 python3 bench/cni/cni_bench.py "$REF_DIR" bridge --pods "$PODS" --concurrency "$CONC" --json "$tmp/ref.json" || true
 echo "== ferry ($FERRY_DIR, built-in IPAM)"
-python3 bench/cni/cni_bench.py "$FERRY_DIR" ferry '{"ipam": {"type": "ferry"}}' \
+# pinDir: a path with nothing pinned, so the run never attaches whatever data
+# path this machine may have loaded under /sys/fs/bpf/ferry (the reference
+# has no data path either).
+python3 bench/cni/cni_bench.py "$FERRY_DIR" ferry '{"ipam": {"type": "ferry"}, "pinDir": "/run/ferry-bench-no-datapath"}' \
     --pods "$PODS" --concurrency "$CONC" --json "$tmp/ferry.json" || true
 
 python3 bench/cni/report.py "$tmp/ferry.json" "$tmp/ref.json" bench/results/cni.json

@@ -456,7 +456,7 @@ fn other_ipam_types_are_delegated_to_the_plugin_in_cni_path() {
     let node = Node::new();
     let dir = node.scratch().join("host-local");
     let conf = json!({
-        "cniVersion": "1.0.0", "name": "delegated", "type": "ferry",
+        "cniVersion": "1.0.0", "name": "delegated", "type": "ferry", "pinDir": node.netconf()["pinDir"],
         "ipam": {"type": "host-local", "subnet": "10.66.0.0/24", "dataDir": dir},
     });
     let mut a = node.add_pod_with("a", &conf, "").expect("ADD with host-local IPAM");
@@ -470,7 +470,7 @@ fn other_ipam_types_are_delegated_to_the_plugin_in_cni_path() {
     assert!(a.cni("CHECK").success(), "{:?}", a.cni("CHECK"));
     a.delete();
     assert!(!file.exists(), "host-local released on DEL");
-    let missing = json!({"cniVersion": "1.0.0", "name": "delegated", "type": "ferry", "ipam": {"type": "no-such-ipam"}});
+    let missing = json!({"cniVersion": "1.0.0", "name": "delegated", "type": "ferry", "pinDir": node.netconf()["pinDir"], "ipam": {"type": "no-such-ipam"}});
     assert_cni_error(&node.add_pod_with("c", &missing, "").expect_err("unknown ipam plugin"), 7);
 }
 

@@ -148,6 +148,9 @@ impl Node {
             "type": "ferry",
             "bridge": cfg.bridge,
             "mtu": 1500,
+            // Never the machine's default pin dir: a path with nothing pinned
+            // means "no data path"; LB tests override it with their own.
+            "pinDir": scratch.join("no-datapath"),
             "ipam": {
                 "type": "ferry",
                 "ranges": ranges,
