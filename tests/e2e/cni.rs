@@ -570,3 +570,21 @@ fn an_add_that_fails_halfway_rolls_back_everything_it_created() {
     let pod = node.attach(sb, node.netconf(), "").expect("ADD after fixing the sandbox");
     assert!(pod.ipv6.is_some());
 }
+
+#[test]
+fn the_harness_cleans_up_after_a_panicking_test() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let outcome = std::panic::catch_unwind(move || {
+        let node = Node::new();
+        let pod = node.add_pod("doomed");
+        let _srv = IdServer::tcp(pod.netns_path(), 8080, "doomed");
+        tx.send((node.netns_path().to_path_buf(), pod.netns_path().to_path_buf(), node.scratch().to_path_buf()))
+            .unwrap();
+        panic!("a test failing halfway");
+    });
+    assert!(outcome.is_err());
+    let (node_ns, pod_ns, scratch) = rx.recv().unwrap();
+    assert!(!node_ns.exists(), "node netns left: {}", node_ns.display());
+    assert!(!pod_ns.exists(), "pod netns left: {}", pod_ns.display());
+    assert!(!scratch.exists(), "scratch dir (IPAM state) left: {}", scratch.display());
+}
