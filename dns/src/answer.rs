@@ -137,7 +137,8 @@ pub fn answer_fast(zone: &Zone, ready: bool, msg: &[u8], transport: Transport, o
             None => Fast::Slow(q),
         };
     };
-    if let Some((pre, _target)) = &entry.cname {
+    if let Some(alias) = &entry.cname {
+        let pre = &alias.0;
         // RFC 1034 §3.6.2: the alias is the answer for CNAME (and for ANY);
         // for other types the target is chased, which may need upstreams.
         if q.qtype == qtype::CNAME || q.qtype == qtype::ANY {
@@ -184,7 +185,8 @@ pub async fn answer_slow(shared: &Shared, msg: &[u8], q: &Query, transport: Tran
     resp.add_query(hq.clone());
     let (zone, ready) = shared.zone();
     let cname = zone.get(&q.name_lower).filter(|_| ready).and_then(|e| e.cname.clone());
-    if let Some((pre, target)) = cname {
+    if let Some(alias) = cname {
+        let (pre, target) = *alias;
         resp.metadata.authoritative = true;
         let mut alias = Message::from_vec(&pre.bytes).map(|m| m.answers).unwrap_or_default();
         for r in &mut alias {

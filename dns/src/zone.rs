@@ -49,7 +49,8 @@ pub struct Entry {
     pub rrsets: Vec<(u16, Prebuilt)>,
     /// ExternalName: the CNAME answer and its target (RFC 1034 §3.6.2: the
     /// alias answers every type).
-    pub cname: Option<(Prebuilt, Name)>,
+    /// Boxed: rare, and a `Name` inline would triple every map slot.
+    pub cname: Option<Box<(Prebuilt, Name)>>,
 }
 
 impl Entry {
@@ -171,7 +172,11 @@ fn srv_owner(port_name: &str, proto: &str, base: &str) -> Option<Name> {
     name(&format!("_{port_name}._{proto}.{base}"))
 }
 
-fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mut Records) {
+/// PTR targets by reverse name, across all Services: one address may back
+/// several headless Services, and its PTR RRset then names them all.
+type Ptrs = BTreeMap<String, Vec<Name>>;
+
+fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mut Records, ptrs: &mut Ptrs) {
     let base_s = format!("{}.{}.svc.{}.", svc.key.name, svc.key.namespace, zone);
     let Some(base) = name(&base_s) else { return };
     if svc.service_type == ServiceType::ExternalName {
@@ -185,9 +190,7 @@ fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mu
         // §2.3: A/AAAA per ClusterIP family, SRV per named port, PTR per IP.
         for ip in &svc.cluster_ips {
             recs.add(&base, addr_rdata(*ip), ttl);
-            if let Some(rev) = name(&reverse_name(*ip)) {
-                recs.add(&rev, RData::PTR(PTR(base.clone())), ttl);
-            }
+            ptrs.entry(reverse_name(*ip)).or_default().push(base.clone());
         }
         if svc.cluster_ips.is_empty() {
             return;
@@ -217,9 +220,7 @@ fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mu
                 let Some(host_name) = name(&format!("{host}.{base_s}")) else { continue };
                 recs.add(&base, addr_rdata(*ip), ttl);
                 recs.add(&host_name, addr_rdata(*ip), ttl);
-                if let Some(rev) = name(&reverse_name(*ip)) {
-                    recs.add(&rev, RData::PTR(PTR(host_name.clone())), ttl);
-                }
+                ptrs.entry(reverse_name(*ip)).or_default().push(host_name.clone());
                 hosts.entry(host_name).or_default().push(*ip);
             }
         }
@@ -305,9 +306,6 @@ impl Zone {
         if let Some(v) = name(&format!("dns-version.{zone_s}.")) {
             recs.add(&v, RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])), SCHEMA_TTL);
         }
-        for svc in cat.services.values() {
-            service_records(cat, svc, &zone_s, ttl, &mut recs);
-        }
 
         let reverse_apexes: Vec<Vec<u8>> = reverse_apex_names().iter().map(|s| ascii_to_wire(s)).collect();
         let mut soa_tails = vec![soa_tail(&zone_s, ttl)];
@@ -321,35 +319,23 @@ impl Zone {
             config,
         };
 
-        let empty = Vec::new();
-        for (owner, sets) in &recs.sets {
-            let mut entry = Entry::default();
-            for (t, answers) in sets {
-                let glue: Vec<Record> = recs
-                    .glue
-                    .get(owner)
-                    .map(|targets| {
-                        targets
-                            .iter()
-                            .flat_map(|g| {
-                                let s = recs.sets.get(g);
-                                let a = s.and_then(|s| s.get(&qtype::A)).unwrap_or(&empty);
-                                let aaaa = s.and_then(|s| s.get(&qtype::AAAA)).unwrap_or(&empty);
-                                a.iter().chain(aaaa).cloned()
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let glue = if *t == qtype::SRV { glue } else { Vec::new() };
-                entry.rrsets.push((*t, encode(owner, RecordType::from(*t), answers, &glue)));
+        // Records are encoded Service by Service, so the scratch records
+        // of only one Service exist at a time next to the growing zone.
+        zone.add_records(recs, ttl);
+        let mut ptrs = Ptrs::new();
+        for svc in cat.services.values() {
+            let mut recs = Records::default();
+            service_records(cat, svc, &zone_s, ttl, &mut recs, &mut ptrs);
+            zone.add_records(recs, ttl);
+        }
+        let mut recs = Records::default();
+        for (rev, targets) in ptrs {
+            let Some(rev) = name(&rev) else { continue };
+            for t in targets {
+                recs.add(&rev, RData::PTR(PTR(t)), ttl);
             }
-            zone.insert(owner, entry);
         }
-        for (owner, target) in &recs.cnames {
-            let rec = Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target.clone())));
-            let pre = encode(owner, RecordType::CNAME, &[rec], &[]);
-            zone.insert(owner, Entry { rrsets: Vec::new(), cname: Some((pre, target.clone())) });
-        }
+        zone.add_records(recs, ttl);
         if zone.config.pods_insecure {
             let pod = name(&format!("pod.{zone_s}.")).expect("zone validated above");
             zone.add_ancestors(&ascii_to_wire(&pod.to_ascii()));
@@ -357,10 +343,51 @@ impl Zone {
         Ok(zone)
     }
 
-    fn insert(&mut self, owner: &Name, entry: Entry) {
+    fn add_records(&mut self, recs: Records, ttl: u32) {
+        let empty = Vec::new();
+        for (owner, sets) in &recs.sets {
+            let mut entry = Entry::default();
+            for (t, answers) in sets {
+                // Glue (RFC 2782 "Additional section"): the addresses of SRV
+                // targets, which are always records of the same Service.
+                let glue: Vec<Record> = match (*t == qtype::SRV, recs.glue.get(owner)) {
+                    (true, Some(targets)) => targets
+                        .iter()
+                        .flat_map(|g| {
+                            let s = recs.sets.get(g);
+                            let a = s.and_then(|s| s.get(&qtype::A)).unwrap_or(&empty);
+                            let aaaa = s.and_then(|s| s.get(&qtype::AAAA)).unwrap_or(&empty);
+                            a.iter().chain(aaaa).cloned()
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                entry.rrsets.push((*t, encode(owner, RecordType::from(*t), answers, &glue)));
+            }
+            self.insert(owner, entry);
+        }
+        for (owner, target) in &recs.cnames {
+            let rec = Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target.clone())));
+            let pre = encode(owner, RecordType::CNAME, &[rec], &[]);
+            self.insert(owner, Entry { rrsets: Vec::new(), cname: Some(Box::new((pre, target.clone()))) });
+        }
+    }
+
+    /// Add `entry` at `owner`, merging with what is there (an empty
+    /// non-terminal added for an earlier name, or another Service's types).
+    fn insert(&mut self, owner: &Name, mut entry: Entry) {
         let key = ascii_to_wire(&owner.to_ascii());
         self.add_ancestors(&key);
-        self.names.insert(key.into_boxed_slice(), entry);
+        entry.rrsets.shrink_to_fit();
+        match self.names.get_mut(key.as_slice()) {
+            Some(old) => {
+                old.rrsets.extend(entry.rrsets);
+                old.cname = old.cname.take().or(entry.cname);
+            }
+            None => {
+                self.names.insert(key.into_boxed_slice(), entry);
+            }
+        }
     }
 
     /// Every name between a record's owner and its zone apex exists, even
