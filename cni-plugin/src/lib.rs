@@ -6,6 +6,7 @@
 //! calls, no sleeps, no child processes except a delegated IPAM plugin.
 
 pub mod cmd;
+pub mod datapath;
 pub mod delegate;
 pub mod env;
 pub mod error;

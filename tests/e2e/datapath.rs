@@ -177,3 +177,71 @@ fn datapath_tcp_keeps_its_backend_udp_moves() {
     // New TCP connections go to b2.
     assert_eq!(client.run(|| tcp_id(sa(VIP, 80), T)).expect("new flow"), "b2");
 }
+
+fn link_pins(pin: &PinDir) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(pin.path().join("links"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn ifindex(node: &Node, name: &str) -> u32 {
+    let name = name.to_owned();
+    node.run(move || nix_ifindex(&name))
+}
+
+fn nix_ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+#[test]
+fn datapath_cni_attaches_on_add_and_del_removes_the_pins() {
+    let (pin, _dp, node) = node_with_datapath();
+    let mut pod = node.add_pod("p");
+    let veth = pod.host_veth.clone().expect("host veth");
+    let idx = ifindex(&node, &veth);
+    assert_eq!(link_pins(&pin), vec![format!("{idx}-in"), format!("{idx}-out")], "ADD attached");
+    let dir = pin.path().to_owned();
+    let again = node.run(move || ferry_datapath::attach(&dir, veth.as_str())).expect("attach");
+    assert!(!again.created, "already attached by the plugin");
+    pod.delete();
+    assert!(link_pins(&pin).is_empty(), "DEL left {:?}", link_pins(&pin));
+}
+
+#[test]
+fn datapath_watcher_attaches_existing_and_new_veths() {
+    // The plugin's pinDir has no programs (ADD attaches nothing); the
+    // watcher uses its own pin dir, like an agent started after the pods.
+    let node = Node::new();
+    let pin = PinDir::new();
+    load_or_adopt(pin.path(), &DatapathConfig::small()).expect("load");
+    let before = node.add_pod("before");
+    let dir = pin.path().to_owned();
+    let pattern = ferry_datapath::IfacePattern::new("fer*,!ferry*").unwrap();
+    let watcher = node
+        .run(move || ferry_datapath::spawn_attach_watcher(dir, pattern, |_| {}))
+        .expect("watcher");
+    let b_idx = ifindex(&node, before.host_veth.as_deref().unwrap());
+    assert!(link_pins(&pin).contains(&format!("{b_idx}-in")), "existing veth attached at start");
+    let mut after = node.add_pod("after");
+    let a_idx = ifindex(&node, after.host_veth.as_deref().unwrap());
+    ferry_tests::assert_eventually!(
+        link_pins(&pin).contains(&format!("{a_idx}-out")) && link_pins(&pin).contains(&format!("{a_idx}-in")),
+        Duration::from_secs(2),
+        "new veth attached: {:?}",
+        link_pins(&pin)
+    );
+    assert_eq!(link_pins(&pin).len(), 4, "the bridge is not attached: {:?}", link_pins(&pin));
+    after.delete();
+    ferry_tests::assert_eventually!(
+        !link_pins(&pin).iter().any(|p| p.starts_with(&format!("{a_idx}-"))),
+        Duration::from_secs(2),
+        "pins of a deleted veth removed: {:?}",
+        link_pins(&pin)
+    );
+    watcher.stop();
+    drop(before);
+}

@@ -178,9 +178,10 @@ fn add(
         nl.set_hairpin(host.index, true)?;
     }
 
-    // --- attach data path here (issue 3): the pinned from-pod/to-pod programs
-    // under cfg.conf.pin_dir go on `host` now, before any address exists in
-    // the pod, so no packet of this pod can bypass the load balancer. ---
+    // The pinned from-pod/to-pod programs under cfg.conf.pin_dir go on
+    // `host` now, before any address exists in the pod, so no packet of this
+    // pod can bypass the load balancer. A failure undoes the veth (above).
+    crate::datapath::attach(&cfg.conf.pin_dir, host.index, &host_name)?;
 
     let pod = pod_nl
         .link(&env.ifname)?

@@ -15,7 +15,12 @@ use crate::netconf::{Config, Ipam};
 
 pub fn run(cfg: &Config, env: &Env) -> Result<()> {
     let nl = Netlink::open()?;
-    nl.del_link(&names::host_veth(&env.container_id, &env.ifname))?;
+    let host = names::host_veth(&env.container_id, &env.ifname);
+    // Link pins first (they hold the tcx links); if the veth is already gone,
+    // sweep the pins of every vanished interface instead.
+    let ifindex = nl.link(&host)?.map(|l| l.index);
+    crate::datapath::detach(&cfg.conf.pin_dir, ifindex)?;
+    nl.del_link(&host)?;
     match &cfg.ipam {
         Ipam::Builtin(ic) => {
             ipam::release(ic, &cfg.conf.name, &env.container_id, &env.ifname)?;

@@ -186,29 +186,36 @@ pub fn gc_links(pin_dir: &Path) -> Result<Vec<u32>> {
     Ok(removed)
 }
 
-/// Which interfaces count as pod veths: a glob where `*` matches any run of
-/// characters (e.g. `veth*`, `fy*`); several globs separated by commas.
+/// Which interfaces count as pod veths: comma-separated globs where `*`
+/// matches any run of characters and `?` one character; a glob starting with
+/// `!` excludes. A name matches when some plain glob matches and no
+/// exclusion does, e.g. `fer*,!ferry*` (pod veths, not the bridge).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IfacePattern {
     globs: Vec<String>,
+    excludes: Vec<String>,
 }
 
 impl IfacePattern {
     pub fn new(pattern: &str) -> Result<Self> {
-        let globs: Vec<String> = pattern
-            .split(',')
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if globs.is_empty() {
-            return Err(Error::Config(format!("empty interface pattern {pattern:?}")));
+        let (mut globs, mut excludes) = (Vec::new(), Vec::new());
+        for g in pattern.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+            match g.strip_prefix('!') {
+                Some(ex) => excludes.push(ex.to_owned()),
+                None => globs.push(g.to_owned()),
+            }
         }
-        Ok(Self { globs })
+        if globs.is_empty() {
+            return Err(Error::Config(format!(
+                "interface pattern {pattern:?} matches nothing (no plain glob)"
+            )));
+        }
+        Ok(Self { globs, excludes })
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.globs.iter().any(|g| glob_match(g.as_bytes(), name.as_bytes()))
+        let m = |g: &String| glob_match(g.as_bytes(), name.as_bytes());
+        self.globs.iter().any(m) && !self.excludes.iter().any(m)
     }
 }
 
@@ -216,6 +223,7 @@ fn glob_match(pat: &[u8], s: &[u8]) -> bool {
     match pat.split_first() {
         None => s.is_empty(),
         Some((b'*', rest)) => (0..=s.len()).any(|i| glob_match(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && glob_match(rest, &s[1..]),
         Some((c, rest)) => s.first() == Some(c) && glob_match(rest, &s[1..]),
     }
 }
@@ -249,7 +257,7 @@ mod tests {
 
     #[test]
     fn patterns() {
-        let p = IfacePattern::new("veth*, fy*x").unwrap();
+        let p = IfacePattern::new("veth*, fy*x, fer*, !ferry*, ?x?").unwrap();
         // (name, matches)
         for (name, want) in [
             ("veth1234", true),
@@ -258,9 +266,14 @@ mod tests {
             ("fyx", true),
             ("fy12x", true),
             ("fy12", false),
+            ("fer0123456789ab", true),
+            ("ferry0", false), // excluded: the bridge
+            ("axb", true),
+            ("ax", false),
         ] {
             assert_eq!(p.matches(name), want, "{name}");
         }
         assert!(IfacePattern::new(" , ").is_err());
+        assert!(IfacePattern::new("!ferry*").is_err(), "only exclusions");
     }
 }
