@@ -13,6 +13,12 @@ use crate::env::{Command, Env};
 use crate::error::{Code, CniError, Result};
 
 fn find(plugin: &str, env: &Env) -> Result<PathBuf> {
+    if env.path.is_empty() {
+        return Err(CniError::new(
+            Code::InvalidEnv,
+            format!("CNI_PATH is required to run the ipam plugin {plugin:?}"),
+        ));
+    }
     env.path
         .iter()
         .map(|d| d.join(plugin))

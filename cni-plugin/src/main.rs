@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use ferry_cni::netconf::peek_version;
-use ferry_cni::result::{LATEST, SUPPORTED_VERSIONS};
+use ferry_cni::result::LATEST;
 use ferry_cni::{Code, CniError};
 
 fn main() -> ExitCode {
@@ -31,10 +31,9 @@ fn main() -> ExitCode {
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            // Tag the error with the caller's version when it is one we speak.
-            let ver = peek_version(&stdin)
-                .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
-                .unwrap_or_else(|| LATEST.to_string());
+            // SPEC.md: the error's cniVersion is "the same value as provided
+            // by the configuration" (even one we do not support).
+            let ver = peek_version(&stdin).unwrap_or_else(|| LATEST.to_string());
             let _ = writeln!(out, "{}", e.to_json(&ver));
             eprintln!("ferry: {e}");
             ExitCode::FAILURE

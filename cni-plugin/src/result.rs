@@ -171,16 +171,12 @@ impl CniResult {
                 }
             }
         }
-        if !self.interfaces.is_empty() {
-            out["interfaces"] = ifaces;
-        }
+        // SPEC.md lists all four keys of a Success result; empty ones are
+        // printed as empty (the reference plugins print "dns": {} too).
+        out["interfaces"] = ifaces;
         out["ips"] = ips;
-        if !self.routes.is_empty() {
-            out["routes"] = routes;
-        }
-        if !self.dns.is_empty() {
-            out["dns"] = serde_json::to_value(&self.dns).unwrap_or_default();
-        }
+        out["routes"] = routes;
+        out["dns"] = serde_json::to_value(&self.dns).unwrap_or_default();
         out
     }
 }

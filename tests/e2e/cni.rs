@@ -384,7 +384,6 @@ fn bad_inputs_get_documented_error_codes_and_leave_nothing() {
         Case { drop_env: vec!["CNI_CONTAINERID"], ..case("missing CNI_CONTAINERID", js(good.clone()), 4) },
         Case { drop_env: vec!["CNI_NETNS"], ..case("missing CNI_NETNS", js(good.clone()), 4) },
         Case { drop_env: vec!["CNI_IFNAME"], ..case("missing CNI_IFNAME", js(good.clone()), 4) },
-        Case { drop_env: vec!["CNI_PATH"], ..case("missing CNI_PATH", js(good.clone()), 4) },
         Case { command: "FROB", ..case("unknown CNI_COMMAND", js(good.clone()), 4) },
         Case { ifname: "this-name-is-too-long", ..case("invalid CNI_IFNAME", js(good.clone()), 4) },
     ];
@@ -398,6 +397,10 @@ fn bad_inputs_get_documented_error_codes_and_leave_nothing() {
         assert!(out.code.is_some(), "{}: killed by a signal (panic?): {out:?}", c.what);
         assert!(!out.stderr.contains("panicked"), "{}: {}", c.what, out.stderr);
         assert_cni_error(&out, c.code);
+        // SPEC.md: the error carries the cniVersion of the configuration
+        if let Ok(v) = serde_json::from_slice::<Value>(&c.stdin) {
+            assert_eq!(out.json()["cniVersion"], v["cniVersion"], "{}", c.what);
+        }
         assert!(host_veths(&node).is_empty(), "{}: left a veth", c.what);
         assert!(reservations(&node).is_empty(), "{}: left a reservation", c.what);
         assert_eq!(pod_links(sb.netns.name()), 0, "{}: left a pod link", c.what);
@@ -587,4 +590,37 @@ fn the_harness_cleans_up_after_a_panicking_test() {
     assert!(!node_ns.exists(), "node netns left: {}", node_ns.display());
     assert!(!pod_ns.exists(), "pod netns left: {}", pod_ns.display());
     assert!(!scratch.exists(), "scratch dir (IPAM state) left: {}", scratch.display());
+}
+
+#[test]
+fn cni_path_is_optional_unless_ipam_is_delegated() {
+    // SPEC.md lists CNI_PATH as an optional parameter of ADD, DEL and CHECK.
+    let node = Node::new();
+    let sb = node.new_sandbox("nopath");
+    let mut call = sb.call("ADD", node.netconf(), "");
+    call.drop_env = vec!["CNI_PATH"];
+    let out = node.cni(&call);
+    assert!(out.success(), "ADD without CNI_PATH: {out:?}");
+    let mut conf = node.netconf().clone();
+    conf["prevResult"] = out.json();
+    for cmd in ["CHECK", "DEL"] {
+        let mut call = sb.call(cmd, &conf, "");
+        call.drop_env = vec!["CNI_PATH"];
+        let out = node.cni(&call);
+        assert!(out.success(), "{cmd} without CNI_PATH: {out:?}");
+    }
+    assert!(reservations(&node).is_empty());
+    // a delegated IPAM plugin cannot be found without it: code 4, nothing left
+    let delegated = json!({"cniVersion": "1.0.0", "name": "d", "type": "ferry", "pinDir": node.netconf()["pinDir"],
+                           "ipam": {"type": "host-local", "subnet": "10.67.0.0/24", "dataDir": node.scratch().join("hl")}});
+    let mut call = sb.call("ADD", &delegated, "");
+    call.drop_env = vec!["CNI_PATH"];
+    let out = node.cni(&call);
+    assert_cni_error(&out, 4);
+    assert!(out.json()["msg"].as_str().unwrap().contains("CNI_PATH"));
+    assert!(host_veths(&node).is_empty());
+    // VERSION echoes the version it was asked about (SPEC.md "Version")
+    let mut call = sb.call("VERSION", node.netconf(), "");
+    call.stdin = br#"{"cniVersion": "0.2.0"}"#.to_vec();
+    assert_eq!(node.cni(&call).json()["cniVersion"], "0.2.0");
 }

@@ -88,8 +88,10 @@ fn addresses(cfg: &Config, env: &Env, requested: &[IpAddr], undo: &mut Undo) -> 
             Ok((ips, ic.routes.clone(), Dns::default()))
         }
         Ipam::Delegated(t) => {
-            let out = delegate::exec(t, Command::Add, env, &cfg.raw)?;
+            // SPEC.md "Delegated plugin execution procedure": if the
+            // delegated ADD fails, it is still called with DEL.
             undo.delegated = true;
+            let out = delegate::exec(t, Command::Add, env, &cfg.raw)?;
             let res = CniResult::from_value(&out.ok_or_else(|| {
                 CniError::new(Code::Delegate, format!("ipam plugin {t} returned no result"))
             })?)?;

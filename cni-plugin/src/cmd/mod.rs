@@ -59,9 +59,10 @@ pub fn run(get_env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Opt
     }
 }
 
-/// VERSION: answers in the version asked for when we support it.
+/// VERSION: SPEC.md "cniVersion: the value of cniVersion specified on
+/// input"; the runtime compares it with `supportedVersions` itself.
 fn version(stdin: &[u8]) -> Value {
-    let asked = peek_version(stdin).filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()));
+    let asked = peek_version(stdin).filter(|v| !v.is_empty());
     serde_json::json!({
         "cniVersion": asked.as_deref().unwrap_or(LATEST),
         "supportedVersions": SUPPORTED_VERSIONS,
