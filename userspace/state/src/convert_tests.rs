@@ -43,8 +43,11 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// A row of accepted input: description, conversion result, what must hold.
+type Accepted<'a, T> = (&'a str, Result<T, ConvertError>, &'a dyn Fn(&T) -> bool);
+
 /// Run accepted rows: each check must hold.
-fn accept<T: std::fmt::Debug>(rows: &[(&str, Result<T, ConvertError>, &dyn Fn(&T) -> bool)]) {
+fn accept<T: std::fmt::Debug>(rows: &[Accepted<'_, T>]) {
     for (desc, got, check) in rows {
         match got {
             Ok(v) => assert!(check(v), "{desc}: unexpected result {v:#?}"),
