@@ -43,11 +43,20 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+/// Capability arguments we honour (CONVENTIONS.md); others are ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RuntimeConfig {
-    /// The `ips` capability: addresses (optionally with prefix) to assign.
+    /// `ips`: addresses (optionally with prefix) to assign.
     #[serde(default)]
     pub ips: Vec<String>,
+    /// `mac`: the MAC address of the sandbox interface.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// `ipRanges`: range sets that replace `ipam.ranges` (host-local's
+    /// semantics), for runtimes that hand out the node's pod CIDR.
+    #[serde(default)]
+    pub ip_ranges: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,7 +188,17 @@ impl Config {
             .filter(|v| v.is_object())
             .ok_or_else(|| invalid("\"ipam\" must be an object"))?;
         let ipam = match ipam_value.get("type").and_then(Value::as_str) {
-            None | Some(ipam::BUILTIN) => Ipam::Builtin(IpamConfig::parse(ipam_value)?),
+            None | Some(ipam::BUILTIN) => {
+                let mut v = ipam_value.clone();
+                if let Some(ranges) = conf.runtime_config.ip_ranges.as_ref().filter(|r| r.as_array().is_some_and(|a| !a.is_empty())) {
+                    let o = v.as_object_mut().expect("checked object");
+                    for k in ["subnet", "rangeStart", "rangeEnd", "gateway"] {
+                        o.remove(k);
+                    }
+                    o.insert("ranges".into(), ranges.clone());
+                }
+                Ipam::Builtin(IpamConfig::parse(&v)?)
+            }
             Some("") => return Err(invalid("ipam.type must not be empty")),
             Some(t) if t.contains('/') => return Err(invalid(format!("ipam.type {t:?} must be a plugin name, not a path"))),
             Some(t) => Ipam::Delegated(t.to_string()),
@@ -218,6 +237,23 @@ impl Config {
             }
         }
         Ok(out)
+    }
+
+    /// The sandbox interface's MAC if the runtime chose one (`mac`
+    /// capability, or `MAC=` in CNI_ARGS); must be unicast.
+    pub fn requested_mac(&self, cni_args_mac: Option<&str>) -> Result<Option<[u8; 6]>> {
+        let Some(s) = self.conf.runtime_config.mac.as_deref().or(cni_args_mac) else { return Ok(None) };
+        let bad = || invalid(format!("requested MAC {s:?} is not a unicast MAC address"));
+        let parts: Vec<u8> = s
+            .split(':')
+            .map(|p| if p.len() == 2 { u8::from_str_radix(p, 16).ok() } else { None })
+            .collect::<Option<_>>()
+            .ok_or_else(bad)?;
+        let mac: [u8; 6] = parts.try_into().map_err(|_| bad())?;
+        if mac[0] & 1 == 1 || mac == [0; 6] {
+            return Err(bad());
+        }
+        Ok(Some(mac))
     }
 
     /// The valid attachments of a GC request.
@@ -309,6 +345,21 @@ mod tests {
         let ips = c.requested_ips(Some("10.1.0.8")).unwrap();
         assert_eq!(ips.len(), 3);
         assert_eq!(c.requested_ips(Some("nope")).unwrap_err().code, 7);
+    }
+
+    #[test]
+    fn capabilities_mac_and_ip_ranges() {
+        let mut v = base();
+        v["runtimeConfig"] = json!({"mac": "0a:58:0a:f4:00:05", "ipRanges": [[{"subnet": "10.9.0.0/24"}]]});
+        let c = parse(v).unwrap();
+        assert_eq!(c.requested_mac(None).unwrap(), Some([0x0a, 0x58, 0x0a, 0xf4, 0, 5]));
+        let Ipam::Builtin(ic) = &c.ipam else { panic!("builtin") };
+        assert_eq!(ic.sets[0][0].subnet.to_string(), "10.9.0.0/24");
+        let plain = parse(base()).unwrap();
+        assert_eq!(plain.requested_mac(Some("02:00:00:00:00:01")).unwrap(), Some([2, 0, 0, 0, 0, 1]));
+        for bad in ["01:00:00:00:00:01", "zz:00:00:00:00:01", "02:00:00:00:00", "00:00:00:00:00:00"] {
+            assert_eq!(plain.requested_mac(Some(bad)).unwrap_err().code, 7, "{bad}");
+        }
     }
 
     proptest::proptest! {

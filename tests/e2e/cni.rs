@@ -441,17 +441,26 @@ fn exhausted_range_is_code_100_status_50_and_released_addresses_are_reused() {
 }
 
 #[test]
-fn a_pod_can_request_its_ip_through_cni_args_or_the_ips_capability() {
+fn a_pod_can_request_its_ip_mac_and_ranges_through_cni_args_or_capabilities() {
     let node = Node::new();
     let a = node.add_pod_with("a", node.netconf(), "IgnoreUnknown=1;IP=10.244.0.77").expect("ADD with IP=");
     assert_eq!(a.ipv4().to_string(), "10.244.0.77");
     let taken = node.add_pod_with("b", node.netconf(), "IP=10.244.0.77").expect_err("same IP twice");
     assert_cni_error(&taken, 100);
     let mut conf = node.netconf().clone();
-    conf["runtimeConfig"] = json!({"ips": ["10.244.0.88/24", "fd00:10:244::88/64"]});
-    let c = node.add_pod_with("c", &conf, "").expect("ADD with the ips capability");
+    conf["runtimeConfig"] = json!({"ips": ["10.244.0.88/24", "fd00:10:244::88/64"], "mac": "0a:58:0a:f4:00:58"});
+    let c = node.add_pod_with("c", &conf, "").expect("ADD with the ips and mac capabilities");
     assert_eq!(c.ipv4().to_string(), "10.244.0.88");
     assert_eq!(c.ipv6().to_string(), "fd00:10:244::88");
+    assert!(c.ip(&["link", "show", "eth0"]).contains("0a:58:0a:f4:00:58"));
+    assert_eq!(c.result["interfaces"][2]["mac"], "0a:58:0a:f4:00:58");
+    assert!(c.cni("CHECK").success());
+    // ipRanges (runtime-provided pod CIDR) replaces the configured ranges
+    let mut conf = node.netconf().clone();
+    conf["runtimeConfig"] = json!({"ipRanges": [[{"subnet": "10.244.0.0/24", "rangeStart": "10.244.0.200"}]]});
+    let d = node.add_pod_with("d", &conf, "").expect("ADD with ipRanges");
+    assert_eq!(d.ipv4().to_string(), "10.244.0.200");
+    assert!(d.ipv6.is_none(), "ipRanges has no IPv6 range set");
 }
 
 #[test]

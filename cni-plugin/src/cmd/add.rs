@@ -65,9 +65,10 @@ pub fn run(cfg: &Config, env: &Env) -> Result<serde_json::Value> {
     // Everything that can be checked without side effects comes first.
     let netns = open_netns(&env.netns)?;
     let requested = cfg.requested_ips(env.arg("IP"))?;
+    let mac = cfg.requested_mac(env.arg("MAC"))?;
     let mut undo = Undo::default();
     let mut nl_slot: Option<Netlink> = None;
-    match add(cfg, env, &netns, &requested, &mut undo, &mut nl_slot) {
+    match add(cfg, env, &netns, &requested, mac, &mut undo, &mut nl_slot) {
         Ok(r) => Ok(r),
         Err(e) => {
             undo.run(cfg, env, nl_slot.as_ref());
@@ -124,6 +125,7 @@ fn add(
     env: &Env,
     netns: &Netns,
     requested: &[IpAddr],
+    mac: Option<[u8; 6]>,
     undo: &mut Undo,
     nl_slot: &mut Option<Netlink>,
 ) -> Result<serde_json::Value> {
@@ -152,7 +154,7 @@ fn add(
     }
     let host_name = names::host_veth(&env.container_id, &env.ifname);
     let host_mac = names::mac(&[&env.container_id, &env.ifname, "host"]);
-    let pod_mac = names::mac(&[&env.container_id, &env.ifname, "pod"]);
+    let pod_mac = mac.unwrap_or_else(|| names::mac(&[&env.container_id, &env.ifname, "pod"]));
     nl.add_veth(&VethSpec {
         name: &host_name,
         mac: host_mac,
