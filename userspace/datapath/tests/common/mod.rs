@@ -37,6 +37,8 @@ pub struct Pkt {
     pub ext_hdr: bool,
     /// Override of the TCP data offset (in 32-bit words).
     pub doff: Option<u8>,
+    /// Override of the IPv4 header length (in 32-bit words).
+    pub ihl: Option<u8>,
     /// Cut the frame to this many bytes after building.
     pub truncate: Option<usize>,
 }
@@ -59,6 +61,7 @@ impl Pkt {
             len_delta: 0,
             ext_hdr: false,
             doff: None,
+            ihl: None,
             truncate: None,
         }
     }
@@ -103,7 +106,7 @@ impl Pkt {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
                 let ihl = 5 + self.ip_opts.len() / 4;
                 let tot = (ihl * 4 + l4.len()) as i32 + self.len_delta;
-                let mut ip = vec![0x40 | ihl as u8, 0];
+                let mut ip = vec![0x40 | self.ihl.unwrap_or(ihl as u8), 0];
                 ip.extend_from_slice(&(tot as u16).to_be_bytes());
                 ip.extend_from_slice(&[0x12, 0x34]);
                 ip.extend_from_slice(&self.frag.to_be_bytes());
