@@ -633,3 +633,35 @@ fn cni_path_is_optional_unless_ipam_is_delegated() {
     call.stdin = br#"{"cniVersion": "0.2.0"}"#.to_vec();
     assert_eq!(node.cni(&call).json()["cniVersion"], "0.2.0");
 }
+
+#[test]
+fn pods_on_two_nodes_talk_through_host_gw_routes_on_an_underlay() {
+    use ferry_tests::harness::underlay::{route_via, Underlay};
+    let ul = Underlay::new();
+    let cfg = |v4: &str, v6: &str| NodeConfig { ipv4_subnet: Some(v4.into()), ipv6_subnet: Some(v6.into()), ..Default::default() };
+    let n1 = Node::with_config(cfg("10.244.1.0/24", "fd00:10:244:1::/64"));
+    let n2 = Node::with_config(cfg("10.244.2.0/24", "fd00:10:244:2::/64"));
+    let a1 = ul.plug_node(&n1, 11);
+    let a2 = ul.plug_node(&n2, 12);
+    // what the agent does from Node objects: each node's pod CIDR via its IP
+    route_via(n1.name(), "10.244.2.0/24", a2.ipv4.into());
+    route_via(n2.name(), "10.244.1.0/24", a1.ipv4.into());
+    route_via(n1.name(), "fd00:10:244:2::/64", a2.ipv6.into());
+    route_via(n2.name(), "fd00:10:244:1::/64", a1.ipv6.into());
+    let p1 = n1.add_pod("p1");
+    let p2 = n2.add_pod("p2");
+    let _srv = IdServer::tcp(p2.netns_path(), 8080, "p2");
+    let (v4, v6) = (p2.ipv4(), p2.ipv6());
+    let got = p1.run(move || {
+        (
+            tcp_id(SocketAddr::new(v4.into(), 8080), T).expect("cross-node IPv4"),
+            tcp_id(SocketAddr::new(v6.into(), 8080), T).expect("cross-node IPv6"),
+        )
+    });
+    assert_eq!(got, ("p2".to_string(), "p2".to_string()));
+    // an outside client on the underlay reaches a pod through the node
+    let (client, _) = ul.client(50);
+    route_via(client.name(), "10.244.2.0/24", a2.ipv4.into());
+    let from_outside = client.run(move || tcp_id(SocketAddr::new(v4.into(), 8080), T));
+    assert_eq!(from_outside.expect("client -> pod via node"), "p2");
+}

@@ -38,9 +38,14 @@
 //!   every 10 ms until it holds or the deadline passes (then panics).
 //! - [`util`]: `sh`, `run_timeout` (every external command has a time
 //!   limit), `NamedNetns`, `run_in`, `in_netns`, `unique`.
+//! - [`underlay::Underlay`]: several nodes on one L2 segment of their own
+//!   (`plug_node(&node, host_no)` gives the node an `eth0` with
+//!   192.168.<seg>.<host_no>), outside clients (`client(host_no)`), and
+//!   `route_via(netns, "10.244.1.0/24", peer_ip)` for host-gw routes.
 
 pub mod node;
 pub mod server;
+pub mod underlay;
 pub mod util;
 
 pub use node::{cni_path, ferry_bin_dir, merge, CniCall, CniOutput, Node, NodeConfig, Pod, Proc, Sandbox};
