@@ -157,7 +157,18 @@ fn main() -> anyhow::Result<()> {
         } else {
             bail!("one of --yaml-dir or --fixture is required");
         };
-        tokio::spawn(follow_catalog(shared.clone(), rx));
+        // The first zone is built before the listeners start, so a source
+        // that is ready at start is answered from the first query on.
+        let first = rx.borrow().clone();
+        let mut built = None;
+        if first.ready {
+            let zone = ferry_dns::zone::Zone::build(&first.catalog, shared.zone_config.clone())?;
+            shared.set_zone(Arc::new(zone));
+            built = Some(first.generation);
+            ferry_dns::server::release_freed_memory();
+        }
+        drop(first);
+        tokio::spawn(follow_catalog(shared.clone(), rx, built));
         tracing::info!(listen = %local, metrics = %http_addr, zone = %args.zone, ?upstreams, "ferry-dns started");
         println!("ferry-dns listening on {local} metrics on {http_addr}");
         serve(shared, udp, tcp, limits).await?;

@@ -117,10 +117,23 @@ pub async fn serve_http(listener: TcpListener, metrics: Metrics) {
         let Ok((mut sock, _)) = listener.accept().await else { continue };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await;
-            let Ok(Ok(n)) = read else { return };
-            let req = String::from_utf8_lossy(&buf[..n]);
+            // Read the request head (clients may send it in pieces), bounded
+            // in size and time.
+            let mut buf = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    let n = sock.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                std::io::Result::Ok(())
+            })
+            .await;
+            let Ok(Ok(())) = read else { return };
+            let req = String::from_utf8_lossy(&buf);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, ctype, body) = match path {
                 "/metrics" => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode()),

@@ -315,8 +315,8 @@ pub fn release_freed_memory() {
 
 /// Rebuild and swap the zone on every catalog change, once the source has
 /// completed its first load.
-pub async fn follow_catalog(shared: Arc<Shared>, mut rx: watch::Receiver<Snapshot>) {
-    let mut built = None;
+/// `built` is the generation already installed, if any.
+pub async fn follow_catalog(shared: Arc<Shared>, mut rx: watch::Receiver<Snapshot>, mut built: Option<u64>) {
     loop {
         let snap = rx.borrow_and_update().clone();
         if snap.ready && built != Some(snap.generation) {
