@@ -151,3 +151,65 @@ pub fn status(cfg: &IpamConfig, network: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(dir: &std::path::Path, ranges: serde_json::Value) -> IpamConfig {
+        IpamConfig::parse(&json!({"ranges": ranges, "dataDir": dir})).unwrap()
+    }
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("ferry-ipam-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn concurrent_allocations_never_collide_and_release_by_owner() {
+        let dir = scratch("conc");
+        let c = cfg(&dir, json!([[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/120"}]]));
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || allocate(&c, "net", &format!("c{i}"), "eth0", &[]).unwrap())
+            })
+            .collect();
+        let leases: Vec<Lease> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let unique: HashSet<IpAddr> = leases.iter().map(|l| l.ip).collect();
+        assert_eq!(unique.len(), 32, "an address was handed out twice");
+        assert!(leases.iter().all(|l| l.gateway.to_string() == "10.1.0.1" || l.gateway.to_string() == "fd00::1"));
+        assert_eq!(release(&c, "net", "c3", "eth0").unwrap().len(), 2);
+        assert_eq!(release(&c, "net", "c3", "eth0").unwrap().len(), 0, "release is idempotent");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn exhaustion_is_all_or_nothing_and_gc_keeps_valid_owners() {
+        let dir = scratch("full");
+        // one usable IPv4 address (.2), plenty of IPv6
+        let c = cfg(&dir, json!([[{"subnet": "10.2.0.0/30"}], [{"subnet": "fd01::/64"}]]));
+        allocate(&c, "net", "a", "eth0", &[]).unwrap();
+        let e = allocate(&c, "net", "b", "eth0", &[]).unwrap_err();
+        assert_eq!(e.code, Code::AddressExhausted as u32);
+        // the IPv6 address b would have had was not kept
+        let store = Store::lock(&c.data_dir, "net").unwrap();
+        assert_eq!(store.taken().unwrap().len(), 2);
+        drop(store);
+        assert_eq!(status(&c, "net").unwrap_err().code, Code::NotAvailable as u32);
+        allocate(&c, "net", "c", "eth1", &["fd01::99".parse().unwrap()]).unwrap_err();
+        let valid: HashSet<(String, String)> = HashSet::new();
+        let released = gc(&c, "net", &valid).unwrap();
+        assert_eq!(released.len(), 2);
+        assert!(status(&c, "net").is_ok());
+        let mine = allocate(&c, "net", "d", "eth0", &["fd01::99".parse().unwrap()]).unwrap();
+        assert!(mine.iter().any(|l| l.ip.to_string() == "fd01::99"));
+        let keep: HashSet<(String, String)> = [("d".to_string(), "eth0".to_string())].into();
+        assert!(gc(&c, "net", &keep).unwrap().is_empty());
+        check(&c, "net", "d", "eth0", &["fd01::99".parse().unwrap()]).unwrap();
+        assert_eq!(check(&c, "net", "x", "eth0", &["fd01::99".parse().unwrap()]).unwrap_err().code, 103);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
