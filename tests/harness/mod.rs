@@ -43,6 +43,7 @@
 //!   192.168.<seg>.<host_no>), outside clients (`client(host_no)`), and
 //!   `route_via(netns, "10.244.1.0/24", peer_ip)` for host-gw routes.
 
+pub mod lb;
 pub mod node;
 pub mod server;
 pub mod underlay;
