@@ -14,3 +14,6 @@ pub mod metrics;
 pub mod server;
 pub mod wire;
 pub mod zone;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -516,4 +516,4 @@ fn contains_labels(name: &[u8], seq: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
