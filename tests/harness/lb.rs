@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::node::{ferry_bin_dir, Node, NodeConfig, Proc};
@@ -23,37 +22,9 @@ use super::util;
 pub const POD_VETHS: &str =
     "fer0*,fer1*,fer2*,fer3*,fer4*,fer5*,fer6*,fer7*,fer8*,fer9*,fera*,ferb*,ferc*,ferd*,fere*,ferf*";
 
-static PIN_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A bpffs directory of this test only (never the default
-/// /sys/fs/bpf/ferry); removed with everything pinned in it on drop, which
-/// also detaches the pinned tcx links.
-#[derive(Debug)]
-pub struct PinDir(PathBuf);
-
-impl PinDir {
-    pub fn new() -> Self {
-        let n = PIN_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let p = PathBuf::from(format!("/sys/fs/bpf/ferry-test-{}-lb{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        PinDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Default for PinDir {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// The per-test bpffs dir (`/sys/fs/bpf/ferry-test-<pid>-<n>`, removed
+/// with its pins on drop, which also detaches the pinned tcx links).
+pub use ferry_datapath::testing::PinDir;
 
 /// A node whose netconf points the CNI plugin at a fresh per-test pin dir
 /// (so a plugin that attaches on ADD uses this test's programs, never the
