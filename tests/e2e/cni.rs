@@ -665,3 +665,31 @@ fn pods_on_two_nodes_talk_through_host_gw_routes_on_an_underlay() {
     let from_outside = client.run(move || tcp_id(SocketAddr::new(v4.into(), 8080), T));
     assert_eq!(from_outside.expect("client -> pod via node"), "p2");
 }
+
+#[test]
+fn status_reports_an_unusable_data_dir_or_bridge_name_with_code_50() {
+    let node = Node::new();
+    let status = |conf: &Value| {
+        let sb = node.new_sandbox("st");
+        let mut call = sb.call("STATUS", conf, "");
+        call.container_id = "";
+        call.netns = "";
+        call.ifname = "";
+        node.cni(&call)
+    };
+    assert!(status(node.netconf()).success());
+    // a data dir that cannot be created (procfs refuses new directories)
+    let mut conf = node.netconf().clone();
+    conf["ipam"]["dataDir"] = "/proc/ferry-cannot-exist".into();
+    assert_cni_error(&status(&conf), 50);
+    let add = node.add_pod_with("a", &conf, "").expect_err("ADD with an unusable data dir");
+    assert_cni_error(&add, 5);
+    assert!(host_veths(&node).is_empty());
+    // the bridge name is taken by something that is not a bridge
+    node.ip(&["link", "add", "ferry0", "type", "veth", "peer", "name", "ferry0p"]);
+    assert_cni_error(&status(node.netconf()), 50);
+    let add = node.add_pod_with("b", node.netconf(), "").expect_err("ADD onto a non-bridge");
+    assert_cni_error(&add, 101);
+    assert!(add.json()["details"].as_str().unwrap().contains("not a bridge"), "{}", add.stdout);
+    assert!(reservations(&node).is_empty(), "the failed ADD released its addresses");
+}
