@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferry_common::{global_stat, DropReason};
@@ -34,6 +34,9 @@ pub struct Metrics {
     services: Gauge,
     backends: Gauge,
     ready: AtomicBool,
+    /// Successful syncs, and the catalog generation of the last one.
+    pub syncs: AtomicU64,
+    pub generation: AtomicU64,
 }
 
 impl Metrics {
@@ -52,12 +55,17 @@ impl Metrics {
         if let Some(c) = collector {
             registry.register_collector(Box::new(c));
         }
-        Self { registry, sync_duration, sync_failures, services, backends, ready: AtomicBool::new(false) }
+        Self { registry, sync_duration, sync_failures, services, backends, ready: AtomicBool::new(false), syncs: AtomicU64::new(0), generation: AtomicU64::new(0) }
     }
 
     pub fn set_programmed(&self, p: &Programmed) {
         self.services.set(p.frontends.len() as i64);
         self.backends.set(p.backend_count() as i64);
+    }
+
+    pub fn synced(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Release);
+        self.syncs.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn set_ready(&self) {
@@ -191,6 +199,17 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
                     ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", body)
                 }
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                // For scripts that must wait for a change to land (the
+                // benchmark hook): how many syncs have been applied.
+                "/status" => {
+                    let body = format!(
+                        "{{\"ready\":{},\"syncs\":{},\"generation\":{}}}\n",
+                        metrics.is_ready(),
+                        metrics.syncs.load(Ordering::Acquire),
+                        metrics.generation.load(Ordering::Acquire)
+                    );
+                    ("200 OK", "application/json", body)
+                }
                 "/readyz" if metrics.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
                 "/readyz" => ("503 Service Unavailable", "text/plain", "waiting for the first full sync\n".to_string()),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
@@ -235,6 +254,8 @@ mod tests {
         let m = get("/metrics").await;
         assert!(m.contains("ferry_sync_duration_seconds_count 1"), "{m}");
         assert!(m.contains("ferry_services_programmed"));
+        metrics.synced(7);
+        assert!(get("/status").await.contains("\"syncs\":1,\"generation\":7"));
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
     }
 }

@@ -160,6 +160,7 @@ pub async fn run_loop(
                     let took = started.elapsed();
                     metrics.sync_duration.observe(took.as_secs_f64());
                     metrics.set_programmed(rec.programmed());
+                    metrics.synced(snap.generation);
                     if report.frontends_changed || report.full {
                         if let Err(e) = names::write(&names_file, &rec.names()) {
                             warn!(path = %names_file.display(), error = %e, "could not write the names file");
