@@ -379,6 +379,7 @@ fn bad_inputs_get_documented_error_codes_and_leave_nothing() {
         case("subnet that does not parse", js(with(json!({"ipam": {"ranges": [[{"subnet": "10.0.0.0/99"}]]}}))), 7),
         case("gateway outside subnet", js(with(json!({"ipam": {"ranges": [[{"subnet": "10.5.0.0/24", "gateway": "10.6.0.1"}]]}}))), 7),
         case("invalid network name", js(with(json!({"name": "-x"}))), 7),
+        case("malformed prevResult", js(with(json!({"prevResult": {"ips": "not-a-list"}}))), 7),
         Case { netns: "/run/netns/does-not-exist-ferry".into(), ..case("netns that does not exist", js(good.clone()), 3) },
         Case { drop_env: vec!["CNI_COMMAND"], ..case("missing CNI_COMMAND", js(good.clone()), 4) },
         Case { drop_env: vec!["CNI_CONTAINERID"], ..case("missing CNI_CONTAINERID", js(good.clone()), 4) },

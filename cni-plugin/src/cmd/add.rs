@@ -66,10 +66,16 @@ pub fn run(cfg: &Config, env: &Env) -> Result<serde_json::Value> {
     let netns = open_netns(&env.netns)?;
     let requested = cfg.requested_ips(env.arg("IP"))?;
     let mac = cfg.requested_mac(env.arg("MAC"))?;
+    let prev = cfg.conf.prev_result.as_ref().map(CniResult::from_value).transpose()?;
     let mut undo = Undo::default();
     let mut nl_slot: Option<Netlink> = None;
     match add(cfg, env, &netns, &requested, mac, &mut undo, &mut nl_slot) {
-        Ok(r) => Ok(r),
+        Ok(ours) => Ok(match prev {
+            // A chained ADD: pass the previous result on with ours appended.
+            Some(prev) => prev.merged(ours),
+            None => ours,
+        }
+        .to_json(&cfg.version)),
         Err(e) => {
             undo.run(cfg, env, nl_slot.as_ref());
             Err(e)
@@ -128,7 +134,7 @@ fn add(
     mac: Option<[u8; 6]>,
     undo: &mut Undo,
     nl_slot: &mut Option<Netlink>,
-) -> Result<serde_json::Value> {
+) -> Result<CniResult> {
     let (ips, ipam_routes, ipam_dns) = addresses(cfg, env, requested, undo)?;
     if ips.is_empty() {
         return Err(CniError::new(Code::InvalidConfig, "IPAM returned no address"));
@@ -199,7 +205,7 @@ fn add(
         pod_nl.add_route(&Route { dst: r.dst.addr, prefix: r.dst.prefix, gateway: r.gw, oif: Some(pod.index) })?;
     }
 
-    let ours = CniResult {
+    Ok(CniResult {
         interfaces: vec![
             Interface { name: bridge.name.clone(), mac: bridge.mac.as_ref().map(names::mac_string), ..Default::default() },
             Interface { name: host_name, mac: Some(names::mac_string(&host_mac)), ..Default::default() },
@@ -224,12 +230,7 @@ fn add(
             .map(|r| RouteEntry { dst: r.dst.to_string(), gw: r.gw.map(|g| g.to_string()), extra: Default::default() })
             .collect(),
         dns: cfg.conf.dns.clone().filter(|d| !d.is_empty()).unwrap_or(ipam_dns),
-    };
-    let result = match &cfg.conf.prev_result {
-        Some(prev) => CniResult::from_value(prev)?.merged(ours),
-        None => ours,
-    };
-    Ok(result.to_json(&cfg.version))
+    })
 }
 
 /// The pod's routes: a default route per family via its gateway (unless
