@@ -104,6 +104,8 @@ fn datapath_no_endpoints_is_refused_at_once() {
     let client = node.add_pod("client");
     attached(&node, &pin, &client);
     program_service(&mut dp.maps, 1, VIP.parse().unwrap(), 80, TCP, &[], 0, 0);
+    program_service(&mut dp.maps, 2, VIP.parse().unwrap(), 53, UDP, &[], 0, 0);
+    program_service(&mut dp.maps, 3, VIP6.parse().unwrap(), 53, UDP, &[], 0, 0);
     let (res, took) = client.run(|| {
         let t = Instant::now();
         let r = TcpStream::connect_timeout(&sa(VIP, 80), T);
@@ -111,6 +113,22 @@ fn datapath_no_endpoints_is_refused_at_once() {
     });
     assert_eq!(res, Err(ErrorKind::ConnectionRefused), "a RST, not a timeout");
     assert!(took < Duration::from_millis(10), "refused after {took:?}");
+
+    // UDP: the ICMP port unreachable makes a connected socket's next
+    // receive fail with ECONNREFUSED, as a closed port would.
+    for (vip, bind) in [(VIP, "0.0.0.0:0"), (VIP6, "[::]:0")] {
+        let (res, took) = client.run(move || {
+            let s = UdpSocket::bind(bind).unwrap();
+            s.connect(sa(vip, 53)).unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            let t = Instant::now();
+            s.send(b"question").unwrap();
+            let mut buf = [0u8; 64];
+            (s.recv(&mut buf).map(|_| ()).map_err(|e| e.kind()), t.elapsed())
+        });
+        assert_eq!(res, Err(ErrorKind::ConnectionRefused), "{vip}: port unreachable, not a timeout");
+        assert!(took < Duration::from_millis(10), "{vip}: refused after {took:?}");
+    }
 }
 
 #[test]

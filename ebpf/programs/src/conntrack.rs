@@ -9,6 +9,7 @@ use ferry_common::{
 
 use crate::{
     maps::{count_global, FERRY_BACKENDS, FERRY_CT, FERRY_REVNAT},
+    nat::hairpin_addr,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -82,7 +83,7 @@ pub fn backend_usable(id: u32, service_id: u32) -> Option<ferry_common::BackendV
 /// if the backend left the Service (or changed address) the flow moves to
 /// a live one on this packet, so a stale entry can never black-hole it
 /// (kubernetes/kubernetes#48370).
-#[inline(always)]
+#[inline(never)]
 pub fn lookup_forward(key: &CtKey, pkt: &Packet, svc: &ServiceValue, now: u64) -> Option<Target> {
     let ct = FERRY_CT.get_ptr_mut(key)?;
     // SAFETY: map value pointer; concurrent updates only race on timestamps
@@ -110,29 +111,25 @@ pub fn lookup_forward(key: &CtKey, pkt: &Packet, svc: &ServiceValue, now: u64) -
 /// Records a new flow: the forward entry, then the reverse-NAT entry keyed
 /// by the reply as the backend will send it (to `reply_dst`, the client or
 /// the hairpin address).
-#[inline(always)]
-pub fn create(
-    key: &CtKey,
-    pkt: &Packet,
-    svc: &ServiceValue,
-    target: &Target,
-    reply_dst: &[u32; 4],
-    now: u64,
-) -> Result<(), DropReason> {
+// Not inlined (here and in lookup_forward): separate call frames keep
+// from-pod under the 512-byte BPF stack limit. At most 5 arguments (BPF).
+#[inline(never)]
+pub fn create(key: &CtKey, pkt: &Packet, service_id: u32, target: &Target, now: u64) -> Result<(), DropReason> {
+    let reply_dst = if target.hairpin { hairpin_addr(pkt.family) } else { pkt.src };
     let flags = if target.hairpin { ct_flags::HAIRPIN } else { 0 } | tcp_flag_bits(pkt);
     let value = CtValue {
         backend_addr: target.addr,
         backend_port: target.port,
         _pad: 0,
         backend_id: target.backend_id,
-        service_id: svc.id,
+        service_id,
         flags,
         created_ns: now,
         last_seen_ns: now,
     };
     let rkey = RevNatKey {
         src_addr: target.addr,
-        dst_addr: *reply_dst,
+        dst_addr: reply_dst,
         src_port: target.port,
         dst_port: pkt.sport,
         proto: pkt.proto,
@@ -148,7 +145,7 @@ pub fn create(
     };
     // Reverse entry first: a reply can never find a forward entry without
     // its way back.
-    if FERRY_REVNAT.insert(&rkey, &rval, 0).is_err() || FERRY_CT.insert(key, &value, 0).is_err() {
+    if FERRY_REVNAT.insert(rkey, rval, 0).is_err() || FERRY_CT.insert(key, value, 0).is_err() {
         count_global(global_stat::CT_INSERT_FAILED);
         return Err(DropReason::CtFull);
     }
@@ -168,7 +165,7 @@ pub fn note_reply(pkt: &Packet, client: &[u32; 4], client_port: u16, vip: &[u32;
         family: pkt.family,
         _pad: [0; 2],
     };
-    if let Some(ct) = FERRY_CT.get_ptr_mut(&key) {
+    if let Some(ct) = FERRY_CT.get_ptr_mut(key) {
         // SAFETY: map value pointer; advisory fields only.
         let entry = unsafe { &mut *ct };
         entry.last_seen_ns = now_ns();

@@ -16,7 +16,7 @@ use crate::{
 
 pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(pkt) = parse(ctx) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     let hairpin = hairpin_addr(pkt.family);
     if pkt.dst == hairpin {
@@ -29,8 +29,8 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         family: pkt.family,
     };
     // Non-service traffic: one hash lookup, untouched.
-    let Some(svc) = FERRY_SERVICES.get_ptr(&skey) else {
-        return Ok(TC_ACT_OK as i32);
+    let Some(svc) = FERRY_SERVICES.get_ptr(skey) else {
+        return Ok(TC_ACT_OK);
     };
     // SAFETY: map value pointer, copied once.
     let svc = unsafe { *svc };
@@ -58,8 +58,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
                 port: b.port,
                 hairpin: b.addr == pkt.src,
             };
-            let reply_dst = if target.hairpin { hairpin } else { pkt.src };
-            conntrack::create(&key, &pkt, &svc, &target, &reply_dst, now)?;
+            conntrack::create(&key, &pkt, svc.id, &target, now)?;
             target
         }
     };
@@ -72,13 +71,13 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         set_addr(ctx, &pkt, IP4_SRC_OFF, IP6_SRC_OFF, &pkt.src, &hairpin)?;
         count_global(global_stat::HAIRPIN);
     }
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_ACT_OK)
 }
 
 /// Picks the backend id of a new flow: the client's affinity entry while
 /// it is fresh (`sessionAffinity: ClientIP`), else the Maglev slot of the
 /// flow's hash.
-#[inline(always)]
+#[inline(never)]
 fn select_backend(pkt: &Packet, svc: &ServiceValue, now: u64) -> Result<u32, DropReason> {
     let affinity = svc.flags & service_flags::AFFINITY != 0;
     let akey = AffinityKey {
@@ -88,7 +87,7 @@ fn select_backend(pkt: &Packet, svc: &ServiceValue, now: u64) -> Result<u32, Dro
         _pad: [0; 3],
     };
     if affinity {
-        if let Some(a) = FERRY_AFFINITY.get_ptr_mut(&akey) {
+        if let Some(a) = FERRY_AFFINITY.get_ptr_mut(akey) {
             // SAFETY: map value pointer.
             let a = unsafe { &mut *a };
             let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
@@ -108,7 +107,7 @@ fn select_backend(pkt: &Packet, svc: &ServiceValue, now: u64) -> Result<u32, Dro
             last_used_ns: now,
         };
         // Best effort: without the entry the next flow just hashes again.
-        let _ = FERRY_AFFINITY.insert(&akey, &v, 0);
+        let _ = FERRY_AFFINITY.insert(akey, v, 0);
     }
     Ok(id)
 }

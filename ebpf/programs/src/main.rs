@@ -34,7 +34,7 @@ fn verdict(res: Result<i32, DropReason>) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             maps::count_drop(reason);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }

@@ -112,7 +112,9 @@ impl Packet {
 /// to look at": not IP, another L4 protocol, an IPv6 extension header, a
 /// non-first fragment (no ports), or too short to hold the addresses and
 /// ports; such packets are passed untouched.
-#[inline(always)]
+// Not inlined: the header copies live in this call's frame, not in the
+// callers' (the BPF stack is 512 bytes for the whole call chain).
+#[inline(never)]
 pub fn parse(ctx: &TcContext) -> Option<Packet> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     match ethertype {

@@ -228,10 +228,13 @@ fn glob_match(pat: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// What [`attach_matching`] did: the attachments, and the interfaces that
+/// failed with why.
+pub type Attached = (Vec<Attachment>, Vec<(String, Error)>);
+
 /// Attaches to every existing interface of the calling thread's namespace
-/// whose name matches `pattern`. Returns the attachments (and the
-/// interfaces that failed, with why).
-pub fn attach_matching(pin_dir: &Path, pattern: &IfacePattern) -> Result<(Vec<Attachment>, Vec<(String, Error)>)> {
+/// whose name matches `pattern`.
+pub fn attach_matching(pin_dir: &Path, pattern: &IfacePattern) -> Result<Attached> {
     let ifaces = nix::net::if_::if_nameindex().map_err(|source| Error::Interface {
         iface: "*".to_owned(),
         source,

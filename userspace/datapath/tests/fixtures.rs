@@ -161,11 +161,51 @@ fn translation_fixtures() {
     let (v, out) = run(&dp, Prog::FromPod, &Pkt::tcp(CLIENT, 40006, VIP_EMPTY, 80, ACK).build());
     let rst = decode(&out);
     assert_eq!((v, rst.flags, rst.seq), (REDIRECT, RST, 5000));
-    // UDP to a Service with no endpoints is dropped and counted.
-    let before = drops(&dp, DropReason::NoEndpoints);
-    let (v, _) = run(&dp, Prog::FromPod, &Pkt::udp(CLIENT, 40007, VIP_EMPTY, 53, b"q").build());
+    // A RST is never answered.
+    let (v, _) = run(&dp, Prog::FromPod, &Pkt::tcp(CLIENT, 40007, VIP_EMPTY, 80, RST).build());
     assert_eq!(v, SHOT);
-    assert_eq!(drops(&dp, DropReason::NoEndpoints), before + 1);
+}
+
+/// UDP to a Service with no endpoints: an ICMP / ICMPv6 port unreachable
+/// from the VIP, quoting the datagram, goes straight back into the pod.
+#[test]
+fn udp_no_endpoints_gets_port_unreachable() {
+    let (_pin, mut dp) = setup();
+    program_service(&mut dp.maps, 8, ip(VIP6), 53, UDP, &[], 0, 0);
+    let sum_ok = |b: &[u8], pseudo: u32| {
+        let mut s: u32 = pseudo + b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum::<u32>();
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s == 0xffff
+    };
+
+    let query = Pkt::udp(CLIENT, 40008, VIP_EMPTY, 53, b"a DNS question, longer than 8 bytes").build();
+    let (v, out) = run(&dp, Prog::FromPod, &query);
+    assert_eq!(v, REDIRECT);
+    assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8, "IP + ICMP + quoted IP header + 8 bytes");
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    let ip4 = &out[14..34];
+    assert_eq!((ip4[9], &ip4[12..16], &ip4[16..20]), (1, &[10, 96, 0, 11][..], &[10, 0, 0, 2][..]), "ICMP from the VIP to the client");
+    assert!(sum_ok(ip4, 0), "IPv4 header checksum");
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
+    assert!(sum_ok(icmp, 0), "ICMP checksum");
+    assert_eq!(&icmp[8..36], &query[14..42], "quotes the original IP + UDP headers");
+    assert_eq!(&out[0..6], &query[6..12], "back to the client's MAC");
+
+    let query6 = Pkt::udp(CLIENT6, 40009, VIP6, 53, b"question").build();
+    let (v, out) = run(&dp, Prog::FromPod, &query6);
+    assert_eq!(v, REDIRECT);
+    assert_eq!(out.len(), 14 + 40 + 8 + 40 + 8);
+    assert_eq!((out[20], &out[22..38], &out[38..54]), (58, &query6[38..54], &query6[22..38]));
+    let icmp6 = &out[54..];
+    assert_eq!((icmp6[0], icmp6[1]), (1, 4), "ICMPv6 port unreachable");
+    let mut pseudo: u32 = out[22..54].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    pseudo += icmp6.len() as u32 + 58;
+    assert!(sum_ok(icmp6, pseudo), "ICMPv6 checksum");
+    assert_eq!(&icmp6[8..56], &query6[14..62]);
+    assert!(drops(&dp, DropReason::NoEndpoints) == 0, "answered, not dropped");
 }
 
 /// Malformed packets towards a VIP are dropped (and counted by reason) or
