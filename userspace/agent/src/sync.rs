@@ -35,6 +35,9 @@ pub struct SyncReport {
     /// Frontends were added or removed (the names file needs rewriting).
     pub frontends_changed: bool,
     pub full: bool,
+    /// Time spent planning (translate + diff + Maglev) and writing the maps.
+    pub plan_us: u64,
+    pub apply_us: u64,
 }
 
 impl Reconciler {
@@ -62,16 +65,20 @@ impl Reconciler {
             None => (self.rebuild(catalog), true),
         };
         let scope = if full { Scope::All } else { Scope::Only(&scope_set) };
+        let t_plan = Instant::now();
         let p = plan(&mut self.programmed, &self.desired, scope);
+        let plan_us = t_plan.elapsed().as_micros() as u64;
         for e in &p.errors {
             warn!(error = %e, "frontend not programmed");
         }
         let limits = self.programmed.limits;
+        let t_apply = Instant::now();
         w.apply(&p.ops, &limits)?;
+        let apply_us = t_apply.elapsed().as_micros() as u64;
         self.prev = Some(catalog.clone());
         let frontends_changed =
             p.ops.iter().any(|op| matches!(op, Op::ResetCounters { .. } | Op::DeleteService { .. }));
-        Ok(SyncReport { ops: p.ops.len(), errors: p.errors, frontends_changed, full })
+        Ok(SyncReport { ops: p.ops.len(), errors: p.errors, frontends_changed, full, plan_us, apply_us })
     }
 
     fn rebuild(&mut self, catalog: &Catalog) -> BTreeSet<Frontend> {
@@ -171,12 +178,14 @@ pub async fn run_loop(
                             frontends = rec.programmed().frontends.len(),
                             backends = rec.programmed().backend_count(),
                             ops = report.ops,
+                            plan_us = report.plan_us,
+                            apply_us = report.apply_us,
                             took_ms = took.as_secs_f64() * 1e3,
                             "first full sync done"
                         );
                         metrics.set_ready();
                     } else {
-                        debug!(generation = snap.generation, ops = report.ops, full = report.full, took_us = took.as_micros() as u64, "synced");
+                        debug!(generation = snap.generation, ops = report.ops, full = report.full, plan_us = report.plan_us, apply_us = report.apply_us, took_us = took.as_micros() as u64, "synced");
                     }
                     failing = false;
                 }
