@@ -3,6 +3,15 @@
 //! channel. Sources (the YAML directory now, the Kubernetes API later) only
 //! say "origin X now holds these objects" or "this object changed"; joining,
 //! conflict resolution, readiness and publishing live here, once.
+//!
+//! How a source drives it (the contract the Kubernetes API source will keep):
+//! - a full listing of one origin -> [`Store::replace_origin`] (a directory
+//!   file re-read; an API relist after `410 Gone`, origin e.g. `kube:services`),
+//!   which also removes whatever that origin no longer declares;
+//! - single events -> [`Store::upsert`] / [`Store::delete`];
+//! - first complete view of every origin -> [`Store::set_ready`];
+//! - after a batch -> [`Store::publish`] (or `publish_detached` + `restore`
+//!   from an async task, to keep the catalog copy off the latency path).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

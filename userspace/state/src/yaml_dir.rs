@@ -54,8 +54,8 @@ pub fn load_dir(dir: impl AsRef<Path>) -> Result<(Catalog, Vec<ObjectError>), So
 pub async fn watch_dir(
     dir: impl AsRef<Path>,
 ) -> Result<(watch::Receiver<Snapshot>, JoinHandle<()>), SourceError> {
-    let dir = dir.as_ref().to_path_buf();
-    let mut src = DirSource::new(&dir)?;
+    let mut src = DirSource::new(dir.as_ref())?;
+    let dir = src.dir.clone();
 
     // Watch before the first scan, so a file written during the scan is
     // seen again afterwards rather than missed.
@@ -108,7 +108,11 @@ impl DirSource {
         if !meta.is_dir() {
             return Err(SourceError::NotADirectory { path: dir.into() });
         }
-        Ok(Self { dir: dir.to_path_buf(), files: HashMap::new(), store: Store::new() })
+        // One spelling for every file: scans join this path, and inotify
+        // events join the watched one, which must be the same or a file would
+        // be two origins (and never removed).
+        let dir = std::fs::canonicalize(dir).map_err(|source| SourceError::ReadDir { path: dir.into(), source })?;
+        Ok(Self { dir, files: HashMap::new(), store: Store::new() })
     }
 
     /// Re-read every catalog file of the directory (those whose bytes
@@ -185,7 +189,7 @@ impl DirSource {
             let mut next = Some(first);
             let started = tokio::time::Instant::now();
             while let Some(ev) = next.take() {
-                classify(ev, &mut dirty, &mut open, &mut rescan);
+                classify(&self.dir, ev, &mut dirty, &mut open, &mut rescan);
                 let wait = if open.is_empty() { QUIET } else { WRITE_GRACE.saturating_sub(started.elapsed()) };
                 if wait.is_zero() {
                     break;
@@ -247,6 +251,7 @@ impl DirSource {
 
 /// Sort one watcher event into "re-read these files" or "rescan".
 fn classify(
+    dir: &Path,
     ev: notify::Result<notify::Event>,
     dirty: &mut HashSet<PathBuf>,
     open: &mut HashSet<PathBuf>,
@@ -265,6 +270,12 @@ fn classify(
         return;
     }
     for path in &ev.paths {
+        if path == dir {
+            // The directory itself changed (moved, deleted, mounted over):
+            // find out what is there now.
+            *rescan = true;
+            continue;
+        }
         if !is_catalog_file(path) {
             // Not a file we load: a temporary file of an editor (its rename
             // into place names the real file), or a ConfigMap volume's

@@ -183,3 +183,20 @@ async fn missing_directory_is_a_clear_error() {
     let err = ferry_state::load_dir(file.path()).unwrap_err();
     assert!(err.to_string().contains("not a directory"), "{err}");
 }
+
+#[tokio::test]
+async fn relative_directory_path_removes_what_it_added() {
+    // Scans and inotify events must name a file the same way, or a removed
+    // file's objects would linger under a second spelling.
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
+    let ups = "../".repeat(cwd.components().count() - 1);
+    let rel = format!("{ups}{}", dir.path().canonicalize().unwrap().display().to_string().trim_start_matches('/'));
+    write(&dir.path().join("a.yaml"), &svc("a", "10.96.6.1"));
+    let (mut rx, _task) = watch_dir(&rel).await.unwrap();
+    write(&dir.path().join("b.yaml"), &svc("b", "10.96.6.2"));
+    eventually(&mut rx, BUDGET, "add", |s| vip(s, "b").is_some()).await;
+    std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+    std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+    eventually(&mut rx, BUDGET, "remove", |s| s.catalog.services.is_empty()).await;
+}
