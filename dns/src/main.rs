@@ -75,7 +75,9 @@ fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
-    let ip: std::net::IpAddr = s.parse().with_context(|| format!("--upstream {s:?}: not an ip or ip:port"))?;
+    let ip: std::net::IpAddr = s
+        .parse()
+        .with_context(|| format!("--upstream {s:?}: not an ip or ip:port"))?;
     Ok(SocketAddr::new(ip, 53))
 }
 
@@ -91,7 +93,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if args.log_json {
         fmt.json().init();
     } else {
@@ -106,7 +110,10 @@ fn main() -> anyhow::Result<()> {
             Vec::new()
         })
     } else {
-        args.upstream.iter().map(|s| parse_upstream(s)).collect::<anyhow::Result<_>>()?
+        args.upstream
+            .iter()
+            .map(|s| parse_upstream(s))
+            .collect::<anyhow::Result<_>>()?
     };
     let limits = Limits {
         tcp_max_connections: args.tcp_max_connections.max(1),
@@ -117,7 +124,11 @@ fn main() -> anyhow::Result<()> {
     let local = udp[0].local_addr()?;
     // Forwarding to ourselves would loop until every query times out.
     upstreams.retain(|u| *u != local);
-    let zone_config = ZoneConfig { zone: args.zone.clone(), ttl: args.ttl, pods_insecure: args.pods_insecure };
+    let zone_config = ZoneConfig {
+        zone: args.zone.clone(),
+        ttl: args.ttl,
+        pods_insecure: args.pods_insecure,
+    };
     let metrics = Metrics::new();
     let forwarder = Forwarder::new(
         upstreams.clone(),
@@ -125,7 +136,12 @@ fn main() -> anyhow::Result<()> {
         args.cache_size.max(1),
         metrics.clone(),
     );
-    let shared = Arc::new(Shared::new(zone_config, metrics.clone(), forwarder, args.query_log)?);
+    let shared = Arc::new(Shared::new(
+        zone_config,
+        metrics.clone(),
+        forwarder,
+        args.query_log,
+    )?);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -161,14 +177,15 @@ fn main() -> anyhow::Result<()> {
         // that is ready at start is answered from the first query on.
         let first = rx.borrow().clone();
         let mut built = None;
+        let mut cache = ferry_dns::zone::ZoneCache::new(shared.zone_config.clone());
         if first.ready {
-            let zone = ferry_dns::zone::Zone::build(&first.catalog, shared.zone_config.clone())?;
+            let zone = cache.build(&first.catalog)?;
             shared.set_zone(Arc::new(zone));
             built = Some(first.generation);
             ferry_dns::server::release_freed_memory();
         }
         drop(first);
-        tokio::spawn(follow_catalog(shared.clone(), rx, built));
+        tokio::spawn(follow_catalog(shared.clone(), rx, built, cache));
         tracing::info!(listen = %local, metrics = %http_addr, zone = %args.zone, ?upstreams, "ferry-dns started");
         println!("ferry-dns listening on {local} metrics on {http_addr}");
         serve(shared, udp, tcp, limits).await?;

@@ -24,12 +24,16 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::answer::{answer_fast, answer_slow, Fast, Shared, Transport};
 use crate::wire::Query;
-use crate::zone::Zone;
+use crate::zone::{ZoneCache, ZoneError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("binding {proto} {addr}: {source}")]
-    Bind { proto: &'static str, addr: SocketAddr, source: io::Error },
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +46,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { tcp_max_connections: 256, tcp_idle: Duration::from_secs(10), udp_workers: 0 }
+        Self {
+            tcp_max_connections: 256,
+            tcp_idle: Duration::from_secs(10),
+            udp_workers: 0,
+        }
     }
 }
 
@@ -67,22 +75,47 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// Bind UDP and TCP on the same address. With port 0, the UDP port the
 /// kernel picks is reused for TCP (retrying if TCP has it taken).
-pub fn bind(listen: SocketAddr, workers: usize) -> Result<(Vec<UdpSocket>, StdTcpListener), ServerError> {
+pub fn bind(
+    listen: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<UdpSocket>, StdTcpListener), ServerError> {
     for _ in 0..20 {
-        let first = udp_socket(listen).map_err(|source| ServerError::Bind { proto: "udp", addr: listen, source })?;
-        let addr = first.local_addr().map_err(|source| ServerError::Bind { proto: "udp", addr: listen, source })?;
+        let first = udp_socket(listen).map_err(|source| ServerError::Bind {
+            proto: "udp",
+            addr: listen,
+            source,
+        })?;
+        let addr = first.local_addr().map_err(|source| ServerError::Bind {
+            proto: "udp",
+            addr: listen,
+            source,
+        })?;
         let tcp = match tcp_listener(addr) {
             Ok(t) => t,
             Err(_) if listen.port() == 0 => continue,
-            Err(source) => return Err(ServerError::Bind { proto: "tcp", addr, source }),
+            Err(source) => {
+                return Err(ServerError::Bind {
+                    proto: "tcp",
+                    addr,
+                    source,
+                })
+            }
         };
         let mut socks = vec![first];
         for _ in 1..workers.max(1) {
-            socks.push(udp_socket(addr).map_err(|source| ServerError::Bind { proto: "udp", addr, source })?);
+            socks.push(udp_socket(addr).map_err(|source| ServerError::Bind {
+                proto: "udp",
+                addr,
+                source,
+            })?);
         }
         return Ok((socks, tcp));
     }
-    Err(ServerError::Bind { proto: "tcp", addr: listen, source: io::Error::other("no free port for udp+tcp") })
+    Err(ServerError::Bind {
+        proto: "tcp",
+        addr: listen,
+        source: io::Error::other("no free port for udp+tcp"),
+    })
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<StdTcpListener> {
@@ -100,7 +133,9 @@ pub fn worker_count(limits: &Limits) -> usize {
     }
     // available_parallelism honours the CPU affinity mask, so a server
     // pinned with taskset gets one worker per CPU it may use.
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 const BATCH: usize = 32;
@@ -113,15 +148,21 @@ fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<Slow
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(RECV_BUF)).collect();
     // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for
     // which all-zero bytes are a valid value.
-    let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
+    let mut addrs: Vec<libc::sockaddr_storage> =
+        vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
     let mut iovs: Vec<libc::iovec> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
     let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
-    let mut out_iovs: Vec<libc::iovec> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
-    let mut out_hdrs: Vec<libc::mmsghdr> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
+    let mut out_iovs: Vec<libc::iovec> =
+        vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
+    let mut out_hdrs: Vec<libc::mmsghdr> =
+        vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
     let addr_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     loop {
         for i in 0..BATCH {
-            iovs[i] = libc::iovec { iov_base: bufs[i].as_mut_ptr().cast(), iov_len: RECV_BUF };
+            iovs[i] = libc::iovec {
+                iov_base: bufs[i].as_mut_ptr().cast(),
+                iov_len: RECV_BUF,
+            };
             let h = &mut hdrs[i].msg_hdr;
             h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = addr_len;
@@ -134,7 +175,13 @@ fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<Slow
         // SAFETY: every header points at buffers owned by this frame that
         // outlive the call; BATCH matches the vector lengths.
         let n = unsafe {
-            libc::recvmmsg(fd, hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -161,7 +208,10 @@ fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<Slow
                     if shared.query_log {
                         log_query(msg, qtype, rcode, "udp");
                     }
-                    out_iovs[m] = libc::iovec { iov_base: outs[m].as_mut_ptr().cast(), iov_len: outs[m].len() };
+                    out_iovs[m] = libc::iovec {
+                        iov_base: outs[m].as_mut_ptr().cast(),
+                        iov_len: outs[m].len(),
+                    };
                     let h = &mut out_hdrs[m].msg_hdr;
                     h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
                     h.msg_namelen = hdrs[i].msg_hdr.msg_namelen;
@@ -173,8 +223,16 @@ fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<Slow
                     shared.metrics.dropped.inc();
                 }
                 Fast::Slow(query) => {
-                    let Some(peer) = to_socket_addr(&addrs[i]) else { continue };
-                    let job = SlowJob { msg: msg.to_vec(), query, peer, socket: sock.clone(), start };
+                    let Some(peer) = to_socket_addr(&addrs[i]) else {
+                        continue;
+                    };
+                    let job = SlowJob {
+                        msg: msg.to_vec(),
+                        query,
+                        peer,
+                        socket: sock.clone(),
+                        start,
+                    };
                     // A full queue means the upstreams are far behind: shed
                     // load rather than buffer without bound.
                     if slow.try_send(job).is_err() {
@@ -186,7 +244,8 @@ fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<Slow
         let mut sent = 0;
         while sent < m {
             // SAFETY: out_hdrs[sent..m] point at live buffers set up above.
-            let r = unsafe { libc::sendmmsg(fd, out_hdrs[sent..].as_mut_ptr(), (m - sent) as u32, 0) };
+            let r =
+                unsafe { libc::sendmmsg(fd, out_hdrs[sent..].as_mut_ptr(), (m - sent) as u32, 0) };
             if r <= 0 {
                 // The peer's buffer is full or it is gone: skip this one.
                 sent += 1;
@@ -211,29 +270,42 @@ fn to_socket_addr(sa: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
-            let v6 = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let v6 =
+                unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(ip, u16::from_be(v6.sin6_port), 0, v6.sin6_scope_id)))
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(v6.sin6_port),
+                0,
+                v6.sin6_scope_id,
+            )))
         }
         _ => None,
     }
 }
 
 fn log_query(msg: &[u8], qtype: u16, rcode: crate::wire::Rcode, proto: &str) {
-    let name = crate::wire::parse_query(msg).map(|q| q.name_ascii()).unwrap_or_default();
+    let name = crate::wire::parse_query(msg)
+        .map(|q| q.name_ascii())
+        .unwrap_or_default();
     tracing::info!(target: "ferry_dns::query", %name, qtype, rcode = rcode.label(), proto, "query");
 }
 
 async fn slow_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<SlowJob>) {
     let limit = Arc::new(Semaphore::new(1024));
     while let Some(job) = rx.recv().await {
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let (out, rcode) = answer_slow(&shared, &job.msg, &job.query, Transport::Udp).await;
             let _ = job.socket.send_to(&out, job.peer);
             shared.metrics.count(job.query.qtype, rcode);
-            shared.metrics.latency.observe(job.start.elapsed().as_secs_f64());
+            shared
+                .metrics
+                .latency
+                .observe(job.start.elapsed().as_secs_f64());
             if shared.query_log {
                 log_query(&job.msg, job.query.qtype, rcode, "udp");
             }
@@ -245,7 +317,9 @@ async fn slow_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<SlowJob>) {
 async fn tcp_server(listener: TcpListener, shared: Arc<Shared>, limits: Limits) {
     let conns = Arc::new(Semaphore::new(limits.tcp_max_connections));
     loop {
-        let Ok((stream, _peer)) = listener.accept().await else { continue };
+        let Ok((stream, _peer)) = listener.accept().await else {
+            continue;
+        };
         let Ok(permit) = conns.clone().try_acquire_owned() else {
             // Over the limit: close at once rather than queue (RFC 7766 §6.1).
             shared.metrics.tcp_rejected.inc();
@@ -292,14 +366,19 @@ async fn tcp_conn(mut s: TcpStream, shared: &Shared, idle: Duration) -> io::Resu
             }
         };
         shared.metrics.count(qtype, rcode);
-        shared.metrics.latency.observe(start.elapsed().as_secs_f64());
+        shared
+            .metrics
+            .latency
+            .observe(start.elapsed().as_secs_f64());
         if shared.query_log {
             log_query(&buf, qtype, rcode, "tcp");
         }
         let mut framed = Vec::with_capacity(out.len() + 2);
         framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
         framed.extend_from_slice(&out);
-        tokio::time::timeout(idle, s.write_all(&framed)).await.map_err(|_| io::ErrorKind::TimedOut)??;
+        tokio::time::timeout(idle, s.write_all(&framed))
+            .await
+            .map_err(|_| io::ErrorKind::TimedOut)??;
     }
 }
 
@@ -315,20 +394,39 @@ pub fn release_freed_memory() {
 
 /// Rebuild and swap the zone on every catalog change, once the source has
 /// completed its first load.
-/// `built` is the generation already installed, if any.
-pub async fn follow_catalog(shared: Arc<Shared>, mut rx: watch::Receiver<Snapshot>, mut built: Option<u64>) {
+/// `built` is the generation already installed, if any, and `cache` the
+/// builder that made it (so unchanged Services are reused).
+pub async fn follow_catalog(
+    shared: Arc<Shared>,
+    mut rx: watch::Receiver<Snapshot>,
+    mut built: Option<u64>,
+    cache: ZoneCache,
+) {
+    let mut cache = Some(cache);
     loop {
         let snap = rx.borrow_and_update().clone();
         if snap.ready && built != Some(snap.generation) {
-            let config = shared.zone_config.clone();
             let t = Instant::now();
             let cat = snap.catalog.clone();
-            match tokio::task::spawn_blocking(move || Zone::build(&cat, config)).await {
-                Ok(Ok(zone)) => {
+            let mut c = cache.take().unwrap_or_else(|| ZoneCache::new(shared.zone_config.clone()));
+            let (c, result) = match tokio::task::spawn_blocking(move || {
+                let r = c.build(&cat);
+                (c, r)
+            })
+            .await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(error = %e, "zone build task failed");
+                    (ZoneCache::new(shared.zone_config.clone()), Err(ZoneError::Panicked))
+                }
+            };
+            cache = Some(c);
+            match result {
+                Ok(zone) => {
                     let names = zone.len();
                     shared.set_zone(Arc::new(zone));
                     shared.metrics.zone_rebuilds.inc();
-                    release_freed_memory();
                     built = Some(snap.generation);
                     tracing::info!(
                         generation = snap.generation,
@@ -337,9 +435,9 @@ pub async fn follow_catalog(shared: Arc<Shared>, mut rx: watch::Receiver<Snapsho
                         build_ms = t.elapsed().as_millis() as u64,
                         "cluster zone updated"
                     );
+                    release_freed_memory();
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "building the cluster zone"),
-                Err(e) => tracing::error!(error = %e, "zone build task failed"),
+                Err(e) => tracing::error!(error = %e, "building the cluster zone"),
             }
         }
         if rx.changed().await.is_err() {
@@ -350,13 +448,20 @@ pub async fn follow_catalog(shared: Arc<Shared>, mut rx: watch::Receiver<Snapsho
 
 /// Start the listeners on already-bound sockets; returns when the runtime
 /// shuts down (never, in normal operation).
-pub async fn serve(shared: Arc<Shared>, udp: Vec<UdpSocket>, tcp: StdTcpListener, limits: Limits) -> io::Result<()> {
+pub async fn serve(
+    shared: Arc<Shared>,
+    udp: Vec<UdpSocket>,
+    tcp: StdTcpListener,
+    limits: Limits,
+) -> io::Result<()> {
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(slow_worker(shared.clone(), rx));
     for (i, s) in udp.into_iter().enumerate() {
         let s = Arc::new(s);
         let (shared, tx) = (shared.clone(), tx.clone());
-        std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || udp_worker(s, shared, tx))?;
+        std::thread::Builder::new()
+            .name(format!("dns-udp-{i}"))
+            .spawn(move || udp_worker(s, shared, tx))?;
     }
     let tcp = TcpListener::from_std(tcp)?;
     tcp_server(tcp, shared, limits).await;

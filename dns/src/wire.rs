@@ -150,7 +150,11 @@ pub fn name_to_ascii(wire: &[u8]) -> String {
 /// Lowercased wire form of an ASCII name ("a.b.c" or "a.b.c.").
 pub fn ascii_to_wire(name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 2);
-    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
         out.push(label.len() as u8);
         out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
     }
@@ -185,7 +189,9 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Reject> {
     let mut labels = Vec::with_capacity(8);
     let mut i = 12;
     loop {
-        let Some(&l) = msg.get(i) else { return Err(Reject::Header(Rcode::FormErr)) };
+        let Some(&l) = msg.get(i) else {
+            return Err(Reject::Header(Rcode::FormErr));
+        };
         // A question name starts at offset 12: a compression pointer could
         // only point back into the header, and 0x40/0x80 label types are
         // obsolete (RFC 6891 §5) — both are malformed here.
@@ -230,7 +236,16 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Reject> {
             dnssec_ok: msg[o + 7] & 0x80 != 0,
         });
     }
-    Ok(Query { id, flags, qtype, qclass, name_lower, labels, question_end, edns })
+    Ok(Query {
+        id,
+        flags,
+        qtype,
+        qclass,
+        name_lower,
+        labels,
+        question_end,
+        edns,
+    })
 }
 
 /// Bytes of an OPT RR for a response (RFC 6891 §6.1.2): our payload size,
@@ -308,7 +323,8 @@ pub fn empty_answer(
 /// (RFC 2181 §9).
 #[derive(Debug, Clone)]
 pub struct Prebuilt {
-    pub bytes: Box<[u8]>,
+    /// Shared: a rebuild reuses the answers of unchanged Services.
+    pub bytes: std::sync::Arc<[u8]>,
     pub prefix_len: usize,
     pub additionals: u16,
 }
@@ -317,7 +333,13 @@ pub struct Prebuilt {
 /// as asked (case and type, for ANY), then answers, the glue if it fits
 /// within `limit`, and OPT. Returns false when even the answers do not fit:
 /// the caller then sends a TC answer.
-pub fn patch_answer(msg: &[u8], q: &Query, pre: &Prebuilt, limit: usize, out: &mut Vec<u8>) -> bool {
+pub fn patch_answer(
+    msg: &[u8],
+    q: &Query,
+    pre: &Prebuilt,
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> bool {
     let opt_len = if q.edns.is_some() { 11 } else { 0 };
     let (len, ar) = if pre.bytes.len() + opt_len <= limit {
         (pre.bytes.len(), pre.additionals)
@@ -391,14 +413,20 @@ mod tests {
         assert_eq!(parse_query(&m).unwrap_err(), Reject::Header(Rcode::FormErr));
         // truncated after the name
         let m = query("abc.def.", 1);
-        assert_eq!(parse_query(&m[..m.len() - 3]).unwrap_err(), Reject::Header(Rcode::FormErr));
+        assert_eq!(
+            parse_query(&m[..m.len() - 3]).unwrap_err(),
+            Reject::Header(Rcode::FormErr)
+        );
         // two questions
         let mut m = query("a.", 1);
         m[5] = 2;
         assert_eq!(parse_query(&m).unwrap_err(), Reject::Header(Rcode::FormErr));
         // name longer than 255 bytes
         let long = vec!["a".repeat(63); 5].join(".");
-        assert_eq!(parse_query(&query(&long, 1)).unwrap_err(), Reject::Header(Rcode::FormErr));
+        assert_eq!(
+            parse_query(&query(&long, 1)).unwrap_err(),
+            Reject::Header(Rcode::FormErr)
+        );
     }
 
     #[test]
@@ -407,7 +435,14 @@ mod tests {
         m[11] = 1;
         m.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0x80, 0, 0, 0]);
         let q = parse_query(&m).unwrap();
-        assert_eq!(q.edns, Some(Edns { payload: 4096, version: 0, dnssec_ok: true }));
+        assert_eq!(
+            q.edns,
+            Some(Edns {
+                payload: 4096,
+                version: 0,
+                dnssec_ok: true
+            })
+        );
         assert_eq!(q.udp_limit(), MAX_UDP_PAYLOAD as usize);
     }
 }

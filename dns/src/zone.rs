@@ -6,7 +6,9 @@
 //! change and swaps it whole, so a query never sees half a change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ferry_state::{AddressType, Catalog, Service, ServiceType};
 use hickory_proto::op::{Message, OpCode, Query as HQuery};
@@ -32,18 +34,27 @@ pub struct ZoneConfig {
 
 impl Default for ZoneConfig {
     fn default() -> Self {
-        Self { zone: "cluster.local".into(), ttl: 5, pods_insecure: false }
+        Self {
+            zone: "cluster.local".into(),
+            ttl: 5,
+            pods_insecure: false,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZoneError {
+    #[error("the zone build panicked")]
+    Panicked,
     #[error("invalid cluster domain {zone:?}: {source}")]
-    BadZone { zone: String, source: hickory_proto::ProtoError },
+    BadZone {
+        zone: String,
+        source: hickory_proto::ProtoError,
+    },
 }
 
 /// What exists at one name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Entry {
     /// Pre-encoded answers by record type.
     pub rrsets: Vec<(u16, Prebuilt)>,
@@ -64,12 +75,43 @@ pub enum PodName {
     Address(IpAddr),
 }
 
+/// A lowercased wire-format name; shared between successive zones.
+type Key = Arc<[u8]>;
+
+/// FxHash (rustc's): several times cheaper than SipHash for short names.
+/// Keyed hashing buys nothing here: clients can only look names up, never
+/// insert them, so they cannot build collision chains.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = BuildHasherDefault<FxHasher>;
+
 /// Where a name sits relative to the zones this server answers for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Authority {
     /// Inside the cluster domain or an authoritative reverse zone; `apex_off`
     /// is the offset of the zone apex within the wire name, `soa` which SOA.
-    Zone { apex_off: usize, soa: usize },
+    Zone {
+        apex_off: usize,
+        soa: usize,
+    },
     /// A reverse name outside the private ranges: answered when the table
     /// has it, otherwise forwarded (CoreDNS `fallthrough in-addr.arpa`).
     ReverseFallthrough,
@@ -82,7 +124,7 @@ pub enum Authority {
 pub struct Zone {
     pub config: ZoneConfig,
     apex: Vec<u8>,
-    names: HashMap<Box<[u8]>, Entry>,
+    names: HashMap<Key, Arc<Entry>, FxBuild>,
     /// SOA tails (type..rdata, owner written by the caller) by zone:
     /// index 0 is the cluster zone, then one per reverse apex.
     soa_tails: Vec<Vec<u8>>,
@@ -95,7 +137,10 @@ pub struct Zone {
 /// RFC 6598; fc00::/7 from RFC 4193). PTR misses there are NXDOMAIN here;
 /// other reverse names fall through to the upstreams.
 fn reverse_apex_names() -> Vec<String> {
-    let mut v = vec!["10.in-addr.arpa".to_string(), "168.192.in-addr.arpa".to_string()];
+    let mut v = vec![
+        "10.in-addr.arpa".to_string(),
+        "168.192.in-addr.arpa".to_string(),
+    ];
     v.extend((16..32).map(|b| format!("{b}.172.in-addr.arpa")));
     v.extend((64..128).map(|b| format!("{b}.100.in-addr.arpa")));
     v.extend(["c.f.ip6.arpa".to_string(), "d.f.ip6.arpa".to_string()]);
@@ -114,7 +159,12 @@ struct Records {
 impl Records {
     fn add(&mut self, name: &Name, rdata: RData, ttl: u32) {
         let t = u16::from(rdata.record_type());
-        let set = self.sets.entry(name.clone()).or_default().entry(t).or_default();
+        let set = self
+            .sets
+            .entry(name.clone())
+            .or_default()
+            .entry(t)
+            .or_default();
         let r = Record::from_rdata(name.clone(), ttl, rdata);
         if !set.iter().any(|x| x.data == r.data) {
             set.push(r);
@@ -134,7 +184,12 @@ fn name(s: &str) -> Option<Name> {
 pub fn generated_hostname(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
-        IpAddr::V6(v6) => v6.segments().iter().map(|s| format!("{s:x}")).collect::<Vec<_>>().join("-"),
+        IpAddr::V6(v6) => v6
+            .segments()
+            .iter()
+            .map(|s| format!("{s:x}"))
+            .collect::<Vec<_>>()
+            .join("-"),
     }
 }
 
@@ -176,7 +231,14 @@ fn srv_owner(port_name: &str, proto: &str, base: &str) -> Option<Name> {
 /// several headless Services, and its PTR RRset then names them all.
 type Ptrs = BTreeMap<String, Vec<Name>>;
 
-fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mut Records, ptrs: &mut Ptrs) {
+fn service_records(
+    cat: &Catalog,
+    svc: &Service,
+    zone: &str,
+    ttl: u32,
+    recs: &mut Records,
+    ptrs: &mut Ptrs,
+) {
     let base_s = format!("{}.{}.svc.{}.", svc.key.name, svc.key.namespace, zone);
     let Some(base) = name(&base_s) else { return };
     if svc.service_type == ServiceType::ExternalName {
@@ -190,14 +252,20 @@ fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mu
         // §2.3: A/AAAA per ClusterIP family, SRV per named port, PTR per IP.
         for ip in &svc.cluster_ips {
             recs.add(&base, addr_rdata(*ip), ttl);
-            ptrs.entry(reverse_name(*ip)).or_default().push(base.clone());
+            ptrs.entry(reverse_name(*ip))
+                .or_default()
+                .push(base.clone());
         }
         if svc.cluster_ips.is_empty() {
             return;
         }
         for p in &svc.ports {
             if let Some(owner) = srv_owner(&p.name, p.protocol.as_str(), &base_s) {
-                recs.add(&owner, RData::SRV(SRV::new(0, 100, p.port, base.clone())), ttl);
+                recs.add(
+                    &owner,
+                    RData::SRV(SRV::new(0, 100, p.port, base.clone())),
+                    ttl,
+                );
                 recs.glue.entry(owner).or_default().insert(base.clone());
             }
         }
@@ -216,11 +284,18 @@ fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mu
                 continue;
             }
             for ip in &ep.addresses {
-                let host = ep.hostname.clone().unwrap_or_else(|| generated_hostname(*ip));
-                let Some(host_name) = name(&format!("{host}.{base_s}")) else { continue };
+                let host = ep
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| generated_hostname(*ip));
+                let Some(host_name) = name(&format!("{host}.{base_s}")) else {
+                    continue;
+                };
                 recs.add(&base, addr_rdata(*ip), ttl);
                 recs.add(&host_name, addr_rdata(*ip), ttl);
-                ptrs.entry(reverse_name(*ip)).or_default().push(host_name.clone());
+                ptrs.entry(reverse_name(*ip))
+                    .or_default()
+                    .push(host_name.clone());
                 hosts.entry(host_name).or_default().push(*ip);
             }
         }
@@ -236,8 +311,15 @@ fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mu
     for p in &svc.ports {
         if let Some(owner) = srv_owner(&p.name, p.protocol.as_str(), &base_s) {
             for host in hosts.keys() {
-                recs.add(&owner, RData::SRV(SRV::new(0, weight, p.port, host.clone())), ttl);
-                recs.glue.entry(owner.clone()).or_default().insert(host.clone());
+                recs.add(
+                    &owner,
+                    RData::SRV(SRV::new(0, weight, p.port, host.clone())),
+                    ttl,
+                );
+                recs.glue
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(host.clone());
             }
         }
     }
@@ -255,7 +337,11 @@ fn encode(qname: &Name, qt: RecordType, answers: &[Record], glue: &[Record]) -> 
     m.add_additionals(glue.iter().cloned());
     let bytes = m.to_vec().expect("encoding zone answers");
     debug_assert_eq!(bytes[12..prefix.len()], prefix[12..]);
-    Prebuilt { bytes: bytes.into_boxed_slice(), prefix_len: prefix.len(), additionals: glue.len() as u16 }
+    Prebuilt {
+        bytes: bytes.into(),
+        prefix_len: prefix.len(),
+        additionals: glue.len() as u16,
+    }
 }
 
 fn soa_tail(apex: &str, ttl: u32) -> Vec<u8> {
@@ -281,11 +367,48 @@ impl Zone {
         Zone::build(&Catalog::default(), config)
     }
 
-    pub fn build(cat: &Catalog, mut config: ZoneConfig) -> Result<Zone, ZoneError> {
+    pub fn build(cat: &Catalog, config: ZoneConfig) -> Result<Zone, ZoneError> {
+        ZoneCache::new(config).build(cat)
+    }
+}
+
+/// What one Service contributed to the last zone, reused as is when
+/// neither the Service nor its EndpointSlices changed: a rebuild then only
+/// encodes what changed, so a 10,000-Service zone is swapped within
+/// milliseconds of an edit.
+struct CachedService {
+    svc: Service,
+    slices: Vec<ferry_state::EndpointSlice>,
+    entries: Encoded,
+    /// This Service's PTR records, for merging with other Services'.
+    ptr_targets: Vec<(Key, Name)>,
+}
+
+/// Builds zones from successive catalogs, reusing unchanged Services.
+pub struct ZoneCache {
+    config: ZoneConfig,
+    /// Size of the last zone, to allocate the next one at once.
+    last_names: usize,
+    services: HashMap<ferry_state::ObjectKey, CachedService>,
+}
+
+impl ZoneCache {
+    pub fn new(config: ZoneConfig) -> Self {
+        Self {
+            config,
+            last_names: 0,
+            services: HashMap::new(),
+        }
+    }
+
+    pub fn build(&mut self, cat: &Catalog) -> Result<Zone, ZoneError> {
+        let mut config = self.config.clone();
         config.zone = config.zone.trim_end_matches('.').to_ascii_lowercase();
         let zone_s = config.zone.clone();
-        let apex = Name::from_ascii(format!("{zone_s}."))
-            .map_err(|source| ZoneError::BadZone { zone: zone_s.clone(), source })?;
+        let apex = Name::from_ascii(format!("{zone_s}.")).map_err(|source| ZoneError::BadZone {
+            zone: zone_s.clone(),
+            source,
+        })?;
         let ttl = config.ttl;
         let mut recs = Records::default();
         let ns_name = name(&format!("ns.dns.{zone_s}.")).unwrap_or_else(|| apex.clone());
@@ -304,15 +427,22 @@ impl Zone {
         );
         recs.add(&apex, RData::NS(NS(ns_name)), ttl);
         if let Some(v) = name(&format!("dns-version.{zone_s}.")) {
-            recs.add(&v, RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])), SCHEMA_TTL);
+            recs.add(
+                &v,
+                RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
+                SCHEMA_TTL,
+            );
         }
 
-        let reverse_apexes: Vec<Vec<u8>> = reverse_apex_names().iter().map(|s| ascii_to_wire(s)).collect();
+        let reverse_apexes: Vec<Vec<u8>> = reverse_apex_names()
+            .iter()
+            .map(|s| ascii_to_wire(s))
+            .collect();
         let mut soa_tails = vec![soa_tail(&zone_s, ttl)];
         soa_tails.extend(reverse_apex_names().iter().map(|s| soa_tail(s, ttl)));
         let mut zone = Zone {
             apex: ascii_to_wire(&zone_s),
-            names: HashMap::new(),
+            names: HashMap::default(),
             soa_tails,
             reverse_apexes,
             pod_suffix: ascii_to_wire(&format!("pod.{zone_s}")),
@@ -320,72 +450,146 @@ impl Zone {
         };
 
         // Records are encoded Service by Service, so the scratch records
-        // of only one Service exist at a time next to the growing zone.
+        // of only one Service exist at a time next to the growing zone, and
+        // an unchanged Service's encoded entries are shared, not rebuilt.
         zone.add_records(recs, ttl);
-        let mut ptrs = Ptrs::new();
-        for svc in cat.services.values() {
-            let mut recs = Records::default();
-            service_records(cat, svc, &zone_s, ttl, &mut recs, &mut ptrs);
-            zone.add_records(recs, ttl);
+        let mut old = std::mem::take(&mut self.services);
+        self.services.reserve(cat.services.len());
+        zone.names.reserve(self.last_names);
+        let mut ptr_merges: Vec<Key> = Vec::new();
+        for (key, svc) in &cat.services {
+            let slices = cat.slices_of(key);
+            let (owned_key, cached) = match old.remove_entry(key) {
+                Some((k, c)) if c.svc == *svc && c.slices == slices => (k, c),
+                _ => {
+                    let mut recs = Records::default();
+                    let mut ptrs = Ptrs::new();
+                    service_records(cat, svc, &zone_s, ttl, &mut recs, &mut ptrs);
+                    let mut ptr_targets = Vec::new();
+                    for (rev, targets) in ptrs {
+                        let Some(rev) = name(&rev) else { continue };
+                        for t in targets {
+                            recs.add(&rev, RData::PTR(PTR(t.clone())), ttl);
+                            ptr_targets.push((Key::from(ascii_to_wire(&rev.to_ascii())), t));
+                        }
+                    }
+                    let c = CachedService {
+                        svc: svc.clone(),
+                        slices: slices.to_vec(),
+                        entries: encode_records(recs, ttl),
+                        ptr_targets,
+                    };
+                    (key.clone(), c)
+                }
+            };
+            for (k, e) in &cached.entries {
+                if zone.insert_key(k.clone(), e.clone()) {
+                    ptr_merges.push(k.clone());
+                }
+            }
+            self.services.insert(owned_key, cached);
         }
-        let mut recs = Records::default();
-        for (rev, targets) in ptrs {
-            let Some(rev) = name(&rev) else { continue };
-            for t in targets {
-                recs.add(&rev, RData::PTR(PTR(t)), ttl);
+        drop(old);
+        // An address behind several Services (a pod in two headless
+        // Services) has one PTR RRset naming all of them.
+        if !ptr_merges.is_empty() {
+            let merge: std::collections::HashSet<Key> = ptr_merges.into_iter().collect();
+            let mut recs = Records::default();
+            for c in self.services.values() {
+                for (k, t) in c.ptr_targets.iter().filter(|(k, _)| merge.contains(k)) {
+                    if let Some(rev) = name(&wire::name_to_ascii(k)) {
+                        recs.add(&rev, RData::PTR(PTR(t.clone())), ttl);
+                    }
+                }
+            }
+            for (k, e) in encode_records(recs, ttl) {
+                zone.names.insert(k, e);
             }
         }
-        zone.add_records(recs, ttl);
         if zone.config.pods_insecure {
             let pod = name(&format!("pod.{zone_s}.")).expect("zone validated above");
-            zone.add_ancestors(&ascii_to_wire(&pod.to_ascii()));
+            zone.insert_key(Key::from(ascii_to_wire(&pod.to_ascii())), Arc::default());
         }
+        self.last_names = zone.names.len();
         Ok(zone)
     }
+}
 
-    fn add_records(&mut self, recs: Records, ttl: u32) {
-        let empty = Vec::new();
-        for (owner, sets) in &recs.sets {
-            let mut entry = Entry::default();
-            for (t, answers) in sets {
-                // Glue (RFC 2782 "Additional section"): the addresses of SRV
-                // targets, which are always records of the same Service.
-                let glue: Vec<Record> = match (*t == qtype::SRV, recs.glue.get(owner)) {
-                    (true, Some(targets)) => targets
-                        .iter()
-                        .flat_map(|g| {
-                            let s = recs.sets.get(g);
-                            let a = s.and_then(|s| s.get(&qtype::A)).unwrap_or(&empty);
-                            let aaaa = s.and_then(|s| s.get(&qtype::AAAA)).unwrap_or(&empty);
-                            a.iter().chain(aaaa).cloned()
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                entry.rrsets.push((*t, encode(owner, RecordType::from(*t), answers, &glue)));
-            }
-            self.insert(owner, entry);
+type Encoded = Vec<(Key, Arc<Entry>)>;
+
+/// Pre-encode every RRset of `recs`, keyed by lowercased wire name.
+fn encode_records(recs: Records, ttl: u32) -> Encoded {
+    let mut out = Vec::with_capacity(recs.sets.len() + recs.cnames.len());
+    let empty = Vec::new();
+    for (owner, sets) in &recs.sets {
+        let mut entry = Entry::default();
+        for (t, answers) in sets {
+            // Glue (RFC 2782 "Additional section"): the addresses of SRV
+            // targets, which are always records of the same Service.
+            let glue: Vec<Record> = match (*t == qtype::SRV, recs.glue.get(owner)) {
+                (true, Some(targets)) => targets
+                    .iter()
+                    .flat_map(|g| {
+                        let s = recs.sets.get(g);
+                        let a = s.and_then(|s| s.get(&qtype::A)).unwrap_or(&empty);
+                        let aaaa = s.and_then(|s| s.get(&qtype::AAAA)).unwrap_or(&empty);
+                        a.iter().chain(aaaa).cloned()
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            entry
+                .rrsets
+                .push((*t, encode(owner, RecordType::from(*t), answers, &glue)));
         }
-        for (owner, target) in &recs.cnames {
-            let rec = Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target.clone())));
-            let pre = encode(owner, RecordType::CNAME, &[rec], &[]);
-            self.insert(owner, Entry { rrsets: Vec::new(), cname: Some(Box::new((pre, target.clone()))) });
+        entry.rrsets.shrink_to_fit();
+        out.push((Key::from(ascii_to_wire(&owner.to_ascii())), Arc::new(entry)));
+    }
+    for (owner, target) in &recs.cnames {
+        let rec = Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target.clone())));
+        let pre = encode(owner, RecordType::CNAME, &[rec], &[]);
+        let entry = Entry {
+            rrsets: Vec::new(),
+            cname: Some(Box::new((pre, target.clone()))),
+        };
+        out.push((Key::from(ascii_to_wire(&owner.to_ascii())), Arc::new(entry)));
+    }
+    out
+}
+
+impl Zone {
+    fn add_records(&mut self, recs: Records, ttl: u32) {
+        for (key, entry) in encode_records(recs, ttl) {
+            self.insert_key(key, entry);
         }
     }
 
-    /// Add `entry` at `owner`, merging with what is there (an empty
+    /// Add `entry` at `key`, merging with what is there (an empty
     /// non-terminal added for an earlier name, or another Service's types).
-    fn insert(&mut self, owner: &Name, mut entry: Entry) {
-        let key = ascii_to_wire(&owner.to_ascii());
+    /// Returns true when both had a PTR RRset: the caller merges those.
+    fn insert_key(&mut self, key: Key, entry: Arc<Entry>) -> bool {
         self.add_ancestors(&key);
-        entry.rrsets.shrink_to_fit();
-        match self.names.get_mut(key.as_slice()) {
+        match self.names.get_mut(&key) {
+            Some(old) if old.rrsets.is_empty() && old.cname.is_none() => {
+                *old = entry;
+                false
+            }
             Some(old) => {
-                old.rrsets.extend(entry.rrsets);
-                old.cname = old.cname.take().or(entry.cname);
+                let both_ptr = old.rrset(qtype::PTR).is_some() && entry.rrset(qtype::PTR).is_some();
+                let old = Arc::make_mut(old);
+                for (t, p) in &entry.rrsets {
+                    if old.rrset(*t).is_none() {
+                        old.rrsets.push((*t, p.clone()));
+                    }
+                }
+                if old.cname.is_none() {
+                    old.cname.clone_from(&entry.cname);
+                }
+                both_ptr
             }
             None => {
-                self.names.insert(key.into_boxed_slice(), entry);
+                self.names.insert(key, entry);
+                false
             }
         }
     }
@@ -394,32 +598,40 @@ impl Zone {
     /// with no records (an empty non-terminal): queries for it are NODATA,
     /// not NXDOMAIN (RFC 8020, RFC 4592 §2.2.2).
     fn add_ancestors(&mut self, key: &[u8]) {
-        let mut i = 0;
+        if !matches!(self.authority_of(key), Authority::Zone { .. }) {
+            return;
+        }
+        // Walk up from the parent; a suffix already present had its own
+        // ancestors added then, so the walk stops there.
+        let mut i = key[0] as usize + 1;
         while i < key.len() && key[i] != 0 {
             let suffix = &key[i..];
-            match self.authority_of(suffix) {
-                Authority::Zone { .. } => {
-                    if !self.names.contains_key(suffix) {
-                        self.names.insert(suffix.into(), Entry::default());
-                    }
-                }
-                _ => return,
+            if self.names.contains_key(suffix) || !matches!(self.authority_of(suffix), Authority::Zone { .. }) {
+                return;
             }
+            self.names.insert(suffix.into(), Arc::default());
             i += key[i] as usize + 1;
         }
+        // the apex itself: always exists (it has the SOA)
     }
 
     /// Classify a lowercased wire name.
     pub fn authority_of(&self, name: &[u8]) -> Authority {
         if ends_with_labels(name, &self.apex) {
-            return Authority::Zone { apex_off: name.len() - self.apex.len(), soa: 0 };
+            return Authority::Zone {
+                apex_off: name.len() - self.apex.len(),
+                soa: 0,
+            };
         }
         const ARPA4: &[u8] = b"\x07in-addr\x04arpa\x00";
         const ARPA6: &[u8] = b"\x03ip6\x04arpa\x00";
         if name.ends_with(ARPA4) || name.ends_with(ARPA6) {
             for (i, a) in self.reverse_apexes.iter().enumerate() {
                 if ends_with_labels(name, a) {
-                    return Authority::Zone { apex_off: name.len() - a.len(), soa: i + 1 };
+                    return Authority::Zone {
+                        apex_off: name.len() - a.len(),
+                        soa: i + 1,
+                    };
                 }
             }
             return Authority::ReverseFallthrough;
@@ -431,7 +643,7 @@ impl Zone {
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
-        self.names.get(name)
+        self.names.get(name).map(|e| &**e)
     }
 
     pub fn soa_tail(&self, which: usize) -> &[u8] {
@@ -469,13 +681,19 @@ impl Zone {
         if let Ok(v4) = ip_label.replace('-', ".").parse::<Ipv4Addr>() {
             return Some(PodName::Address(IpAddr::V4(v4)));
         }
-        ip_label.replace('-', ":").parse::<Ipv6Addr>().ok().map(|v6| PodName::Address(IpAddr::V6(v6)))
+        ip_label
+            .replace('-', ":")
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|v6| PodName::Address(IpAddr::V6(v6)))
     }
 
     /// A dynamic answer for a pod name, built with hickory (cold path):
     /// `None` when the name does not exist, `Some(None)` for NODATA.
     pub fn pod_answer(&self, name: &[u8], qt: u16) -> Option<Option<Prebuilt>> {
-        let PodName::Address(ip) = self.pod_name(name)? else { return Some(None) };
+        let PodName::Address(ip) = self.pod_name(name)? else {
+            return Some(None);
+        };
         let t = match ip {
             IpAddr::V4(_) => qtype::A,
             IpAddr::V6(_) => qtype::AAAA,
