@@ -694,3 +694,37 @@ fn status_reports_an_unusable_data_dir_or_bridge_name_with_code_50() {
     assert!(add.json()["details"].as_str().unwrap().contains("not a bridge"), "{}", add.stdout);
     assert!(reservations(&node).is_empty(), "the failed ADD released its addresses");
 }
+
+#[test]
+fn a_prev_result_from_an_earlier_plugin_is_passed_through_with_ours_appended() {
+    let node = Node::new();
+    let prev = json!({
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "dummy0", "mac": "02:00:00:00:00:aa"}],
+        "ips": [{"address": "192.0.2.10/24", "interface": 0}],
+        "routes": [{"dst": "198.51.100.0/24", "gw": "192.0.2.1"}],
+        "dns": {"nameservers": ["192.0.2.53"]}
+    });
+    let mut conf = node.netconf().clone();
+    conf["prevResult"] = prev;
+    let pod = node.add_pod_with("chained", &conf, "").expect("ADD with a prevResult");
+    let r = &pod.result;
+    validate_result_loosely(r);
+    assert_eq!(r["interfaces"][0]["name"], "dummy0", "previous interfaces first: {r}");
+    assert_eq!(r["interfaces"].as_array().unwrap().len(), 4);
+    assert_eq!(r["ips"][0]["address"], "192.0.2.10/24");
+    assert_eq!(r["ips"][1]["interface"], 3, "our ips point at our (shifted) sandbox interface: {r}");
+    assert_eq!(r["routes"][0]["dst"], "198.51.100.0/24");
+    assert_eq!(r["dns"]["nameservers"][0], "192.0.2.53");
+    assert!(pod.ipv4().to_string().starts_with("10.244.0."), "{r}");
+}
+
+/// Shape checks that do not assume ferry is the only plugin of the chain.
+fn validate_result_loosely(r: &Value) {
+    let n = r["interfaces"].as_array().expect("interfaces").len();
+    for ip in r["ips"].as_array().expect("ips") {
+        if let Some(i) = ip["interface"].as_u64() {
+            assert!((i as usize) < n, "interface index {i} out of range: {r}");
+        }
+    }
+}

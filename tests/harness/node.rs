@@ -332,7 +332,16 @@ impl Pod {
     fn new(node: Node, sandbox: Sandbox, netconf: Value, args: String, result: Value) -> Self {
         let mut ipv4 = None;
         let mut ipv6 = None;
-        for ip in result["ips"].as_array().into_iter().flatten() {
+        let ifaces = result["interfaces"].as_array().cloned().unwrap_or_default();
+        // The pod's addresses are those on its sandbox interface (a chained
+        // result may carry other plugins' addresses too).
+        let in_sandbox = |ip: &Value| {
+            ip["interface"]
+                .as_u64()
+                .and_then(|i| ifaces.get(i as usize))
+                .is_none_or(|i| i["name"] == sandbox.ifname.as_str() && i.get("sandbox").is_some())
+        };
+        for ip in result["ips"].as_array().into_iter().flatten().filter(|ip| in_sandbox(ip)) {
             let addr = ip["address"].as_str().unwrap_or("");
             match addr.split('/').next().unwrap_or("").parse::<IpAddr>() {
                 Ok(IpAddr::V4(a)) if ipv4.is_none() => ipv4 = Some(a),
@@ -340,7 +349,6 @@ impl Pod {
                 _ => {}
             }
         }
-        let ifaces = result["interfaces"].as_array().cloned().unwrap_or_default();
         // The host end is the veth entry without a sandbox; the bridge comes
         // first, so take the last sandbox-less entry.
         let host_veth = ifaces
