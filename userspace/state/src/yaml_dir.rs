@@ -38,6 +38,8 @@ use crate::store::Store;
 const QUIET: Duration = Duration::from_millis(3);
 /// A file still open for writing (MODIFY seen, CLOSE_WRITE not yet) is given
 /// this long to be closed, so a truncate-then-write save is not read half-way.
+/// It also bounds every batch: a directory that never goes quiet (a writer
+/// saving every millisecond) is still read and published at least this often.
 const WRITE_GRACE: Duration = Duration::from_millis(40);
 
 /// Load a directory once: the catalog and every object/file error. For tools
@@ -183,14 +185,15 @@ impl DirSource {
             let mut open: HashSet<PathBuf> = HashSet::new();
             let mut rescan = false;
             // Wait for the first event, then keep collecting until the
-            // directory has been quiet for QUIET (or WRITE_GRACE while a file
-            // is still open for writing).
+            // directory has been quiet for QUIET (or a file still open for
+            // writing is closed), never longer than WRITE_GRACE in all.
             let Some(first) = self.recv_or_closed(&mut events).await else { return };
             let mut next = Some(first);
             let started = tokio::time::Instant::now();
             while let Some(ev) = next.take() {
                 classify(&self.dir, ev, &mut dirty, &mut open, &mut rescan);
-                let wait = if open.is_empty() { QUIET } else { WRITE_GRACE.saturating_sub(started.elapsed()) };
+                let left = WRITE_GRACE.saturating_sub(started.elapsed());
+                let wait = if open.is_empty() { QUIET.min(left) } else { left };
                 if wait.is_zero() {
                     break;
                 }

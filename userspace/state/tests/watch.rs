@@ -200,3 +200,26 @@ async fn relative_directory_path_removes_what_it_added() {
     std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
     eventually(&mut rx, BUDGET, "remove", |s| s.catalog.services.is_empty()).await;
 }
+
+// Multi-threaded: the writer below blocks its thread, the source must keep running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_never_goes_quiet_still_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rx, _task) = watch_dir(dir.path()).await.unwrap();
+    // A writer saving files back to back for 300 ms: the quiet period never
+    // elapses, yet the first Service must show up in time.
+    let path = dir.path().to_path_buf();
+    let writer = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut i = 0u32;
+        while start.elapsed() < Duration::from_millis(300) {
+            // Saved the way editors save: a temporary renamed into place.
+            let tmp = path.join("save.tmp");
+            write(&tmp, &svc(&format!("s{}", i % 20), &format!("10.96.7.{}", i % 250)));
+            std::fs::rename(&tmp, path.join(format!("s{}.yaml", i % 20))).unwrap();
+            i += 1;
+        }
+    });
+    eventually(&mut rx, BUDGET, "busy directory", |s| vip(s, "s0").is_some()).await;
+    writer.join().unwrap();
+}
