@@ -728,3 +728,28 @@ fn validate_result_loosely(r: &Value) {
         }
     }
 }
+
+#[test]
+fn one_container_can_have_two_attachments_with_different_ifnames() {
+    // An attachment is (CNI_CONTAINERID, CNI_IFNAME) (SPEC.md section 3).
+    let node = Node::new();
+    let mut sb = node.new_sandbox("multi");
+    let eth0 = node.cni(&sb.call("ADD", node.netconf(), ""));
+    assert!(eth0.success(), "{eth0:?}");
+    sb.ifname = "net1".into();
+    let net1 = node.cni(&sb.call("ADD", node.netconf(), ""));
+    assert!(net1.success(), "second attachment: {net1:?}");
+    assert_ne!(eth0.json()["ips"][0]["address"], net1.json()["ips"][0]["address"]);
+    assert_eq!(host_veths(&node).len(), 2);
+    let mut conf = node.netconf().clone();
+    conf["prevResult"] = net1.json();
+    assert!(node.cni(&sb.call("DEL", &conf, "")).success());
+    // eth0's attachment is untouched
+    sb.ifname = "eth0".into();
+    conf["prevResult"] = eth0.json();
+    let check = node.cni(&sb.call("CHECK", &conf, ""));
+    assert!(check.success(), "{check:?}");
+    assert_eq!(reservations(&node).len(), 2);
+    assert!(node.cni(&sb.call("DEL", &conf, "")).success());
+    assert!(reservations(&node).is_empty() && host_veths(&node).is_empty());
+}
