@@ -71,7 +71,16 @@ pub async fn watch_dir(
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|source| SourceError::Watch { path: dir.clone(), source })?;
 
-    let errors = src.rescan()?;
+    // The first load of a large directory takes a few hundred ms of CPU:
+    // off the runtime's threads, so the caller's other tasks (a metrics
+    // server, health probes) keep running meanwhile.
+    let (mut src, scanned) = tokio::task::spawn_blocking(move || {
+        let scanned = src.rescan();
+        (src, scanned)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let errors = scanned?;
     report(&errors);
     src.store.set_ready();
     let generation = src.store.publish();
