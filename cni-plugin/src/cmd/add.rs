@@ -191,7 +191,8 @@ fn add(
     // The pinned from-pod/to-pod programs under cfg.conf.pin_dir go on
     // `host` now, before any address exists in the pod, so no packet of this
     // pod can bypass the load balancer. A failure undoes the veth (above).
-    crate::datapath::attach(&cfg.conf.pin_dir, host.index, &host_name)?;
+    let pod_ips: Vec<IpAddr> = ips.iter().map(|i| i.ip).collect();
+    crate::datapath::attach(&cfg.conf.pin_dir, host.index, &host_name, pod_mac, &pod_ips)?;
 
     let pod = pod_nl
         .link(&env.ifname)?

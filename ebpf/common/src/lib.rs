@@ -26,6 +26,7 @@ pub mod map_names {
     pub const DROPS: &str = "FERRY_DROPS";
     pub const GLOBAL_STATS: &str = "FERRY_GLOBAL";
     pub const CONFIG: &str = "FERRY_CONFIG";
+    pub const ENDPOINTS: &str = "FERRY_ENDPOINTS";
 }
 
 /// Names of the programs (ELF symbol names and pin names under `<pin>/progs`).
@@ -46,6 +47,8 @@ pub const DEFAULT_MAGLEV_SIZE: u32 = 1021;
 pub const DEFAULT_MAX_TABLES: u32 = 16_384;
 pub const DEFAULT_CT_SIZE: u32 = 262_144;
 pub const DEFAULT_AFFINITY_SIZE: u32 = 65_536;
+/// Local pod addresses (two per dual-stack pod).
+pub const DEFAULT_MAX_ENDPOINTS: u32 = 4096;
 
 /// Source address a hairpin flow (a pod reaching itself through its own
 /// Service) is SNATed to, so that the pod's reply leaves it and comes back
@@ -197,6 +200,29 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 
+/// Key of `FERRY_ENDPOINTS`: a pod address on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `FERRY_ENDPOINTS`, written by the CNI plugin on ADD (removed on
+/// DEL): where a local pod is, so a DNATed packet for it is handed straight
+/// to its namespace with `bpf_redirect_peer` instead of crossing the node's
+/// IP stack and bridge. Optional: without an entry the packet is routed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointValue {
+    /// The pod's host-side veth (its peer is the pod's interface).
+    pub ifindex: u32,
+    /// The MAC of the pod's interface: the redirected frame's destination.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// Per-CPU packet/byte counters per frontend id (`FERRY_SVC_STATS`, an array).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -212,6 +238,8 @@ pub mod global_stat {
     pub const NO_ENDPOINTS_REJECTED: u32 = 2;
     pub const HAIRPIN: u32 = 3;
     pub const UDP_RESELECTED: u32 = 4;
+    /// DNATed packets handed straight to a local backend pod.
+    pub const REDIRECT_PEER: u32 = 5;
     pub const MAX: u32 = 8;
 }
 
@@ -283,6 +311,8 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
+const _: () = assert!(core::mem::size_of::<EndpointValue>() == 12);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -299,6 +329,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointValue {}
 }
 
 #[cfg(test)]
@@ -311,7 +343,7 @@ mod tests {
     #[test]
     fn sizes_and_alignment() {
         // (type, size, sum of field sizes, alignment)
-        let rows: [(&str, usize, usize, usize); 10] = [
+        let rows: [(&str, usize, usize, usize); 12] = [
             ("ServiceKey", size_of::<ServiceKey>(), 16 + 2 + 1 + 1, align_of::<ServiceKey>()),
             ("ServiceValue", size_of::<ServiceValue>(), 6 * 4, align_of::<ServiceValue>()),
             ("BackendValue", size_of::<BackendValue>(), 16 + 2 + 1 + 1 + 4 + 1 + 3, align_of::<BackendValue>()),
@@ -322,6 +354,8 @@ mod tests {
             ("AffinityValue", size_of::<AffinityValue>(), 4 + 4 + 8, align_of::<AffinityValue>()),
             ("Counter", size_of::<Counter>(), 8 + 8, align_of::<Counter>()),
             ("Config", size_of::<Config>(), 4 + 4, align_of::<Config>()),
+            ("EndpointKey", size_of::<EndpointKey>(), 16 + 1 + 3, align_of::<EndpointKey>()),
+            ("EndpointValue", size_of::<EndpointValue>(), 4 + 6 + 2, align_of::<EndpointValue>()),
         ];
         for (name, size, fields, align) in rows {
             assert_eq!(size, fields, "{name}: implicit padding");

@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use ferry_common::{
     AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason,
+    EndpointKey, EndpointValue, DEFAULT_MAX_ENDPOINTS,
     RevNatKey, RevNatValue, ServiceKey, ServiceValue, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
 };
@@ -44,6 +45,10 @@ pub static FERRY_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropRea
 #[map]
 pub static FERRY_GLOBAL: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(ferry_common::global_stat::MAX, 0);
+
+#[map]
+pub static FERRY_ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_ENDPOINTS, 0);
 
 #[map]
 pub static FERRY_CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -23,6 +23,9 @@
 //!   idempotent. [`detach`]`(pin_dir, ifindex)`, [`gc_links`]`(pin_dir)`.
 //! - [`attach_matching`]`(pin_dir, &IfacePattern)`, [`spawn_attach_watcher`]:
 //!   attach to existing and new interfaces whose name matches a pattern.
+//! - [`register_endpoint`]`(pin_dir, ifindex, pod_mac, &ips)` /
+//!   [`unregister_endpoints`]`(pin_dir, Some(ifindex) | None)`: local pods
+//!   for `bpf_redirect_peer` (the CNI plugin calls these on ADD / DEL).
 //! - [`test_run`]`(pin_dir, Prog, packet) -> Result<TestRunOutput>`:
 //!   `BPF_PROG_TEST_RUN` of a pinned program.
 //!
@@ -30,6 +33,7 @@
 //! namespace: enter the node namespace first (the watcher thread inherits
 //! the namespace of the thread that spawns it).
 mod attach;
+mod endpoints;
 mod load;
 mod sys;
 pub mod testing;
@@ -40,6 +44,7 @@ use std::{io, path::PathBuf};
 pub use attach::{
     attach, attach_matching, detach, gc_links, link_pins, Attachment, Iface, IfacePattern,
 };
+pub use endpoints::{endpoint_key, register_endpoint, unregister_endpoints};
 pub use ferry_common as common;
 pub use load::{
     load_or_adopt, open_pinned, programs_pinned, test_run, Datapath, DatapathConfig, Maps, Prog,

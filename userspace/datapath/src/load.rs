@@ -11,7 +11,7 @@ use aya::{
 };
 use ferry_common::{
     global_stat, map_names, prog_names, AffinityKey, AffinityValue, BackendValue, Config, Counter,
-    CtKey, CtValue, DropReason, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
+    CtKey, CtValue, DropReason, EndpointKey, EndpointValue, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
 };
 use tracing::{debug, info, warn};
 
@@ -84,7 +84,7 @@ impl DatapathConfig {
     }
 
     /// `max_entries` of every map, by name.
-    fn map_sizes(&self) -> Result<[(&'static str, u32); 10]> {
+    fn map_sizes(&self) -> Result<[(&'static str, u32); 11]> {
         Ok([
             (map_names::SERVICES, self.max_services),
             (map_names::BACKENDS, self.max_backends),
@@ -96,6 +96,7 @@ impl DatapathConfig {
             (map_names::DROPS, DropReason::MAX),
             (map_names::GLOBAL_STATS, global_stat::MAX),
             (map_names::CONFIG, 1),
+            (map_names::ENDPOINTS, ferry_common::DEFAULT_MAX_ENDPOINTS),
         ])
     }
 }
@@ -142,6 +143,9 @@ pub struct Maps {
     pub global: PerCpuArray<MapData, u64>,
     /// One entry: the Maglev geometry the programs index with.
     pub config: Array<MapData, Config>,
+    /// Local pod address -> (host veth, pod MAC), for `bpf_redirect_peer`;
+    /// written by the CNI plugin ([`crate::register_endpoint`]).
+    pub endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
 }
 
 impl Maps {
@@ -172,6 +176,7 @@ impl Maps {
             drops: typed!(map_names::DROPS),
             global: typed!(map_names::GLOBAL_STATS),
             config: typed!(map_names::CONFIG),
+            endpoints: typed!(map_names::ENDPOINTS),
         })
     }
 }
@@ -187,7 +192,7 @@ pub struct Datapath {
     pub maps: Maps,
 }
 
-fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("maps").join(name)
 }
 
