@@ -112,7 +112,134 @@ done
 wait "$SERVER" 2>/dev/null || true
 
 # --- data path (issue 3) ---
+say "eBPF Service load balancing: ferry-agent on a YAML directory, in the node namespace"
+# Its own pin dir (not the default /sys/fs/bpf/ferry of a real install).
+PIN="/sys/fs/bpf/ferry-demo-$$"
+CATALOG="$WORK/catalog"
+mkdir -p "$CATALOG"
+on_exit "rm -rf '$PIN'"
+# pods 0-2 become the backends; a fourth pod is the client.
+POD_NS[3]="${ID}-pod3"
+ip netns add "${POD_NS[3]}"
+on_exit "ip netns del '${POD_NS[3]}'"
+ip -n "${POD_NS[3]}" link set lo up
+result=$(cni ADD 3)
+on_exit "cni DEL 3"
+POD_IP[3]=$(first_ip 4 <<<"$result")
+for i in 0 1 2; do
+    # Not through in_pod: $! must be the server itself (ip netns exec execs it).
+    ip netns exec "${POD_NS[$i]}" python3 -c '
+import socket, sys
+s = socket.create_server(("0.0.0.0", 8080))
+while True:
+    c, _ = s.accept()
+    c.sendall(("pod%s\n" % sys.argv[1]).encode())
+    c.close()
+' "$i" &
+    on_exit "kill $!"
+done
+cat >"$CATALOG/web.yaml" <<EOF2
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, protocol: TCP, port: 8080}]
+endpoints:
+- addresses: ["${POD_IP[0]}"]
+- addresses: ["${POD_IP[1]}"]
+- addresses: ["${POD_IP[2]}"]
+EOF2
+echo "  Service demo/web: ClusterIP 10.96.0.10:80 -> ${POD_IP[0]}, ${POD_IP[1]}, ${POD_IP[2]} :8080"
+# nsenter switches only the network namespace (ip netns exec would remount
+# /sys and hide bpffs). The pods' host veths are fer<12 hex>; the bridge is not.
+PODS="fer0*,fer1*,fer2*,fer3*,fer4*,fer5*,fer6*,fer7*,fer8*,fer9*,fera*,ferb*,ferc*,ferd*,fere*,ferf*"
+nsenter --net="/run/netns/$NODE_NS" "$BIN/ferry-agent" --yaml-dir "$CATALOG" --pin-dir "$PIN" \
+    --state-dir "$WORK/agent-state" --iface-pattern "$PODS" --metrics-addr 127.0.0.1:9962 \
+    --maglev-size 1021 --max-tables 64 --max-services 256 --max-backends 1024 --ct-size 16384 --affinity-size 1024 \
+    >"$WORK/agent.log" 2>&1 &
+AGENT=$!
+on_exit "kill $AGENT"
+ready=""
+for _ in $(seq 200); do
+    if nsenter --net="/run/netns/$NODE_NS" python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 9962), timeout=0.5)
+s.sendall(b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n")
+sys.exit(0 if b" 200 " in s.recv(100) else 1)' 2>/dev/null && [ "$(ls "$PIN/links" 2>/dev/null | wc -l)" -ge 8 ]; then
+        ready=1; break
+    fi
+    kill -0 "$AGENT" 2>/dev/null || break
+    sleep 0.05
+done
+[ -n "$ready" ] || { echo "  agent not ready; its log:"; sed 's/^/    /' "$WORK/agent.log"; exit 1; }
+echo "  agent ready (/readyz 200), programs attached to the 4 pod veths"
+echo "  30 requests from pod3 to http://10.96.0.10:80 :"
+in_pod 3 python3 -c '
+import collections, socket
+n = collections.Counter()
+for _ in range(30):
+    c = socket.create_connection(("10.96.0.10", 80), timeout=2)
+    n[c.recv(100).decode().strip()] += 1
+    c.close()
+for k in sorted(n):
+    print("    %s served %d" % (k, n[k]))
+'
+echo "  ferryctl service list:"
+"$BIN/ferryctl" --pin-dir "$PIN" --state-dir "$WORK/agent-state" service list | sed 's/^/    /'
+echo "  ferryctl conntrack list (first 10):"
+"$BIN/ferryctl" --pin-dir "$PIN" --state-dir "$WORK/agent-state" conntrack list | head -11 | sed 's/^/    /'
 
 # --- DNS (issue 4) ---
+say "Cluster DNS: ferry-dns on the same YAML directory, on the node's bridge gateway"
+cat >"$CATALOG/docs.yaml" <<EOF2
+apiVersion: v1
+kind: Service
+metadata: {name: docs, namespace: demo}
+spec:
+  type: ExternalName
+  externalName: web.demo.svc.cluster.local
+EOF2
+GW=$(ip -n "$NODE_NS" -4 -o addr show dev ferry0 | awk '{split($4, a, "/"); print a[1]; exit}')
+: >"$WORK/resolv.none" # no upstreams inside the demo: cluster names only
+nsenter --net="/run/netns/$NODE_NS" "$BIN/ferry-dns" --listen "$GW:53" --metrics-addr 127.0.0.1:9963 \
+    --yaml-dir "$CATALOG" --resolv-conf "$WORK/resolv.none" >"$WORK/dns.out" 2>"$WORK/dns.log" &
+DNS=$!
+on_exit "kill $DNS"
+# `ip netns exec` gives the pod this resolv.conf, as kubelet would.
+mkdir -p "/etc/netns/${POD_NS[3]}"
+on_exit "rm -rf '/etc/netns/${POD_NS[3]}'"
+printf 'nameserver %s\nsearch demo.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n' "$GW" \
+    >"/etc/netns/${POD_NS[3]}/resolv.conf"
+for _ in $(seq 100); do
+    in_pod 3 dig +short +time=1 +tries=1 "@$GW" web.demo.svc.cluster.local A 2>/dev/null | grep -q . && break
+    kill -0 "$DNS" 2>/dev/null || { sed 's/^/    /' "$WORK/dns.log"; exit 1; }
+    sleep 0.1
+done
+echo "  ferry-dns listening on $GW:53 (udp+tcp) in the node namespace; from pod3:"
+echo "  dig web.demo.svc.cluster.local A:"
+in_pod 3 dig +noall +answer "@$GW" web.demo.svc.cluster.local A | sed 's/^/    /'
+echo "  dig _http._tcp.web.demo.svc.cluster.local SRV (over TCP):"
+in_pod 3 dig +tcp +noall +answer "@$GW" _http._tcp.web.demo.svc.cluster.local SRV | sed 's/^/    /'
+echo "  dig docs.demo.svc.cluster.local A (ExternalName -> CNAME, target chased in the zone):"
+in_pod 3 dig +noall +answer "@$GW" docs.demo.svc.cluster.local A | sed 's/^/    /'
+echo "  dig -x 10.96.0.10 (PTR):"
+in_pod 3 dig +short "@$GW" -x 10.96.0.10 | sed 's/^/    /'
+echo "  dig nosuch.demo.svc.cluster.local A:"
+in_pod 3 dig "@$GW" nosuch.demo.svc.cluster.local A | grep -E 'status:|SOA' | sed 's/^[; ]*/    /'
+echo "  pod3 connects to http://web:80 by name (resolv.conf search path -> ferry-dns -> VIP -> eBPF LB):"
+in_pod 3 python3 -c '
+import socket
+for _ in range(3):
+    c = socket.create_connection(("web", 80), timeout=2)
+    print("    web -> %s served by %s" % (c.getpeername()[0], c.recv(100).decode().strip()))
+    c.close()
+'
 
 say "cleaning up (DEL through the plugin, namespaces removed)"

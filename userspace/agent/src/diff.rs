@@ -9,10 +9,10 @@
 //!    at them as soon as step 2 lands);
 //! 2. each changed Maglev table written into a FREE table slot — never into
 //!    the one a service entry points at;
-//! 3. counters of newly allocated frontend ids reset (an id may be reused);
-//! 4. service entries switched (or deleted) in one map update each;
-//! 5. backends demoted to TERMINATING (nothing hashes to them any more);
-//! 6. removed backends deleted.
+//! 3. service entries switched (or deleted) in one map update each;
+//! 4. backends demoted to TERMINATING (nothing hashes to them any more);
+//! 5. removed backends deleted, and the counters of removed frontends
+//!    zeroed for the id's next owner.
 //!
 //! Ids and table slots released by a plan are only reused by the next one:
 //! within a plan, step 1 or 2 would otherwise overwrite something steps 4-6
@@ -211,6 +211,8 @@ pub enum Scope<'a> {
 pub struct Plan {
     pub ops: Vec<Op>,
     pub errors: Vec<PlanError>,
+    pub frontends_added: usize,
+    pub frontends_removed: usize,
 }
 
 /// Plans the ops that take the maps from `p` to `desired` (within `scope`)
@@ -242,24 +244,25 @@ pub fn plan(p: &mut Programmed, desired: &BTreeMap<Frontend, DesiredFrontend>, s
     p.service_ids.commit();
     p.backend_ids.commit();
     p.tables.commit();
-    Plan { ops: phases.into_ops(), errors }
+    let (frontends_added, frontends_removed) = (phases.added, phases.removed);
+    Plan { ops: phases.into_ops(), errors, frontends_added, frontends_removed }
 }
 
 #[derive(Default)]
 struct Phases {
     add_backends: Vec<Op>,
     tables: Vec<Op>,
-    counters: Vec<Op>,
     services: Vec<Op>,
     demote_backends: Vec<Op>,
     delete_backends: Vec<Op>,
+    added: usize,
+    removed: usize,
 }
 
 impl Phases {
     fn into_ops(self) -> Vec<Op> {
         let mut v = self.add_backends;
         v.extend(self.tables);
-        v.extend(self.counters);
         v.extend(self.services);
         v.extend(self.demote_backends);
         v.extend(self.delete_backends);
@@ -279,7 +282,12 @@ fn remove_frontend(p: &mut Programmed, fe: Frontend, ph: &mut Phases) {
     if cur.value.maglev_table != NO_TABLE {
         p.tables.release(cur.value.maglev_table);
     }
+    // Zero its counters once nothing counts into them any more, so the id's
+    // next owner starts from zero (ids never used before are zero already:
+    // no reset on the hot path of a cold sync).
+    ph.delete_backends.push(Op::ResetCounters { service_id: cur.value.id });
     p.service_ids.release(cur.value.id);
+    ph.removed += 1;
 }
 
 fn upsert_frontend(p: &mut Programmed, fe: Frontend, d: &DesiredFrontend, ph: &mut Phases) -> Result<(), PlanError> {
@@ -374,9 +382,6 @@ fn upsert_frontend(p: &mut Programmed, fe: Frontend, d: &DesiredFrontend, ph: &m
     if rebuild && cur.value.maglev_table != NO_TABLE && cur.value.maglev_table < limits.max_tables {
         p.tables.release(cur.value.maglev_table);
     }
-    if fresh {
-        ph.counters.push(Op::ResetCounters { service_id: sid });
-    }
 
     let mut flags = 0;
     if d.affinity_timeout_s.is_some() {
@@ -393,6 +398,9 @@ fn upsert_frontend(p: &mut Programmed, fe: Frontend, d: &DesiredFrontend, ph: &m
         affinity_timeout_s: d.affinity_timeout_s.unwrap_or(0),
         _pad: 0,
     };
+    if fresh {
+        ph.added += 1;
+    }
     if fresh || value != cur.value {
         ph.services.push(Op::PutService { key: service_key(&fe), value });
     }

@@ -19,7 +19,7 @@ pub enum ApplyError {
         #[source]
         source: MapError,
     },
-    #[error("batch update of {map} (table {table}): {source}")]
+    #[error("batch update of {map} (table {table}, u32::MAX = not a table): {source}")]
     Batch {
         map: &'static str,
         table: u32,
@@ -64,6 +64,31 @@ impl PinnedMaps {
         Ok(Programmed::adopt(limits, services, backends))
     }
 
+    /// Consecutive puts into one hash map go down in one batch syscall
+    /// (a cold sync of 10,000 Services is ~100,000 backend entries); a
+    /// kernel without batch support gets them one by one.
+    fn put_many<K: aya::Pod, V: aya::Pod>(
+        map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+        name: &'static str,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<(), ApplyError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let fd = map.map().fd().as_fd().as_raw_fd();
+        match update_batch(fd, keys, values) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(524) => {
+                for (k, v) in keys.iter().zip(values) {
+                    map.insert(k, v, 0).map_err(|source| ApplyError::Map { op: "insert", map: name, source })?;
+                }
+                Ok(())
+            }
+            Err(source) => Err(ApplyError::Batch { map: name, table: u32::MAX, source }),
+        }
+    }
+
     fn write_table(&mut self, table: u32, slots: &[u32], limits: &Limits) -> Result<(), ApplyError> {
         let base = table * limits.maglev_size;
         let keys: Vec<u32> = (base..base + slots.len() as u32).collect();
@@ -89,7 +114,7 @@ impl PinnedMaps {
 /// `BPF_MAP_UPDATE_BATCH`: one syscall per Maglev table instead of one per
 /// slot (10,000 tables x 1021 slots would be 10 M syscalls). aya 0.14 has
 /// no batch API, hence the raw call (layout: `union bpf_attr`, `batch`).
-fn update_batch(map_fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+fn update_batch<K: Copy, V: Copy>(map_fd: i32, keys: &[K], values: &[V]) -> std::io::Result<()> {
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     #[repr(C)]
     #[derive(Default)]
@@ -143,10 +168,37 @@ fn not_found(e: &MapError) -> bool {
 impl MapWriter for PinnedMaps {
     fn apply(&mut self, ops: &[Op], limits: &Limits) -> Result<(), ApplyError> {
         let err = |op, map| move |source| ApplyError::Map { op, map, source };
-        for op in ops {
-            match op {
-                Op::PutBackend { id, value } => {
-                    self.maps.backends.insert(id, value, 0).map_err(err("insert", map_names::BACKENDS))?
+        let mut i = 0;
+        while i < ops.len() {
+            // A run of backend puts, or of service puts: one batch each.
+            // Runs never cross a phase boundary, so the order is kept.
+            let run_end = |pred: &dyn Fn(&Op) -> bool| i + ops[i..].iter().take_while(|o| pred(o)).count();
+            match &ops[i] {
+                Op::PutBackend { .. } => {
+                    let end = run_end(&|o| matches!(o, Op::PutBackend { .. }));
+                    let (keys, values): (Vec<u32>, Vec<_>) = ops[i..end]
+                        .iter()
+                        .filter_map(|o| match o {
+                            Op::PutBackend { id, value } => Some((*id, *value)),
+                            _ => None,
+                        })
+                        .unzip();
+                    Self::put_many(&mut self.maps.backends, map_names::BACKENDS, &keys, &values)?;
+                    i = end;
+                    continue;
+                }
+                Op::PutService { .. } => {
+                    let end = run_end(&|o| matches!(o, Op::PutService { .. }));
+                    let (keys, values): (Vec<_>, Vec<_>) = ops[i..end]
+                        .iter()
+                        .filter_map(|o| match o {
+                            Op::PutService { key, value } => Some((*key, *value)),
+                            _ => None,
+                        })
+                        .unzip();
+                    Self::put_many(&mut self.maps.services, map_names::SERVICES, &keys, &values)?;
+                    i = end;
+                    continue;
                 }
                 Op::WriteTable { table, slots } => self.write_table(*table, slots, limits)?,
                 Op::ResetCounters { service_id } => {
@@ -158,9 +210,6 @@ impl MapWriter for PinnedMaps {
                         .set(*service_id, zeros, 0)
                         .map_err(err("reset", map_names::SERVICE_STATS))?
                 }
-                Op::PutService { key, value } => {
-                    self.maps.services.insert(key, value, 0).map_err(err("insert", map_names::SERVICES))?
-                }
                 // Already gone is what we wanted (a predecessor got there).
                 Op::DeleteService { key } => match self.maps.services.remove(key) {
                     Err(e) if !not_found(&e) => return Err(err("remove", map_names::SERVICES)(e)),
@@ -171,6 +220,7 @@ impl MapWriter for PinnedMaps {
                     _ => {}
                 },
             }
+            i += 1;
         }
         Ok(())
     }

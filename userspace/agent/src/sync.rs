@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::desired::{desired, service_frontends, DesiredFrontend, Frontend, NodeContext};
-use crate::diff::{plan, Limits, Op, PlanError, Programmed, Scope};
+use crate::diff::{plan, Limits, PlanError, Programmed, Scope};
 use crate::maps::{ApplyError, MapWriter, PinnedMaps};
 use crate::metrics::Metrics;
 use crate::names::{self, FrontendName, Names};
@@ -76,8 +76,7 @@ impl Reconciler {
         w.apply(&p.ops, &limits)?;
         let apply_us = t_apply.elapsed().as_micros() as u64;
         self.prev = Some(catalog.clone());
-        let frontends_changed =
-            p.ops.iter().any(|op| matches!(op, Op::ResetCounters { .. } | Op::DeleteService { .. }));
+        let frontends_changed = p.frontends_added + p.frontends_removed > 0;
         Ok(SyncReport { ops: p.ops.len(), errors: p.errors, frontends_changed, full, plan_us, apply_us })
     }
 
@@ -215,6 +214,7 @@ pub async fn run_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diff::Op;
     use ferry_state::{Endpoint, EndpointSlice, Protocol, Service, ServicePort, ServiceType, TargetPort, AddressType};
 
     /// Records applied ops; can be told to fail once.

@@ -56,7 +56,7 @@ fn phase(op: &Op) -> u8 {
         Op::PutBackend { value, .. } if value.state == backend_state::ACTIVE => 1,
         Op::PutBackend { .. } => 5,
         Op::WriteTable { .. } => 2,
-        Op::ResetCounters { .. } => 3,
+        Op::ResetCounters { .. } => 6,
         Op::PutService { .. } | Op::DeleteService { .. } => 4,
         Op::DeleteBackend { .. } => 6,
     }
@@ -93,7 +93,6 @@ fn lifecycle_of_one_frontend() {
             "put-backend 0 10.0.0.1:80 A",
             "put-backend 1 10.0.0.2:80 A",
             "table 0",
-            "reset 0",
             "service 0 10.96.0.10 n=2 t=0",
         ]),
         // Same desired state: nothing to write.
@@ -140,7 +139,7 @@ fn lifecycle_of_one_frontend() {
             "service 0 10.96.0.10 n=1 t=0",
         ]),
         // Service gone: entry first, then its backends.
-        ("delete", vec![], vec!["delete-service 10.96.0.10", "delete-backend 0"]),
+        ("delete", vec![], vec!["delete-service 10.96.0.10", "delete-backend 0", "reset 0"]),
     ]);
     assert!(p.frontends.is_empty());
 }
@@ -154,7 +153,6 @@ fn ids_released_in_a_plan_are_not_reused_by_it() {
         ("a", vec![(a, want(&["10.0.0.1:80=A"]))], vec![
             "put-backend 0 10.0.0.1:80 A",
             "table 0",
-            "reset 0",
             "service 0 10.96.0.10 n=1 t=0",
         ]),
         // Replacing a by b in one plan: b must not get service id 0, backend
@@ -162,10 +160,10 @@ fn ids_released_in_a_plan_are_not_reused_by_it() {
         ("swap", vec![(b, want(&["10.0.0.2:80=A"]))], vec![
             "put-backend 1 10.0.0.2:80 A",
             "table 1",
-            "reset 1",
             "delete-service 10.96.0.10",
             "service 1 10.96.0.11 n=1 t=1",
             "delete-backend 0",
+            "reset 0",
         ]),
     ]);
 }
