@@ -312,3 +312,27 @@ fn datapath_reload_replaces_programs_in_place() {
     assert_eq!(worker.join().unwrap().expect("echo after reload"), "after reload");
     assert_eq!(client.run(|| tcp_id(sa(VIP, 80), T)).expect("new flow"), "b1");
 }
+
+/// Not a pass/fail test (run with `--ignored --nocapture`): iperf3 bulk
+/// throughput direct to the backend pod vs through its VIP, same run.
+#[test]
+#[ignore]
+fn datapath_throughput_direct_vs_vip() {
+    use std::process::Command;
+    let (_pin, mut dp, node) = node_with_datapath();
+    let client = node.add_pod("client");
+    let b1 = node.add_pod("b1");
+    let _server = b1.spawn(Command::new("iperf3").args(["-s", "-p", "5201"]));
+    std::thread::sleep(Duration::from_millis(300));
+    program_service(&mut dp.maps, 1, VIP.parse().unwrap(), 80, TCP, &[(IpAddr::V4(b1.ipv4()), 5201)], 0, 0);
+    let run = |target: String, port: &str| -> f64 {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", client.netns_name(), "iperf3", "-c", &target, "-p", port, "-t", "3", "-J"]);
+        let out = ferry_tests::harness::util::run_timeout(&mut cmd, Duration::from_secs(15));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 json");
+        v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+    };
+    let direct = run(b1.ipv4().to_string(), "5201");
+    let vip = run(VIP.to_owned(), "80");
+    eprintln!("iperf3: direct {direct:.1} Gbit/s, via VIP {vip:.1} Gbit/s, ratio {:.2}", vip / direct);
+}
