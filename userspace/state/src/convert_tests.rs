@@ -9,7 +9,10 @@ use super::*;
 /// A Service in the `default` namespace with the given spec (YAML, indented
 /// under `spec:`), converted.
 fn svc(spec: &str) -> Result<Service, ConvertError> {
-    svc_doc(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n{}", indent(spec)))
+    svc_doc(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n{}",
+        indent(spec)
+    ))
 }
 
 fn svc_doc(doc: &str) -> Result<Service, ConvertError> {
@@ -61,7 +64,10 @@ fn reject<T: std::fmt::Debug>(rows: &[(&str, Result<T, ConvertError>, &str)]) {
     for (desc, got, field) in rows {
         match got {
             Ok(v) => panic!("{desc}: accepted: {v:#?}"),
-            Err(e) => assert!(e.to_string().contains(field), "{desc}: error {e:?} does not name {field}"),
+            Err(e) => assert!(
+                e.to_string().contains(field),
+                "{desc}: error {e:?} does not name {field}"
+            ),
         }
     }
 }
@@ -209,44 +215,81 @@ fn service_rejections() {
 
 #[test]
 fn slice_defaults() {
-    let one = |cond: &str| eps(&format!("addressType: IPv4\nendpoints: [{{addresses: [10.0.0.1]{cond}}}]"));
+    let one = |cond: &str| {
+        eps(&format!(
+            "addressType: IPv4\nendpoints: [{{addresses: [10.0.0.1]{cond}}}]"
+        ))
+    };
     accept::<EndpointSlice>(&[
         // the slice belongs to the Service named by the label, in its namespace
-        ("service label", one(""), &|s| s.service == ObjectKey::new("shop", "web") && s.key == ObjectKey::new("shop", "web-abc")),
+        ("service label", one(""), &|s| {
+            s.service == ObjectKey::new("shop", "web") && s.key == ObjectKey::new("shop", "web-abc")
+        }),
         // ready absent -> true; serving absent -> ready; terminating absent -> false
         ("conditions absent", one(""), &|s| {
             let e = &s.endpoints[0];
             e.ready && e.serving && !e.terminating
         }),
-        ("ready false, serving follows", one(", conditions: {ready: false}"), &|s| {
-            let e = &s.endpoints[0];
-            !e.ready && !e.serving && !e.terminating
-        }),
-        ("terminating but serving", one(", conditions: {ready: false, serving: true, terminating: true}"), &|s| {
-            s.endpoints[0].is_serving_terminating()
-        }),
+        (
+            "ready false, serving follows",
+            one(", conditions: {ready: false}"),
+            &|s| {
+                let e = &s.endpoints[0];
+                !e.ready && !e.serving && !e.terminating
+            },
+        ),
+        (
+            "terminating but serving",
+            one(", conditions: {ready: false, serving: true, terminating: true}"),
+            &|s| s.endpoints[0].is_serving_terminating(),
+        ),
         // endpoint port: protocol default TCP, name default ""
-        ("port defaults", eps("addressType: IPv4\nports: [{port: 8080}]\nendpoints: []"), &|s| {
-            s.ports == [EndpointPort { name: String::new(), protocol: Protocol::Tcp, port: 8080 }]
-        }),
+        (
+            "port defaults",
+            eps("addressType: IPv4\nports: [{port: 8080}]\nendpoints: []"),
+            &|s| {
+                s.ports
+                    == [EndpointPort {
+                        name: String::new(),
+                        protocol: Protocol::Tcp,
+                        port: 8080,
+                    }]
+            },
+        ),
         // a port without a number ("all ports") is left out
-        ("port without number", eps("addressType: IPv4\nports: [{name: x}]\nendpoints: []"), &|s| s.ports.is_empty()),
+        (
+            "port without number",
+            eps("addressType: IPv4\nports: [{name: x}]\nendpoints: []"),
+            &|s| s.ports.is_empty(),
+        ),
         // hostname, nodeName, zone, targetRef Pod
-        ("endpoint details", one(", hostname: pod-0, nodeName: n1, zone: z1, targetRef: {kind: Pod, name: web-0}"), &|s| {
-            let e = &s.endpoints[0];
-            e.hostname.as_deref() == Some("pod-0")
-                && e.node_name.as_deref() == Some("n1")
-                && e.zone.as_deref() == Some("z1")
-                && e.target_pod.as_deref() == Some("web-0")
-        }),
+        (
+            "endpoint details",
+            one(", hostname: pod-0, nodeName: n1, zone: z1, targetRef: {kind: Pod, name: web-0}"),
+            &|s| {
+                let e = &s.endpoints[0];
+                e.hostname.as_deref() == Some("pod-0")
+                    && e.node_name.as_deref() == Some("n1")
+                    && e.zone.as_deref() == Some("z1")
+                    && e.target_pod.as_deref() == Some("web-0")
+            },
+        ),
         // IPv6 slice
-        ("ipv6", eps("addressType: IPv6\nendpoints: [{addresses: ['fd00::1']}]"), &|s| s.endpoints[0].addresses == [ip("fd00::1")]),
+        (
+            "ipv6",
+            eps("addressType: IPv6\nendpoints: [{addresses: ['fd00::1']}]"),
+            &|s| s.endpoints[0].addresses == [ip("fd00::1")],
+        ),
         // FQDN slice: kept, endpoints without addresses
-        ("fqdn", eps("addressType: FQDN\nendpoints: [{addresses: [db.example.com]}]"), &|s| {
-            s.address_type == AddressType::Fqdn && s.endpoints[0].addresses.is_empty()
-        }),
+        (
+            "fqdn",
+            eps("addressType: FQDN\nendpoints: [{addresses: [db.example.com]}]"),
+            &|s| s.address_type == AddressType::Fqdn && s.endpoints[0].addresses.is_empty(),
+        ),
         // endpoints absent -> none
-        ("no endpoints", eps("addressType: IPv4"), &|s| s.endpoints.is_empty()),
+        ("no endpoints", eps("addressType: IPv4"), &|s| {
+            s.endpoints.is_empty()
+        }),
     ]);
 }
 

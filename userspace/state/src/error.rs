@@ -18,13 +18,21 @@ pub enum ConvertError {
     #[error("{field}: {value} is out of range 1-65535")]
     PortRange { field: String, value: i64 },
     #[error("{field}: unsupported value {value:?} (expected {expected})")]
-    Unsupported { field: String, value: String, expected: &'static str },
+    Unsupported {
+        field: String,
+        value: String,
+        expected: &'static str,
+    },
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
     /// The document has the object's kind but not its shape (a string where a
     /// number belongs, a wrong apiVersion...).
     #[error("{field}: does not match the schema: {source}")]
-    Schema { field: String, #[source] source: serde_json::Error },
+    Schema {
+        field: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The text is not YAML/JSON at all. Reported once per file.
     #[error("syntax error: {0}")]
     Syntax(String),
@@ -32,7 +40,10 @@ pub enum ConvertError {
 
 impl ConvertError {
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid { field: field.into(), reason: reason.into() }
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -62,11 +73,19 @@ impl ObjectError {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("reading directory {path}: {source}")]
-    ReadDir { path: PathBuf, #[source] source: std::io::Error },
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
     #[error("watching directory {path}: {source}")]
-    Watch { path: PathBuf, #[source] source: notify::Error },
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
     /// [`crate::Catalog::from_yaml`] with invalid fixture text.
     #[error("invalid catalog text: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Objects(Vec<ObjectError>),

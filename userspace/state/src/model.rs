@@ -16,7 +16,10 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -200,8 +203,13 @@ impl Catalog {
 
     /// Every endpoint of a Service across its slices, with the slice it
     /// came from (for port resolution and the address type).
-    pub fn endpoints_of<'a>(&'a self, service: &ObjectKey) -> impl Iterator<Item = (&'a EndpointSlice, &'a Endpoint)> + 'a {
-        self.slices_of(service).iter().flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+    pub fn endpoints_of<'a>(
+        &'a self,
+        service: &ObjectKey,
+    ) -> impl Iterator<Item = (&'a EndpointSlice, &'a Endpoint)> + 'a {
+        self.slices_of(service)
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -218,7 +226,11 @@ impl EndpointSlice {
     /// slice without ports falls back to a numeric `targetPort`; a named
     /// target port that no slice port matches has no backend port (`None`).
     pub fn port_for(&self, port: &ServicePort) -> Option<u16> {
-        if let Some(p) = self.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) {
+        if let Some(p) = self
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+        {
             return Some(p.port);
         }
         match (&port.target_port, self.ports.is_empty()) {

@@ -205,7 +205,9 @@ impl Store {
     }
 
     fn undeclare(&mut self, origin: &Arc<str>, id: &ObjectId) -> bool {
-        let Some(decls) = self.decls.get_mut(id) else { return false };
+        let Some(decls) = self.decls.get_mut(id) else {
+            return false;
+        };
         if decls.remove(origin).is_none() {
             return false;
         }
@@ -217,10 +219,16 @@ impl Store {
 
     /// Make the catalog entry for `id` match its winning declaration.
     fn refresh(&mut self, id: &ObjectId) -> bool {
-        let winner = self.decls.get(id).and_then(|d| d.values().next_back()).cloned();
+        let winner = self
+            .decls
+            .get(id)
+            .and_then(|d| d.values().next_back())
+            .cloned();
         let cat = &mut self.catalog;
         let changed = match (id, winner) {
-            (ObjectId::Service(key), Some(Object::Service(svc))) => put(&mut cat.services, key, svc),
+            (ObjectId::Service(key), Some(Object::Service(svc))) => {
+                put(&mut cat.services, key, svc)
+            }
             (ObjectId::Service(key), None) => cat.services.remove(key).is_some(),
             (ObjectId::Node(name), Some(Object::Node(node))) => put(&mut cat.nodes, name, node),
             (ObjectId::Node(name), None) => cat.nodes.remove(name).is_some(),
@@ -229,12 +237,17 @@ impl Store {
                     Some(Object::EndpointSlice(s)) => Some(s),
                     _ => None,
                 };
-                let old = self.slice_owner.remove(key).and_then(|svc| remove_slice(cat, &svc, key));
+                let old = self
+                    .slice_owner
+                    .remove(key)
+                    .and_then(|svc| remove_slice(cat, &svc, key));
                 let changed = old != new;
                 if let Some(slice) = new {
                     self.slice_owner.insert(key.clone(), slice.service.clone());
                     let group = cat.slices.entry(slice.service.clone()).or_default();
-                    let pos = group.binary_search_by(|s| s.key.cmp(&slice.key)).unwrap_or_else(|p| p);
+                    let pos = group
+                        .binary_search_by(|s| s.key.cmp(&slice.key))
+                        .unwrap_or_else(|p| p);
                     group.insert(pos, slice);
                 }
                 changed
@@ -260,7 +273,11 @@ fn remove_slice(cat: &mut Catalog, svc: &ObjectKey, key: &ObjectKey) -> Option<E
 }
 
 /// Insert unless equal; whether the map changed.
-fn put<K: Ord + Clone, V: PartialEq>(map: &mut std::collections::BTreeMap<K, V>, key: &K, value: V) -> bool {
+fn put<K: Ord + Clone, V: PartialEq>(
+    map: &mut std::collections::BTreeMap<K, V>,
+    key: &K,
+    value: V,
+) -> bool {
     if map.get(key) == Some(&value) {
         return false;
     }
@@ -291,16 +308,26 @@ mod tests {
     }
 
     fn vip(store: &Store, name: &str) -> Option<String> {
-        store.catalog().service("x", name).map(|s| s.cluster_ips[0].to_string())
+        store
+            .catalog()
+            .service("x", name)
+            .map(|s| s.cluster_ips[0].to_string())
     }
 
     #[test]
     fn replacing_an_origin_adds_changes_and_removes() {
         let mut st = Store::new();
-        assert!(st.replace_origin("f1", objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2")))));
+        assert!(st.replace_origin(
+            "f1",
+            objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2")))
+        ));
         assert!(st.replace_origin("f1", objs(&svc("a", "10.96.0.9"))));
         assert_eq!(vip(&st, "a").as_deref(), Some("10.96.0.9"));
-        assert_eq!(vip(&st, "b"), None, "b left the file, so it left the catalog");
+        assert_eq!(
+            vip(&st, "b"),
+            None,
+            "b left the file, so it left the catalog"
+        );
         // Same content again: no change.
         assert!(!st.replace_origin("f1", objs(&svc("a", "10.96.0.9"))));
         assert!(st.remove_origin("f1"));
@@ -314,18 +341,33 @@ mod tests {
         st.replace_origin("a.yaml", objs(&svc("a", "10.96.0.1")));
         assert_eq!(vip(&st, "a").as_deref(), Some("10.96.0.2"));
         st.remove_origin("b.yaml");
-        assert_eq!(vip(&st, "a").as_deref(), Some("10.96.0.1"), "the remaining declaration takes over");
+        assert_eq!(
+            vip(&st, "a").as_deref(),
+            Some("10.96.0.1"),
+            "the remaining declaration takes over"
+        );
     }
 
     #[test]
     fn slices_group_by_service_and_follow_a_relabel() {
         let mut st = Store::new();
-        st.replace_origin("f", objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "web", "10.0.0.1"))));
+        st.replace_origin(
+            "f",
+            objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "web", "10.0.0.1"))),
+        );
         let web = ObjectKey::new("x", "web");
-        let keys: Vec<_> = st.catalog().slices_of(&web).iter().map(|s| s.key.name.clone()).collect();
+        let keys: Vec<_> = st
+            .catalog()
+            .slices_of(&web)
+            .iter()
+            .map(|s| s.key.name.clone())
+            .collect();
         assert_eq!(keys, ["s1", "s2"], "sorted by slice name");
         // s1 moves to another Service.
-        st.replace_origin("f", objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "api", "10.0.0.1"))));
+        st.replace_origin(
+            "f",
+            objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "api", "10.0.0.1"))),
+        );
         assert_eq!(st.catalog().slices_of(&web).len(), 1);
         assert_eq!(st.catalog().slices_of(&ObjectKey::new("x", "api")).len(), 1);
         st.remove_origin("f");

@@ -66,10 +66,16 @@ pub async fn watch_dir(
         // The receiver is gone only when the task ended; nothing to do then.
         let _ = tx.send(ev);
     })
-    .map_err(|source| SourceError::Watch { path: dir.clone(), source })?;
+    .map_err(|source| SourceError::Watch {
+        path: dir.clone(),
+        source,
+    })?;
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| SourceError::Watch { path: dir.clone(), source })?;
+        .map_err(|source| SourceError::Watch {
+            path: dir.clone(),
+            source,
+        })?;
 
     // The first load of a large directory takes a few hundred ms of CPU:
     // off the runtime's threads, so the caller's other tasks (a metrics
@@ -115,22 +121,34 @@ struct DirSource {
 
 impl DirSource {
     fn new(dir: &Path) -> Result<Self, SourceError> {
-        let meta = std::fs::metadata(dir).map_err(|source| SourceError::ReadDir { path: dir.into(), source })?;
+        let meta = std::fs::metadata(dir).map_err(|source| SourceError::ReadDir {
+            path: dir.into(),
+            source,
+        })?;
         if !meta.is_dir() {
             return Err(SourceError::NotADirectory { path: dir.into() });
         }
         // One spelling for every file: scans join this path, and inotify
         // events join the watched one, which must be the same or a file would
         // be two origins (and never removed).
-        let dir = std::fs::canonicalize(dir).map_err(|source| SourceError::ReadDir { path: dir.into(), source })?;
-        Ok(Self { dir, files: HashMap::new(), store: Store::new() })
+        let dir = std::fs::canonicalize(dir).map_err(|source| SourceError::ReadDir {
+            path: dir.into(),
+            source,
+        })?;
+        Ok(Self {
+            dir,
+            files: HashMap::new(),
+            store: Store::new(),
+        })
     }
 
     /// Re-read every catalog file of the directory (those whose bytes
     /// changed are re-parsed), and forget files that are gone.
     fn rescan(&mut self) -> Result<Vec<ObjectError>, SourceError> {
-        let entries =
-            std::fs::read_dir(&self.dir).map_err(|source| SourceError::ReadDir { path: self.dir.clone(), source })?;
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| SourceError::ReadDir {
+            path: self.dir.clone(),
+            source,
+        })?;
         let mut present = HashSet::new();
         let mut errors = Vec::new();
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
@@ -141,7 +159,12 @@ impl DirSource {
                 errors.extend(self.sync_file(&path));
             }
         }
-        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains(*p)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
         for path in gone {
             errors.extend(self.sync_file(&path));
         }
@@ -153,7 +176,10 @@ impl DirSource {
         let origin = path.display().to_string();
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::IsADirectory => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::IsADirectory =>
+            {
                 if self.files.remove(path).is_some() {
                     self.store.remove_origin(&origin);
                     debug!(file = %origin, "file removed");
@@ -196,13 +222,19 @@ impl DirSource {
             // Wait for the first event, then keep collecting until the
             // directory has been quiet for QUIET (or a file still open for
             // writing is closed), never longer than WRITE_GRACE in all.
-            let Some(first) = self.recv_or_closed(&mut events).await else { return };
+            let Some(first) = self.recv_or_closed(&mut events).await else {
+                return;
+            };
             let mut next = Some(first);
             let started = tokio::time::Instant::now();
             while let Some(ev) = next.take() {
                 classify(&self.dir, ev, &mut dirty, &mut open, &mut rescan);
                 let left = WRITE_GRACE.saturating_sub(started.elapsed());
-                let wait = if open.is_empty() { QUIET.min(left) } else { left };
+                let wait = if open.is_empty() {
+                    QUIET.min(left)
+                } else {
+                    left
+                };
                 if wait.is_zero() {
                     break;
                 }
@@ -243,7 +275,10 @@ impl DirSource {
                         return;
                     }
                 }
-                debug!(generation = self.store.publish(), "directory change applied");
+                debug!(
+                    generation = self.store.publish(),
+                    "directory change applied"
+                );
             }
         }
     }
@@ -292,14 +327,19 @@ fn classify(
             // Not a file we load: a temporary file of an editor (its rename
             // into place names the real file), or a ConfigMap volume's
             // `..data` symlink swap, which changes what every file points at.
-            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "..data") {
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "..data")
+            {
                 *rescan = true;
             }
             continue;
         }
         match ev.kind {
             // Our own reads (and anyone else's) open and close files.
-            EventKind::Access(AccessKind::Open(_)) | EventKind::Access(AccessKind::Close(AccessMode::Read)) => {}
+            EventKind::Access(AccessKind::Open(_))
+            | EventKind::Access(AccessKind::Close(AccessMode::Read)) => {}
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
                 open.remove(path);
                 dirty.insert(path.clone());
@@ -320,7 +360,10 @@ fn classify(
 }
 
 fn is_catalog_file(path: &Path) -> bool {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
     !hidden && Format::from_path(path).is_some()
 }
 
