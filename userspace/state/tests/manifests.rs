@@ -78,6 +78,16 @@ fn typed<T: DeserializeOwned + serde::Serialize>(file: &str, doc: &Value) -> T {
     t
 }
 
+/// Add a typed object; whether the name was already taken.
+fn put<T: DeserializeOwned + serde::Serialize>(
+    map: &mut BTreeMap<String, T>,
+    name: &str,
+    file: &str,
+    doc: &Value,
+) -> bool {
+    map.insert(name.to_string(), typed(file, doc)).is_some()
+}
+
 /// All objects, by kind, by name (all live in kube-system or are cluster-wide).
 #[derive(Default)]
 struct Objects {
@@ -108,35 +118,19 @@ fn objects() -> Objects {
             );
         }
         let dup = match kind {
-            "ServiceAccount" => o
-                .service_accounts
-                .insert(name.clone(), typed(&file, &doc))
-                .is_some(),
-            "ClusterRole" => o
-                .cluster_roles
-                .insert(name.clone(), typed(&file, &doc))
-                .is_some(),
-            "ClusterRoleBinding" => o
-                .bindings
-                .insert(name.clone(), typed(&file, &doc))
-                .is_some(),
-            "ConfigMap" => o
-                .config_maps
-                .insert(name.clone(), typed(&file, &doc))
-                .is_some(),
-            "DaemonSet" => o
-                .daemon_sets
-                .insert(name.clone(), typed(&file, &doc))
-                .is_some(),
-            "Deployment" => o
-                .deployments
-                .insert(name.clone(), typed(&file, &doc))
-                .is_some(),
-            "Service" => o
-                .services
-                .insert(name.clone(), (typed(&file, &doc), doc.clone()))
-                .is_some(),
-            "PodDisruptionBudget" => o.pdbs.insert(name.clone(), typed(&file, &doc)).is_some(),
+            "ServiceAccount" => put(&mut o.service_accounts, &name, &file, &doc),
+            "ClusterRole" => put(&mut o.cluster_roles, &name, &file, &doc),
+            "ClusterRoleBinding" => put(&mut o.bindings, &name, &file, &doc),
+            "ConfigMap" => put(&mut o.config_maps, &name, &file, &doc),
+            "DaemonSet" => put(&mut o.daemon_sets, &name, &file, &doc),
+            "Deployment" => put(&mut o.deployments, &name, &file, &doc),
+            "PodDisruptionBudget" => put(&mut o.pdbs, &name, &file, &doc),
+            "Service" => {
+                let svc = typed(&file, &doc);
+                o.services
+                    .insert(name.clone(), (svc, doc.clone()))
+                    .is_some()
+            }
             other => panic!("{file}: unexpected kind {other}"),
         };
         assert!(!dup, "{file}: {kind} {name} declared twice");
