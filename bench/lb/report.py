@@ -68,7 +68,7 @@ def main():
     incr_sync = [t["sync_us"] / 1e3 for t in timings if t.get("phase") == "incremental" and t.get("sync_us") is not None]
 
     ferry = rows.get("ferry", {})
-    ns = sorted((int(k) for k in ferry), default=0)
+    ns = sorted(int(k) for k in ferry)
     big = str(ns[-1]) if ns else None
     direct = (rows.get("none", {}).get("1") or {}).get("conn_per_s_last")
     f1 = (ferry.get("1") or {}).get("conn_per_s_last")
