@@ -32,6 +32,18 @@
 //! Interface names and indexes are those of the calling thread's network
 //! namespace: enter the node namespace first (the watcher thread inherits
 //! the namespace of the thread that spawns it).
+//!
+//! What the programs expect in the maps (the agent's contract):
+//! - `FERRY_MAGLEV[table * maglev_size + slot]` = backend id, with
+//!   `maglev_size`/`max_tables` from `FERRY_CONFIG[0]` (written here on load).
+//! - `BackendValue::service_id` = the owning `ServiceValue::id`; only
+//!   `backend_state::ACTIVE` backends are chosen for new flows (Maglev or
+//!   affinity); established TCP flows keep whatever backend they have, UDP
+//!   flows move when their backend id disappears or changes address/port.
+//! - `backend_count == 0` = reject: TCP RST, UDP ICMP(v6) port unreachable.
+//! - Hairpin flows are SNATed to `ferry_common::HAIRPIN_V4` / `HAIRPIN_V6`.
+//! - Counters: `FERRY_SVC_STATS[service id]`, `FERRY_DROPS[DropReason]`,
+//!   `FERRY_GLOBAL[global_stat::*]` (all per-CPU: sum the CPUs).
 mod attach;
 mod endpoints;
 mod load;
