@@ -194,7 +194,8 @@ for k in sorted(n):
 echo "  ferryctl service list:"
 "$BIN/ferryctl" --pin-dir "$PIN" --state-dir "$WORK/agent-state" service list | sed 's/^/    /'
 echo "  ferryctl conntrack list (first 10):"
-"$BIN/ferryctl" --pin-dir "$PIN" --state-dir "$WORK/agent-state" conntrack list | head -11 | sed 's/^/    /'
+ct=$("$BIN/ferryctl" --pin-dir "$PIN" --state-dir "$WORK/agent-state" conntrack list)
+head -11 <<<"$ct" | sed 's/^/    /'
 
 # --- DNS (issue 4) ---
 say "Cluster DNS: ferry-dns on the same YAML directory, on the node's bridge gateway"
