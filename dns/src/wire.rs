@@ -91,8 +91,6 @@ pub struct Query {
     pub qclass: u16,
     /// Lowercased wire-format question name.
     pub name_lower: Vec<u8>,
-    /// Offsets of each label's length byte within the name.
-    pub labels: Vec<u8>,
     /// End of the question section (12 + name + 4) within the query bytes.
     pub question_end: usize,
     pub edns: Option<Edns>,
@@ -186,7 +184,6 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Reject> {
         return Err(Reject::Header(Rcode::FormErr));
     }
     let mut name_lower = Vec::with_capacity(64);
-    let mut labels = Vec::with_capacity(8);
     let mut i = 12;
     loop {
         let Some(&l) = msg.get(i) else {
@@ -198,7 +195,6 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Reject> {
         if l & 0xc0 != 0 {
             return Err(Reject::Header(Rcode::FormErr));
         }
-        labels.push((i - 12) as u8);
         name_lower.push(l);
         i += 1;
         if l == 0 {
@@ -211,7 +207,6 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Reject> {
         name_lower.extend(msg[i..end].iter().map(u8::to_ascii_lowercase));
         i = end;
     }
-    labels.pop(); // the root label's offset
     if i + 4 > msg.len() {
         return Err(Reject::Header(Rcode::FormErr));
     }
@@ -242,7 +237,6 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Reject> {
         qtype,
         qclass,
         name_lower,
-        labels,
         question_end,
         edns,
     })
@@ -385,7 +379,6 @@ mod tests {
         let q = parse_query(&query("Foo.Default.SVC.cluster.local.", qtype::A)).unwrap();
         assert_eq!(q.id, 0x1234);
         assert_eq!(q.name_lower, ascii_to_wire("foo.default.svc.cluster.local"));
-        assert_eq!(q.labels, vec![0, 4, 12, 16, 24]);
         assert_eq!(q.name_ascii(), "foo.default.svc.cluster.local.");
         assert_eq!(q.udp_limit(), 512);
     }
