@@ -8,7 +8,9 @@
 
 use std::path::Path;
 
-use ferry_state::{catalog_from_objects, parse_documents, Catalog, ObjectError};
+use std::collections::HashMap;
+
+use ferry_state::{catalog_from_objects, parse_documents, Catalog, Object, ObjectError, ObjectKey};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -33,20 +35,55 @@ pub fn load_fixture(path: &Path) -> Result<(Catalog, Vec<ObjectError>), FixtureE
         path: origin.clone(),
         source,
     })?;
-    let (objects, errors) = match serde_json::from_str::<RawList<'_>>(&text) {
+    match serde_json::from_str::<RawList<'_>>(&text) {
         Ok(list) => {
-            let (mut objects, mut errors) = (Vec::new(), Vec::new());
+            // Items are folded into the catalog as they are parsed, with the
+            // store's rules (a later declaration wins, slices grouped by
+            // Service and ordered by name), so no second copy of the
+            // objects is ever held.
+            let mut cat = Catalog::default();
+            let mut slice_owner: HashMap<ObjectKey, ObjectKey> = HashMap::new();
+            let mut errors = Vec::new();
             for item in list.items {
-                let (o, e) = parse_documents(item.get(), &origin);
-                objects.extend(o);
+                let (objects, e) = parse_documents(item.get(), &origin);
                 errors.extend(e);
+                for o in objects {
+                    fold(&mut cat, &mut slice_owner, o);
+                }
             }
-            (objects, errors)
+            for slices in cat.slices.values_mut() {
+                slices.sort_by(|a, b| a.key.cmp(&b.key));
+            }
+            Ok((cat, errors))
         }
         // YAML, or JSON that is not a List: the catalog's own parser.
-        Err(_) => parse_documents(&text, &origin),
-    };
-    Ok((catalog_from_objects(objects), errors))
+        Err(_) => {
+            let (objects, errors) = parse_documents(&text, &origin);
+            Ok((catalog_from_objects(objects), errors))
+        }
+    }
+}
+
+fn fold(cat: &mut Catalog, slice_owner: &mut HashMap<ObjectKey, ObjectKey>, o: Object) {
+    match o {
+        Object::Service(s) => {
+            cat.services.insert(s.key.clone(), s);
+        }
+        Object::EndpointSlice(e) => {
+            if let Some(prev) = slice_owner.insert(e.key.clone(), e.service.clone()) {
+                if let Some(v) = cat.slices.get_mut(&prev) {
+                    v.retain(|x| x.key != e.key);
+                    if v.is_empty() {
+                        cat.slices.remove(&prev);
+                    }
+                }
+            }
+            cat.slices.entry(e.service.clone()).or_default().push(e);
+        }
+        Object::Node(n) => {
+            cat.nodes.insert(n.name.clone(), n);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -61,8 +98,11 @@ mod tests {
           {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"a"}},
           {"apiVersion":"v1","kind":"Service","metadata":{"name":"s","namespace":"a"},
            "spec":{"clusterIP":"10.96.0.1","clusterIPs":["10.96.0.1"],"ports":[{"name":"http","port":80}]}},
+          {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"s-b","namespace":"a","labels":{"kubernetes.io/service-name":"s"}},"addressType":"IPv4","endpoints":[{"addresses":["10.0.0.2"]}]},
+          {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"s-a","namespace":"a","labels":{"kubernetes.io/service-name":"s"}},"addressType":"IPv4","endpoints":[{"addresses":["10.0.0.9"]}]},
+          {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"s-a","namespace":"a","labels":{"kubernetes.io/service-name":"s"}},"addressType":"IPv4","endpoints":[{"addresses":["10.0.0.1"]}]},
           {"apiVersion":"v1","kind":"Service","metadata":{"name":"bad","namespace":"a"},"spec":{"clusterIP":"nope"}}]}"#;
-        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec:\n  clusterIP: 10.96.0.1\n  clusterIPs: [10.96.0.1]\n  ports: [{name: http, port: 80}]\n";
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec:\n  clusterIP: 10.96.0.1\n  clusterIPs: [10.96.0.1]\n  ports: [{name: http, port: 80}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-a, namespace: a, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-b, namespace: a, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.2]}]\n";
         std::fs::write(dir.join("c.json"), json).unwrap();
         std::fs::write(dir.join("c.yaml"), yaml).unwrap();
         let (from_json, errors) = load_fixture(&dir.join("c.json")).unwrap();
