@@ -11,11 +11,11 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-pkgs=(iproute2 iptables nftables containernetworking-plugins iperf3 dnsutils unbound
+pkgs=(iproute2 iptables nftables containernetworking-plugins iperf3 dnsutils knot
       llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc make python3 procps
       bpftool jq)
 if [ "$want_bench" = bench ]; then
-  pkgs+=(knot knot-dnsutils nsd dnsperf conntrack)
+  pkgs+=(knot-dnsutils nsd unbound dnsperf conntrack)
 fi
 for p in "${pkgs[@]}"; do have_pkg "$p" || need_pkgs+=("$p"); done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -23,8 +23,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-# unbound is used as a test upstream only; never leave the system service running.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now unbound >/dev/null 2>&1 || true; fi
+# knot is a test upstream and a benchmark baseline only (nsd too): never leave the system services running.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now unbound knot nsd >/dev/null 2>&1 || true; fi
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   rustup toolchain install nightly --profile minimal
