@@ -244,13 +244,36 @@ pub fn plan(p: &mut Programmed, desired: &BTreeMap<Frontend, DesiredFrontend>, s
     p.service_ids.commit();
     p.backend_ids.commit();
     p.tables.commit();
+    phases.tables = build_tables(std::mem::take(&mut phases.pending_tables), p.limits.maglev_size);
     let (frontends_added, frontends_removed) = (phases.added, phases.removed);
     Plan { ops: phases.into_ops(), errors, frontends_added, frontends_removed }
+}
+
+/// Builds the Maglev tables a plan needs, in order, split across the cores:
+/// a cold sync of 10,000 Services builds 10,000 tables (~250 ms on one
+/// core at 1021 slots). Inputs were validated before anything was emitted.
+fn build_tables(pending: Vec<(u32, Vec<(u32, Vec<u8>)>)>, m: u32) -> Vec<Op> {
+    let build = |(table, entries): &(u32, Vec<(u32, Vec<u8>)>)| {
+        let refs: Vec<maglev::Entry<'_>> =
+            entries.iter().map(|(id, ident)| maglev::Entry { id: *id, identity: ident }).collect();
+        Op::WriteTable { table: *table, slots: maglev::build(&refs, m).expect("maglev inputs validated") }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(pending.len() / 64).max(1);
+    if threads == 1 {
+        return pending.iter().map(build).collect();
+    }
+    let chunk = pending.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> =
+            pending.chunks(chunk).map(|part| s.spawn(move || part.iter().map(build).collect::<Vec<_>>())).collect();
+        parts.into_iter().flat_map(|h| h.join().expect("maglev builder panicked")).collect()
+    })
 }
 
 #[derive(Default)]
 struct Phases {
     add_backends: Vec<Op>,
+    pending_tables: Vec<(u32, Vec<(u32, Vec<u8>)>)>,
     tables: Vec<Op>,
     services: Vec<Op>,
     demote_backends: Vec<Op>,
@@ -372,12 +395,9 @@ fn upsert_frontend(p: &mut Programmed, fe: Frontend, d: &DesiredFrontend, ph: &m
     }
 
     if let Some(t) = new_table {
+        // Built after the loop, across the cores (see `build_tables`).
         let entries: Vec<(u32, Vec<u8>)> = new_active.iter().map(|a| (next[a].id, a.identity())).collect();
-        let refs: Vec<maglev::Entry<'_>> =
-            entries.iter().map(|(id, ident)| maglev::Entry { id: *id, identity: ident }).collect();
-        // Size and count were checked above, before anything was emitted.
-        let slots = maglev::build(&refs, limits.maglev_size).expect("maglev inputs validated");
-        ph.tables.push(Op::WriteTable { table: t, slots });
+        ph.pending_tables.push((t, entries));
     }
     if rebuild && cur.value.maglev_table != NO_TABLE && cur.value.maglev_table < limits.max_tables {
         p.tables.release(cur.value.maglev_table);
