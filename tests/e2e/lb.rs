@@ -485,7 +485,6 @@ fn lb_ferryctl_and_metrics_show_what_is_programmed() {
 /// must reach its own Service. (Found by bench-lb's rate runs: after the
 /// first repetition most connections stalled.)
 #[test]
-#[ignore = "known data-path bug, reported: on a conntrack hit for a new SYN the reverse-NAT entry is not rewritten, so replies carry the other Service's VIP"]
 fn lb_source_port_reused_across_two_services_with_one_backend() {
     let w = World::new(1);
     w.web(&[w.ep(0)]);

@@ -77,20 +77,27 @@ pub fn backend_usable(id: u32, service_id: u32) -> Option<ferry_common::BackendV
 
 /// The backend of an existing flow, if it must keep it.
 ///
+/// A TCP SYN (without ACK) is always a new connection, even when it reuses
+/// the tuple of an old entry (a client reusing a source port): it takes the
+/// new-flow path, which picks a live backend and rewrites both entries.
+/// Keeping the old entry would keep a backend that may have left, and keep
+/// a reverse-NAT entry another flow may since have overwritten.
+///
 /// TCP: an established flow keeps its backend whatever happened to it in
-/// the maps (its address is in the entry), so it never breaks. Only a new
-/// SYN reusing the tuple re-checks it. UDP has no connection to protect:
-/// if the backend left the Service (or changed address) the flow moves to
-/// a live one on this packet, so a stale entry can never black-hole it
-/// (kubernetes/kubernetes#48370).
+/// the maps (its address is in the entry), so it never breaks. UDP has no
+/// connection to protect: if the backend left the Service (or changed
+/// address) the flow moves to a live one on this packet, so a stale entry
+/// can never black-hole it (kubernetes/kubernetes#48370).
 #[inline(never)]
 pub fn lookup_forward(key: &CtKey, pkt: &Packet, svc: &ServiceValue, now: u64) -> Option<Target> {
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        return None;
+    }
     let ct = FERRY_CT.get_ptr_mut(key)?;
     // SAFETY: map value pointer; concurrent updates only race on timestamps
     // and flag bits, which are advisory.
     let entry = unsafe { &mut *ct };
-    let established_tcp = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN;
-    if !established_tcp
+    if pkt.proto != IPPROTO_TCP
         && !backend_alive(entry.backend_id, &entry.backend_addr, entry.backend_port, svc.id)
     {
         if pkt.proto == IPPROTO_UDP {
@@ -100,33 +107,22 @@ pub fn lookup_forward(key: &CtKey, pkt: &Packet, svc: &ServiceValue, now: u64) -
     }
     entry.last_seen_ns = now;
     entry.flags |= tcp_flag_bits(pkt);
-    Some(Target {
+    let target = Target {
         backend_id: entry.backend_id,
         addr: entry.backend_addr,
         port: entry.backend_port,
         hairpin: entry.flags & ct_flags::HAIRPIN != 0,
-    })
+    };
+    heal_revnat(pkt, &target, entry.flags);
+    Some(target)
 }
 
-/// Records a new flow: the forward entry, then the reverse-NAT entry keyed
-/// by the reply as the backend will send it (to `reply_dst`, the client or
-/// the hairpin address).
-// Not inlined (here and in lookup_forward): separate call frames keep
-// from-pod under the 512-byte BPF stack limit. At most 5 arguments (BPF).
-#[inline(never)]
-pub fn create(key: &CtKey, pkt: &Packet, service_id: u32, target: &Target, now: u64) -> Result<(), DropReason> {
+/// The reverse-NAT entry of `pkt`'s flow towards `target`: keyed by the
+/// reply as the backend will send it (to the client, or to the hairpin
+/// address), restoring this flow's VIP.
+#[inline(always)]
+fn revnat_entry(pkt: &Packet, target: &Target, flags: u32) -> (RevNatKey, RevNatValue) {
     let reply_dst = if target.hairpin { hairpin_addr(pkt.family) } else { pkt.src };
-    let flags = if target.hairpin { ct_flags::HAIRPIN } else { 0 } | tcp_flag_bits(pkt);
-    let value = CtValue {
-        backend_addr: target.addr,
-        backend_port: target.port,
-        _pad: 0,
-        backend_id: target.backend_id,
-        service_id,
-        flags,
-        created_ns: now,
-        last_seen_ns: now,
-    };
     let rkey = RevNatKey {
         src_addr: target.addr,
         dst_addr: reply_dst,
@@ -143,6 +139,49 @@ pub fn create(key: &CtKey, pkt: &Packet, service_id: u32, target: &Target, now: 
         orig_client: pkt.src,
         flags,
     };
+    (rkey, rval)
+}
+
+/// An existing flow's reverse-NAT entry can be missing (evicted) or belong
+/// to another flow with the same reply tuple (two Services sharing a
+/// backend, one client source port: the last writer won). Point it back at
+/// this flow's VIP so its replies carry the right source; one lookup when
+/// it is already right.
+// Not inlined: its key and value stay out of lookup_forward's frame.
+#[inline(never)]
+fn heal_revnat(pkt: &Packet, target: &Target, flags: u32) {
+    let (rkey, rval) = revnat_entry(pkt, target, flags);
+    if let Some(cur) = FERRY_REVNAT.get_ptr(&rkey) {
+        // SAFETY: map value pointer, read once.
+        let cur = unsafe { &*cur };
+        if cur.vip == rval.vip && cur.vip_port == rval.vip_port && cur.orig_client == rval.orig_client {
+            return;
+        }
+    }
+    if FERRY_REVNAT.insert(&rkey, &rval, 0).is_err() {
+        count_global(global_stat::CT_INSERT_FAILED);
+    }
+}
+
+/// Records a new flow: the forward entry, then the reverse-NAT entry keyed
+/// by the reply as the backend will send it (to `reply_dst`, the client or
+/// the hairpin address).
+// Not inlined (here and in lookup_forward): separate call frames keep
+// from-pod under the 512-byte BPF stack limit. At most 5 arguments (BPF).
+#[inline(never)]
+pub fn create(key: &CtKey, pkt: &Packet, service_id: u32, target: &Target, now: u64) -> Result<(), DropReason> {
+    let flags = if target.hairpin { ct_flags::HAIRPIN } else { 0 } | tcp_flag_bits(pkt);
+    let value = CtValue {
+        backend_addr: target.addr,
+        backend_port: target.port,
+        _pad: 0,
+        backend_id: target.backend_id,
+        service_id,
+        flags,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    let (rkey, rval) = revnat_entry(pkt, target, flags);
     // Reverse entry first: a reply can never find a forward entry without
     // its way back.
     if FERRY_REVNAT.insert(rkey, rval, 0).is_err() || FERRY_CT.insert(key, value, 0).is_err() {

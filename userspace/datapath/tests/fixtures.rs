@@ -398,3 +398,63 @@ fn reload_adopts_pinned_state() {
     let err = load_or_adopt(pin.path(), &other).err().expect("size mismatch refused");
     assert!(matches!(err, ferry_datapath::Error::MapSizeMismatch { .. }), "{err}");
 }
+
+/// A TCP SYN reusing the tuple of an old conntrack entry is a new
+/// connection: it picks a usable backend (not the old entry's, which is
+/// draining here) and rewrites the reverse-NAT entry, so replies carry the
+/// VIP this connection asked for even when another Service sharing the
+/// backend used the same client port in between. UDP flows heal the same
+/// reverse-NAT entry on their next packet.
+#[test]
+fn syn_on_stale_conntrack_entry_takes_the_new_flow_path() {
+    let (_pin, mut dp) = setup();
+    const VIP2: &str = "10.96.0.12";
+    const BACKEND2: &str = "10.0.0.6";
+    program_service(&mut dp.maps, 6, ip(VIP2), 80, TCP, &[(ip(BACKEND), 8080)], 0, 0);
+    program_service(&mut dp.maps, 9, ip(VIP2), 53, UDP, &[(ip(BACKEND), 5353)], 0, 0);
+    let reply_src = |dp: &Datapath, pkt: Pkt| {
+        let (v, out) = run(dp, Prog::ToPod, &pkt.build());
+        assert_eq!(v, OK);
+        decode(&out).src
+    };
+    let syn_dst = |dp: &Datapath, vip: &str| {
+        let (v, out) = run(dp, Prog::FromPod, &Pkt::tcp(CLIENT, 45000, vip, 80, SYN).build());
+        assert_eq!(v, OK);
+        decode(&out).dst
+    };
+
+    // One client port, two Services, one backend: the reply tuple is shared.
+    let synack = || Pkt::tcp(BACKEND, 8080, CLIENT, 45000, SYN | ACK);
+    assert_eq!(syn_dst(&dp, VIP), ip(BACKEND));
+    assert_eq!(syn_dst(&dp, VIP2), ip(BACKEND));
+    assert_eq!(reply_src(&dp, synack()), ip(VIP2));
+    assert_eq!(syn_dst(&dp, VIP), ip(BACKEND), "SYN hits VIP's old entry");
+    assert_eq!(reply_src(&dp, synack()), ip(VIP), "the reply carries the VIP this SYN went to");
+
+    // UDP: no SYN; the next datagram of the older flow heals the entry.
+    let answer = || Pkt::udp(BACKEND, 5353, CLIENT, 45001, b"answer");
+    run(&dp, Prog::FromPod, &Pkt::udp(CLIENT, 45001, VIP, 53, b"q").build());
+    run(&dp, Prog::FromPod, &Pkt::udp(CLIENT, 45001, VIP2, 53, b"q").build());
+    assert_eq!(reply_src(&dp, answer()), ip(VIP2));
+    run(&dp, Prog::FromPod, &Pkt::udp(CLIENT, 45001, VIP, 53, b"q").build());
+    assert_eq!(reply_src(&dp, answer()), ip(VIP), "healed by the flow's next datagram");
+
+    // The old entry's backend is draining; a new one is ready. Established
+    // segments stay; a new SYN goes to the ready backend.
+    let mut draining = ferry_datapath::testing::backend(ip(BACKEND), 8080, TCP, 1);
+    draining.state = ferry_common::backend_state::TERMINATING;
+    dp.maps.backends.insert(100, draining, 0).unwrap();
+    dp.maps.backends.insert(101, ferry_datapath::testing::backend(ip(BACKEND2), 8080, TCP, 1), 0).unwrap();
+    let size = dp.maps.maglev_config().unwrap().maglev_size;
+    for slot in 0..size {
+        dp.maps.maglev.set(size + slot, 101, 0).unwrap();
+    }
+    let (_, out) = run(&dp, Prog::FromPod, &Pkt::tcp(CLIENT, 45000, VIP, 80, ACK).build());
+    assert_eq!(decode(&out).dst, ip(BACKEND), "established flow keeps its backend");
+    assert_eq!(syn_dst(&dp, VIP), ip(BACKEND2), "new SYN on the old tuple: the ready backend");
+    assert_eq!(
+        reply_src(&dp, Pkt::tcp(BACKEND2, 8080, CLIENT, 45000, SYN | ACK)),
+        ip(VIP),
+        "and its reply is reverse-translated"
+    );
+}
