@@ -3,12 +3,13 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::programs::{
     links::FdLink,
     tc::{TcAttachOptions, TcAttachType},
-    LinkOrder, SchedClassifier,
+    LinkOrder, ProgramError, SchedClassifier,
 };
 use tracing::debug;
 
@@ -132,9 +133,24 @@ pub fn attach<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachm
             source,
         })?;
         let program_err = |source| Error::Program { name: prog.name().to_owned(), source };
-        let id = program
-            .attach_with_options(&ifname, prog.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .map_err(program_err)?;
+        let id = match program.attach_with_options(
+            &ifname,
+            prog.attach_type(),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        ) {
+            Ok(id) => id,
+            // tcx refuses a program already on the hook (EEXIST): the other
+            // party (CNI plugin or the agent's watcher) attached this very
+            // program a moment ago and is about to pin its link. Theirs is
+            // ours; adopt it once its pin shows up.
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.kind() == io::ErrorKind::AlreadyExists && wait_for_pin(&path, ifindex) =>
+            {
+                debug!(ifname, ?prog, "attached concurrently by another party");
+                continue;
+            }
+            Err(source) => return Err(program_err(source)),
+        };
         let link = program.take_link(id).map_err(program_err)?;
         let link = FdLink::try_from(link).map_err(|source| Error::Link { path: path.clone(), source })?;
         match link.pin(&path) {
@@ -149,6 +165,21 @@ pub fn attach<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachm
         }
     }
     Ok(Attachment { ifname, ifindex, created })
+}
+
+/// Whether a live link pin for `ifindex` appears at `path` within a
+/// second (the other attacher pins right after attaching).
+fn wait_for_pin(path: &Path, ifindex: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        if matches!(sys::link_ifindex(path), Ok(i) if i == ifindex) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Detaches both programs from interface `ifindex` by removing the link
