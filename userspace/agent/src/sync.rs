@@ -141,9 +141,12 @@ impl Reconciler {
         Some(touched)
     }
 
-    /// Frees the catalog the last sync replaced.
+    /// Frees the catalog the last sync replaced, and the heap pages freed.
+    /// Also after the first sync, whose transient batches (~40 MB of
+    /// Maglev slots at 10,000 Services) are freed by then.
     pub fn release(&mut self) {
         self.retired = None;
+        trim_heap();
     }
 
     /// Frontend id -> Kubernetes name, for the names file.
@@ -156,6 +159,16 @@ impl Reconciler {
                 Some((p.value.id, FrontendName { service: d.service.to_string(), port_name: d.port_name.clone() }))
             })
             .collect()
+    }
+}
+
+/// Hands freed heap pages back to the kernel: a sync frees a whole catalog
+/// and its transient batches, which glibc would otherwise keep as RSS.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
