@@ -13,6 +13,7 @@ with the same hook (hook.py) and inside namespaces this script creates:
            Ferry VIP on the harness topology (bench.py topo_up), interleaved.
 
 Writes one JSON document to the path given as the first argument.
+`--agent-only` skips iperf (cold + change only); `--reps N` sets the cold reps.
 """
 import json
 import os
@@ -28,6 +29,10 @@ import bench  # noqa: E402  (the vendored harness: run/spawn/topo_up with setns)
 
 HOOK = os.path.join(HERE, "hook.py")
 QUICK = "--quick" in sys.argv
+# --agent-only: cold programming and endpoint changes at full size, no iperf
+# (the agent-side figures, for iterating on the agent); --reps N overrides.
+AGENT_ONLY = "--agent-only" in sys.argv
+REPS = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else None
 NS = "ferry-lbx-%d" % os.getpid()
 
 
@@ -87,7 +92,7 @@ def rss_kb(pid):
 
 def cold_and_change(res):
     n, m = (1000, 10) if QUICK else (10000, 10)
-    reps = 1 if QUICK else 3
+    reps = REPS or (1 if QUICK else 3)
     changes = 50 if QUICK else 200
     timings = os.path.join(tempfile.gettempdir(), "ferry-lbx-timings-%d.jsonl" % os.getpid())
     subprocess.run(["ip", "netns", "add", NS], check=True)
@@ -185,7 +190,8 @@ def iperf(res):
 def main():
     res = {"quick": QUICK}
     cold_and_change(res)
-    iperf(res)
+    if not AGENT_ONLY:
+        iperf(res)
     with open(sys.argv[1], "w") as f:
         json.dump(res, f, indent=2)
 
