@@ -2,6 +2,7 @@
 //! of the RFCs it relies on, run through the whole synchronous request path
 //! (`answer_fast`) against a fixed catalog, answers decoded with hickory.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ferry_state::Catalog;
@@ -9,7 +10,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery, ResponseC
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 
 use crate::answer::{answer_fast, Fast, Transport};
-use crate::zone::{Zone, ZoneConfig};
+use crate::zone::{Zone, ZoneCache, ZoneConfig};
 
 pub const FIXTURE: &str = r#"
 apiVersion: v1
@@ -638,4 +639,78 @@ fn rebuild_is_whole_and_independent() {
     assert_negative(&m, ResponseCode::NXDomain, "cluster.local.");
     let m = ask(&new, "10.0.96.10.in-addr.arpa.", RecordType::PTR);
     assert_negative(&m, ResponseCode::NXDomain, "10.in-addr.arpa.");
+}
+
+/// Every name and what it holds, to compare zones built different ways.
+fn dump(z: &Zone) -> BTreeMap<Vec<u8>, String> {
+    z.names
+        .iter()
+        .flat_map(|s| s.iter())
+        .map(|(k, e)| {
+            let mut e = (**e).clone();
+            e.rrsets.sort_by_key(|(t, _)| *t);
+            (k.to_vec(), format!("{e:?}"))
+        })
+        .collect()
+}
+
+#[test]
+fn patched_zone_equals_a_fresh_build() {
+    // The cache patches the last zone; after every kind of change the result
+    // must be exactly what a build from scratch gives, and the zone handed
+    // out before must not have moved.
+    let base = Catalog::from_yaml(FIXTURE).unwrap();
+    let with = |extra: &str| {
+        let mut c = base.clone();
+        let more = Catalog::from_yaml(extra).unwrap();
+        c.services.extend(more.services);
+        c.slices.extend(more.slices);
+        c
+    };
+    // Two headless Services over the same addresses: one merged PTR RRset.
+    let shared = format!(
+        "{}---\n{}",
+        headless_yaml("h1", 3, 7),
+        headless_yaml("h2", 2, 7)
+    );
+    let mut no_web = base.clone();
+    no_web.services.retain(|k, _| k.name != "web");
+    let mut no_ns = base.clone();
+    no_ns.services.retain(|k, _| k.namespace != "prod");
+    let steps = vec![
+        base.clone(),
+        with(&shared),
+        with(&headless_yaml("h1", 3, 7)),
+        no_web,
+        no_ns,
+        Catalog::default(),
+        with(&shared),
+        base.clone(),
+    ];
+    for pods_insecure in [false, true] {
+        let config = ZoneConfig {
+            pods_insecure,
+            ..ZoneConfig::default()
+        };
+        let mut cache = ZoneCache::new(config.clone());
+        let mut prev: Option<(Zone, BTreeMap<Vec<u8>, String>)> = None;
+        for (i, cat) in steps.iter().enumerate() {
+            let z = cache.build(cat).unwrap();
+            let fresh = Zone::build(cat, config.clone()).unwrap();
+            assert_eq!(dump(&z), dump(&fresh), "step {i}, pods {pods_insecure}");
+            assert_eq!(z.len(), fresh.len());
+            if let Some((old, before)) = &prev {
+                assert_eq!(&dump(old), before, "step {i}: the served zone changed");
+            }
+            let d = dump(&z);
+            prev = Some((z, d));
+        }
+    }
+    // Removing the last Service of a namespace removes the namespace name.
+    let z = Zone::build(&steps[4], ZoneConfig::default()).unwrap();
+    assert_negative(
+        &ask(&z, "prod.svc.cluster.local.", RecordType::A),
+        ResponseCode::NXDomain,
+        "cluster.local.",
+    );
 }
