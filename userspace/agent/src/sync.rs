@@ -114,9 +114,17 @@ impl Reconciler {
         }
         // Merge-joins over the sorted maps: one pass, no lookups (a lookup
         // per Service made a one-endpoint change cost ~100 ms at 10,000).
+        // The store says what changed when `prev` is the catalog published
+        // just before `cur` (the merge-join compared every Service: 15-50 ms
+        // at 10,000 for one endpoint change).
         let mut keys: BTreeSet<&ObjectKey> = BTreeSet::new();
-        changed_keys(&prev.services, &cur.services, &mut keys);
-        changed_keys(&prev.slices, &cur.slices, &mut keys);
+        match cur.changes.since(&prev.changes) {
+            Some(changed) => keys.extend(changed),
+            None => {
+                changed_keys(&prev.services, &cur.services, &mut keys);
+                changed_keys(&prev.slices, &cur.slices, &mut keys);
+            }
+        }
         for key in keys {
             for fe in self.by_service.remove(key).unwrap_or_default() {
                 if self.desired.get(&fe).is_some_and(|d| &d.service == key) {

@@ -159,6 +159,33 @@ pub struct Catalog {
     /// Slices grouped by the Service they belong to (which may not exist yet).
     pub slices: BTreeMap<ObjectKey, Vec<EndpointSlice>>,
     pub nodes: BTreeMap<String, Node>,
+    /// What changed since the previous publish (set by the store).
+    pub changes: Changes,
+}
+
+/// The Service keys whose object or EndpointSlice group changed between the
+/// catalog published as `generation - 1` and this one (`generation`), so a
+/// consumer that saw the previous one need not compare 10,000 Services to
+/// find one changed endpoint. `generation == 0`: unknown, compare. Not part
+/// of the catalog's content: ignored by equality.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub generation: u64,
+    pub services: std::collections::BTreeSet<ObjectKey>,
+}
+
+impl PartialEq for Changes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Changes {
+    /// The changed Service keys from `prev` to `self`'s catalog, when
+    /// `prev` is exactly the catalog published before it.
+    pub fn since(&self, prev: &Changes) -> Option<&std::collections::BTreeSet<ObjectKey>> {
+        (self.generation != 0 && prev.generation + 1 == self.generation).then_some(&self.services)
+    }
 }
 
 impl Catalog {

@@ -13,14 +13,14 @@
 //! - after a batch -> [`Store::publish`] (or `publish_detached` + `restore`
 //!   from an async task, to keep the catalog copy off the latency path).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tracing::warn;
 
 use crate::convert::{Object, ObjectId};
-use crate::model::{Catalog, EndpointSlice, ObjectKey, Snapshot};
+use crate::model::{Catalog, Changes, EndpointSlice, ObjectKey, Snapshot};
 
 /// Mutable merge of every source's objects. Not shared: one task owns it and
 /// publishes; consumers only see the immutable snapshots.
@@ -34,6 +34,8 @@ pub struct Store {
     /// Which Service group of `catalog.slices` holds each slice.
     slice_owner: HashMap<ObjectKey, ObjectKey>,
     catalog: Catalog,
+    /// Service keys changed since the last publish (-> `Catalog::changes`).
+    touched: BTreeSet<ObjectKey>,
     ready: bool,
     generation: u64,
     dirty: bool,
@@ -56,6 +58,7 @@ impl Store {
             by_origin: HashMap::new(),
             slice_owner: HashMap::new(),
             catalog: Catalog::default(),
+            touched: BTreeSet::new(),
             ready: false,
             generation: 0,
             dirty: false,
@@ -176,6 +179,7 @@ impl Store {
         }
         self.dirty = false;
         self.generation += 1;
+        self.catalog.changes = Changes { generation: self.generation, services: std::mem::take(&mut self.touched) };
         let published = Arc::new(std::mem::take(&mut self.catalog));
         let replaced = self.tx.send_replace(Snapshot {
             catalog: published.clone(),
@@ -227,9 +231,19 @@ impl Store {
         let cat = &mut self.catalog;
         let changed = match (id, winner) {
             (ObjectId::Service(key), Some(Object::Service(svc))) => {
-                put(&mut cat.services, key, svc)
+                let changed = put(&mut cat.services, key, svc);
+                if changed {
+                    self.touched.insert(key.clone());
+                }
+                changed
             }
-            (ObjectId::Service(key), None) => cat.services.remove(key).is_some(),
+            (ObjectId::Service(key), None) => {
+                let changed = cat.services.remove(key).is_some();
+                if changed {
+                    self.touched.insert(key.clone());
+                }
+                changed
+            }
             (ObjectId::Node(name), Some(Object::Node(node))) => put(&mut cat.nodes, name, node),
             (ObjectId::Node(name), None) => cat.nodes.remove(name).is_some(),
             (ObjectId::EndpointSlice(key), winner) => {
@@ -237,11 +251,16 @@ impl Store {
                     Some(Object::EndpointSlice(s)) => Some(s),
                     _ => None,
                 };
-                let old = self
-                    .slice_owner
-                    .remove(key)
-                    .and_then(|svc| remove_slice(cat, &svc, key));
+                let old_owner = self.slice_owner.remove(key);
+                let old = old_owner.as_ref().and_then(|svc| remove_slice(cat, svc, key));
                 let changed = old != new;
+                if changed {
+                    // Both groups: a relabelled slice leaves one Service for another.
+                    self.touched.extend(old_owner);
+                    if let Some(slice) = &new {
+                        self.touched.insert(slice.service.clone());
+                    }
+                }
                 if let Some(slice) = new {
                     self.slice_owner.insert(key.clone(), slice.service.clone());
                     let group = cat.slices.entry(slice.service.clone()).or_default();
@@ -346,6 +365,29 @@ mod tests {
             Some("10.96.0.1"),
             "the remaining declaration takes over"
         );
+    }
+
+    #[test]
+    fn a_snapshot_names_the_services_changed_since_the_previous_one() {
+        let mut st = Store::new();
+        let rx = st.subscribe();
+        st.replace_origin("f", objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2") + &slice("a-1", "a", "10.0.0.1"))));
+        st.set_ready();
+        st.publish();
+        let first = rx.borrow().catalog.changes.clone();
+        let names = |c: &BTreeSet<ObjectKey>| c.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+        // One endpoint of a: only a. A file re-read with equal content adds nothing.
+        st.replace_origin("f", objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2") + &slice("a-1", "a", "10.0.0.9"))));
+        st.publish();
+        let second = rx.borrow().catalog.changes.clone();
+        assert_eq!(second.since(&first).map(names), Some(vec!["a".to_string()]));
+        // The slice relabelled to b: both groups changed.
+        st.replace_origin("f", objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2") + &slice("a-1", "b", "10.0.0.9"))));
+        st.publish();
+        let third = rx.borrow().catalog.changes.clone();
+        assert_eq!(third.since(&second).map(names), Some(vec!["a".to_string(), "b".to_string()]));
+        // A skipped generation: unknown, the consumer must compare.
+        assert_eq!(third.since(&first), None);
     }
 
     #[test]
