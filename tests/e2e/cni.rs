@@ -71,6 +71,32 @@ fn two_pods_exchange_tcp_over_ipv4_and_ipv6_and_reach_the_gateway() {
     assert!(eth0.contains(&mac), "result MAC {mac} not on eth0: {eth0}");
 }
 
+/// Right after the first ADD on a fresh node, the bridge's IPv6 addresses
+/// are usable (no DAD pending): the node can solicit pod neighbours at once,
+/// so a pod's first IPv6 connection routed through the node is not held
+/// ~1 s (DAD's length).
+#[test]
+fn fresh_bridge_ipv6_addresses_are_not_tentative() {
+    let node = Node::new();
+    let a = node.add_pod("a");
+    let addrs = node.ip(&["-6", "addr", "show", "dev", "ferry0"]);
+    assert!(addrs.contains("fd00:10:244::1/"), "{addrs}");
+    assert!(addrs.contains("fe80::"), "a link-local address: {addrs}");
+    assert!(!addrs.contains("tentative"), "{addrs}");
+    // Pod a reaches pod b through the gateway (as a Service flow DNATed
+    // by the node is): the node has never heard from b and must solicit it.
+    let b = node.add_pod("b");
+    let _srv = IdServer::tcp(b.netns_path(), 8080, "b");
+    let b6 = b.ipv6();
+    a.ip(&["-6", "route", "add", &format!("{b6}/128"), "via", "fd00:10:244::1"]);
+    let (got, took) = a.run(move || {
+        let t = std::time::Instant::now();
+        (tcp_id(SocketAddr::new(b6.into(), 8080), T), t.elapsed())
+    });
+    assert_eq!(got.expect("first IPv6 connection through the gateway"), "b");
+    assert!(took < Duration::from_millis(300), "first IPv6 connection took {took:?}");
+}
+
 /// The Result schema of SPEC.md, per version: which keys may appear, which
 /// must, and their formats.
 fn validate_result(r: &Value, version: &str) {

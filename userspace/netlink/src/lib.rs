@@ -22,7 +22,8 @@ use std::rc::Rc;
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
 use netlink_packet_route::AddressFamily;
@@ -69,6 +70,15 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// fe80::/64 with the modified EUI-64 interface id of `mac` (RFC 4291
+/// appendix A).
+fn eui64_link_local(mac: [u8; 6]) -> std::net::Ipv6Addr {
+    let m = mac;
+    std::net::Ipv6Addr::from([
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5],
+    ])
 }
 
 fn request_err(op: &'static str, subject: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
@@ -234,11 +244,31 @@ impl Netlink {
                 false
             }
         };
-        let link = self.existing_bridge(name)?.ok_or_else(|| Error::Request {
+        let missing = || Error::Request {
             op: "get bridge",
             subject: name.to_string(),
             source: rtnetlink::Error::RequestFailed,
-        })?;
+        };
+        if created {
+            // Still down: no kernel link-local yet (see below).
+            let index = self.link(name)?.ok_or_else(missing)?.index;
+            let msg = LinkUnspec::new_with_index(index)
+                .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+                    AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+                ])]))
+                .build();
+            self.block_on(self.handle.link().set(msg).execute())
+                .map_err(request_err("set addrgenmode none", name))?;
+        }
+        let link = self.existing_bridge(name)?.ok_or_else(missing)?;
+        if created {
+            // The node solicits a pod's IPv6 neighbour entry from the
+            // bridge's link-local address, and sends nothing while that is
+            // tentative: the kernel's own link-local would hold a pod's first
+            // routed IPv6 packet for DAD's ~1 s. Ours is the MAC's EUI-64
+            // (what the kernel would pick), added without DAD.
+            self.add_addr(link.index, IpAddr::V6(eui64_link_local(mac)), 64)?;
+        }
         Ok((link, created))
     }
 
