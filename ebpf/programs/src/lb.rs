@@ -3,8 +3,7 @@
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect_peer, programs::TcContext};
 use ferry_common::{
     global_stat, service_flags, AffinityKey, AffinityValue, DropReason, EndpointKey, ServiceKey,
-    ServiceValue,
-    AF_INET, IPPROTO_TCP,
+    ServiceValue, AF_INET, IPPROTO_TCP, MAGLEV_SLOTS_PER_ENTRY,
 };
 
 use crate::{
@@ -150,7 +149,8 @@ fn maglev_lookup(svc: &ServiceValue, hash: u32) -> Result<u32, DropReason> {
         return Err(DropReason::NoBackend);
     }
     let idx = svc.maglev_table * size + hash % size;
-    FERRY_MAGLEV.get(idx).copied().ok_or(DropReason::NoBackend)
+    let pair = FERRY_MAGLEV.get(idx / MAGLEV_SLOTS_PER_ENTRY).ok_or(DropReason::NoBackend)?;
+    Ok(pair.ids[(idx % MAGLEV_SLOTS_PER_ENTRY) as usize])
 }
 
 /// Hash of the flow's 5-tuple (the VIP side is fixed per Service, so the

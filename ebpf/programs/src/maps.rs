@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use ferry_common::{
     AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason,
-    EndpointKey, EndpointValue, DEFAULT_MAX_ENDPOINTS,
+    EndpointKey, EndpointValue, MaglevPair, BPF_F_MMAPABLE, DEFAULT_MAX_ENDPOINTS,
     RevNatKey, RevNatValue, ServiceKey, ServiceValue, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
 };
@@ -20,9 +20,10 @@ pub static FERRY_SERVICES: HashMap<ServiceKey, ServiceValue> =
 pub static FERRY_BACKENDS: HashMap<u32, BackendValue> =
     HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-/// `max_tables * maglev_size` backend ids; always sized by the loader.
+/// `max_tables * maglev_size` backend ids, two per element; always sized by
+/// the loader. Mmappable: the agent writes tables through a shared mapping.
 #[map]
-pub static FERRY_MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+pub static FERRY_MAGLEV: Array<MaglevPair> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 #[map]
 pub static FERRY_CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);

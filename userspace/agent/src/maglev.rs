@@ -63,29 +63,33 @@ pub fn build(entries: &[Entry<'_>], m: u32) -> Result<Vec<u32>, MaglevError> {
     sorted.sort_by(|a, b| a.identity.cmp(b.identity));
 
     let m64 = u64::from(m);
-    // (offset, skip, next j) per backend; the permutation is generated
-    // lazily instead of materialising n * m entries.
-    let mut perms: Vec<(u64, u64, u64)> = sorted
+    // (current slot, skip) per backend: the permutation's j-th slot
+    // `(offset + j * skip) % m` is walked by adding `skip` and wrapping,
+    // without materialising n * m entries or dividing per probe.
+    let mut perms: Vec<(u32, u32)> = sorted
         .iter()
         .map(|e| {
             let offset = hash(e.identity, SEED_OFFSET) % m64;
             let skip = if m > 1 { hash(e.identity, SEED_SKIP) % (m64 - 1) + 1 } else { 1 };
-            (offset, skip, 0)
+            (offset as u32, skip as u32)
         })
         .collect();
+    let advance = |cur: &mut u32, skip: u32| {
+        // cur < m and skip < m, so one subtraction wraps (u64: no overflow).
+        let next = u64::from(*cur) + u64::from(skip);
+        *cur = if next >= m64 { (next - m64) as u32 } else { next as u32 };
+    };
 
     const EMPTY: u32 = u32::MAX;
     let mut table = vec![EMPTY; m as usize];
     let mut filled = 0u32;
     'fill: loop {
-        for (i, (offset, skip, next)) in perms.iter_mut().enumerate() {
-            let mut slot = ((*offset + *next * *skip) % m64) as usize;
-            while table[slot] != EMPTY {
-                *next += 1;
-                slot = ((*offset + *next * *skip) % m64) as usize;
+        for (i, (cur, skip)) in perms.iter_mut().enumerate() {
+            while table[*cur as usize] != EMPTY {
+                advance(cur, *skip);
             }
-            table[slot] = sorted[i].id;
-            *next += 1;
+            table[*cur as usize] = sorted[i].id;
+            advance(cur, *skip);
             filled += 1;
             if filled == m {
                 break 'fill;
@@ -139,6 +143,44 @@ mod tests {
             *c.entry(id).or_default() += 1;
         }
         c
+    }
+
+    /// The table is the paper's (section 3.4, Pseudocode 1) computed with
+    /// `(offset + j * skip) % m` per probe: the incremental walk must not
+    /// change a single slot, or an agent upgrade would move flows.
+    #[test]
+    fn same_table_as_the_papers_formula() {
+        fn reference(ids: &[String], m: u32) -> Vec<u32> {
+            let mut sorted: Vec<(usize, &String)> = ids.iter().enumerate().collect();
+            sorted.sort_by(|a, b| a.1.as_bytes().cmp(b.1.as_bytes()));
+            let m64 = u64::from(m);
+            let perm: Vec<(u64, u64)> = sorted
+                .iter()
+                .map(|(_, s)| (hash(s.as_bytes(), SEED_OFFSET) % m64, hash(s.as_bytes(), SEED_SKIP) % (m64 - 1) + 1))
+                .collect();
+            let mut next = vec![0u64; sorted.len()];
+            let mut t = vec![u32::MAX; m as usize];
+            let mut filled = 0;
+            loop {
+                for (i, &(offset, skip)) in perm.iter().enumerate() {
+                    let mut c = (offset + next[i] * skip) % m64;
+                    while t[c as usize] != u32::MAX {
+                        next[i] += 1;
+                        c = (offset + next[i] * skip) % m64;
+                    }
+                    t[c as usize] = sorted[i].0 as u32 + 100;
+                    next[i] += 1;
+                    filled += 1;
+                    if filled == m {
+                        return t;
+                    }
+                }
+            }
+        }
+        for (n, m) in [(1, 2), (3, 7), (10, 251), (10, 1021), (100, 1021), (7, 65_537)] {
+            let ids = identities(n);
+            assert_eq!(table(&ids, m), reference(&ids, m), "{n} backends, m = {m}");
+        }
     }
 
     #[test]

@@ -19,12 +19,17 @@ pub enum ApplyError {
         #[source]
         source: MapError,
     },
-    #[error("batch update of {map} (table {table}, u32::MAX = not a table): {source}")]
+    #[error("batch update of {map}: {source}")]
     Batch {
         map: &'static str,
-        table: u32,
         #[source]
         source: std::io::Error,
+    },
+    #[error("writing Maglev table {table}: {source}")]
+    Maglev {
+        table: u32,
+        #[source]
+        source: ferry_datapath::Error,
     },
 }
 
@@ -85,79 +90,40 @@ impl PinnedMaps {
                 }
                 Ok(())
             }
-            Err(source) => Err(ApplyError::Batch { map: name, table: u32::MAX, source }),
+            Err(source) => Err(ApplyError::Batch { map: name, source }),
         }
     }
 
-    /// Writes a run of Maglev tables. The kernel copies array batches one
-    /// element at a time (~0.2 us a slot: 10,000 tables x 1021 slots were
-    /// 2.4 s of a 2.7 s cold sync), and array updates take no map-wide
-    /// lock, so the run is split across the cores. Tables within a run are
-    /// independent (all go to free slots before any service switches), so
-    /// their relative order does not matter.
+    /// Writes a run of Maglev tables through mappings of the array (a
+    /// memcpy per table; 10,000 tables of 1021 slots are ~40 MB). Tables
+    /// within a run are independent (all go to free slots before any
+    /// service switches to them), so they are written in table order, one
+    /// mapping per cluster of nearby tables: a mapping costs per page, so
+    /// two tables far apart get one each rather than everything between.
     fn write_tables(&mut self, tables: &[(u32, &[u32])], limits: &Limits) -> Result<(), ApplyError> {
-        let fd = self.maps.maglev.map().fd().as_fd().as_raw_fd();
-        let m = limits.maglev_size;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(tables.len() / 64).max(1);
-        let chunk = tables.len().div_ceil(threads);
-        let failed: Vec<(u32, std::io::Error)> = std::thread::scope(|s| {
-            let workers: Vec<_> = tables
-                .chunks(chunk)
-                .map(|part| {
-                    s.spawn(move || {
-                        let mut keys = Vec::with_capacity(m as usize);
-                        for &(table, slots) in part {
-                            keys.clear();
-                            keys.extend(table * m..table * m + slots.len() as u32);
-                            if let Err(e) = update_batch(fd, &keys, slots) {
-                                return Some((table, e));
-                            }
-                        }
-                        None
-                    })
-                })
-                .collect();
-            workers.into_iter().filter_map(|w| w.join().expect("table writer panicked")).collect()
-        });
-        match failed.into_iter().next() {
-            None => Ok(()),
-            // No batch support: redo the whole run slot by slot (rewriting a
-            // table that did land is harmless, nothing points at it yet).
-            Some((_, e)) if batch_unsupported(&e) => {
-                for &(table, slots) in tables {
-                    self.write_table(table, slots, limits)?;
-                }
-                Ok(())
+        const GAP: u32 = 8;
+        let mut sorted = tables.to_vec();
+        sorted.sort_unstable_by_key(|t| t.0);
+        for cluster in sorted.chunk_by(|a, b| b.0 - a.0 <= GAP) {
+            let (first, last) = (cluster[0].0, cluster[cluster.len() - 1].0);
+            let writer = self
+                .maps
+                .maglev
+                .writer(first..=last, limits.maglev_size)
+                .map_err(|source| ApplyError::Maglev { table: first, source })?;
+            for &(table, slots) in cluster {
+                writer
+                    .write_table(table, limits.maglev_size, slots)
+                    .map_err(|source| ApplyError::Maglev { table, source })?;
             }
-            Some((table, source)) => Err(ApplyError::Batch { map: map_names::MAGLEV, table, source }),
         }
-    }
-
-    fn write_table(&mut self, table: u32, slots: &[u32], limits: &Limits) -> Result<(), ApplyError> {
-        let base = table * limits.maglev_size;
-        let keys: Vec<u32> = (base..base + slots.len() as u32).collect();
-        let fd = self.maps.maglev.map().fd().as_fd().as_raw_fd();
-        match update_batch(fd, &keys, slots) {
-            Ok(()) => Ok(()),
-            // Kernels without batch ops on arrays: one update per slot.
-            Err(e) if batch_unsupported(&e) => {
-                for (k, v) in keys.iter().zip(slots) {
-                    self.maps.maglev.set(*k, v, 0).map_err(|source| ApplyError::Map {
-                        op: "set",
-                        map: map_names::MAGLEV,
-                        source,
-                    })?;
-                }
-                Ok(())
-            }
-            Err(source) => Err(ApplyError::Batch { map: map_names::MAGLEV, table, source }),
-        }
+        Ok(())
     }
 }
 
-/// `BPF_MAP_UPDATE_BATCH`: one syscall per Maglev table instead of one per
-/// slot (10,000 tables x 1021 slots would be 10 M syscalls). aya 0.14 has
-/// no batch API, hence the raw call (layout: `union bpf_attr`, `batch`).
+/// `BPF_MAP_UPDATE_BATCH`: one syscall for a run of hash map puts (a cold
+/// sync of 10,000 Services is ~100,000 backends). aya 0.14 has no batch
+/// API, hence the raw call (layout: `union bpf_attr`, `batch`).
 fn update_batch<K: Copy, V: Copy>(map_fd: i32, keys: &[K], values: &[V]) -> std::io::Result<()> {
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     #[repr(C)]

@@ -34,7 +34,8 @@
 //! the namespace of the thread that spawns it).
 //!
 //! What the programs expect in the maps (the agent's contract):
-//! - `FERRY_MAGLEV[table * maglev_size + slot]` = backend id, with
+//! - slot `table * maglev_size + slot` of `FERRY_MAGLEV` (two u32 slots an
+//!   element, written through a shared mapping: [`MaglevTables`]) = backend id, with
 //!   `maglev_size`/`max_tables` from `FERRY_CONFIG[0]` (written here on load).
 //! - `BackendValue::service_id` = the owning `ServiceValue::id`; only
 //!   `backend_state::ACTIVE` backends are chosen for new flows (Maglev or
@@ -47,6 +48,7 @@
 mod attach;
 mod endpoints;
 mod load;
+mod maglev;
 mod sys;
 pub mod testing;
 mod watch;
@@ -62,6 +64,7 @@ pub use load::{
     load_or_adopt, open_pinned, programs_pinned, test_run, Datapath, DatapathConfig, Maps, Prog,
     TestRunOutput,
 };
+pub use maglev::{MaglevTables, MaglevWriter};
 pub use watch::{spawn_attach_watcher, AttachWatcher, WatchEvent};
 
 /// The eBPF object, built for bpfel by build.rs.

@@ -15,7 +15,7 @@ use ferry_common::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{attach, io_err, Error, Result, ELF};
+use crate::{attach, io_err, maglev::MaglevTables, Error, Result, ELF};
 
 /// Capacities of the maps. They are fixed when a map is first created and
 /// pinned; adopting pins created with other sizes is refused.
@@ -88,7 +88,7 @@ impl DatapathConfig {
         Ok([
             (map_names::SERVICES, self.max_services),
             (map_names::BACKENDS, self.max_backends),
-            (map_names::MAGLEV, self.maglev_slots()?),
+            (map_names::MAGLEV, self.maglev_slots()?.div_ceil(ferry_common::MAGLEV_SLOTS_PER_ENTRY)),
             (map_names::CONNTRACK, self.ct_size),
             (map_names::REVNAT, self.ct_size),
             (map_names::AFFINITY, self.affinity_size),
@@ -130,8 +130,8 @@ impl Prog {
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub backends: HashMap<MapData, u32, BackendValue>,
-    /// Index `table * maglev_size + slot` -> backend id.
-    pub maglev: Array<MapData, u32>,
+    /// Slot `table * maglev_size + slot` -> backend id.
+    pub maglev: MaglevTables,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub revnat: HashMap<MapData, RevNatKey, RevNatValue>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -168,7 +168,13 @@ impl Maps {
         Ok(Self {
             services: typed!(map_names::SERVICES),
             backends: typed!(map_names::BACKENDS),
-            maglev: typed!(map_names::MAGLEV),
+            maglev: {
+                let (map, path) = take(map_names::MAGLEV)?;
+                let map = map
+                    .try_into()
+                    .map_err(|source| Error::Map { name: map_names::MAGLEV, path: path.clone(), source })?;
+                MaglevTables::new(map, path)
+            },
             conntrack: typed!(map_names::CONNTRACK),
             revnat: typed!(map_names::REVNAT),
             affinity: typed!(map_names::AFFINITY),

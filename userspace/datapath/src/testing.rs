@@ -97,11 +97,8 @@ pub fn program_service(
         ids.push(bid);
     }
     if !ids.is_empty() {
-        for slot in 0..cfg.maglev_size {
-            maps.maglev
-                .set(id * cfg.maglev_size + slot, ids[slot as usize % ids.len()], 0)
-                .unwrap();
-        }
+        let table: Vec<u32> = (0..cfg.maglev_size as usize).map(|slot| ids[slot % ids.len()]).collect();
+        maps.maglev.write_table(id, cfg.maglev_size, &table).unwrap();
     }
     let value = ServiceValue {
         id,

@@ -357,9 +357,7 @@ fn affinity_holds_for_its_timeout_then_ends() {
     let ids = program_service(&mut dp.maps, 7, ip(VIP), 80, TCP, &[(b_a, 80), (b_b, 80)], service_flags::AFFINITY, 10);
     // Maglev says A for every flow; affinity says B.
     let size = dp.maps.maglev_config().unwrap().maglev_size;
-    for slot in 0..size {
-        dp.maps.maglev.set(7 * size + slot, ids[0], 0).unwrap();
-    }
+    dp.maps.maglev.write_table(7, size, &vec![ids[0]; size as usize]).unwrap();
     let (client, family) = ferry_datapath::testing::addr_words(ip(CLIENT));
     let key = ferry_common::AffinityKey { client, service_id: 7, family, _pad: [0; 3] };
     let entry = |age_s: u64| ferry_common::AffinityValue {
@@ -446,9 +444,7 @@ fn syn_on_stale_conntrack_entry_takes_the_new_flow_path() {
     dp.maps.backends.insert(100, draining, 0).unwrap();
     dp.maps.backends.insert(101, ferry_datapath::testing::backend(ip(BACKEND2), 8080, TCP, 1), 0).unwrap();
     let size = dp.maps.maglev_config().unwrap().maglev_size;
-    for slot in 0..size {
-        dp.maps.maglev.set(size + slot, 101, 0).unwrap();
-    }
+    dp.maps.maglev.write_table(1, size, &vec![101; size as usize]).unwrap();
     let (_, out) = run(&dp, Prog::FromPod, &Pkt::tcp(CLIENT, 45000, VIP, 80, ACK).build());
     assert_eq!(decode(&out).dst, ip(BACKEND), "established flow keeps its backend");
     assert_eq!(syn_dst(&dp, VIP), ip(BACKEND2), "new SYN on the old tuple: the ready backend");
