@@ -421,6 +421,9 @@ pub struct ZoneCache {
     /// non-terminal exists while this is non-zero.
     below: HashMap<Key, u32, FxBuild>,
     shards: Vec<Arc<Shard>>,
+    /// What the last catalog built said had changed: the next catalog's
+    /// changes are relative to it when their generations follow.
+    last_changes: Option<ferry_state::Changes>,
 }
 
 type Dirty = std::collections::HashSet<Key, FxBuild>;
@@ -437,6 +440,7 @@ impl ZoneCache {
             contrib: HashMap::default(),
             below: HashMap::default(),
             shards: (0..SHARDS).map(|_| Arc::default()).collect(),
+            last_changes: None,
         }
     }
 
@@ -510,11 +514,29 @@ impl ZoneCache {
             let c = &self.meta.as_ref().expect("set above").config;
             (c.zone.clone(), c.ttl)
         };
-        // Both maps are sorted by key: one merged walk finds what was
-        // removed, changed or added without hashing 10,000 keys.
         let mut gone: Vec<u32> = Vec::new();
         let mut redo: Vec<(&ferry_state::ObjectKey, &Service, Option<u32>)> = Vec::new();
-        {
+        let known = self.last_changes.as_ref().and_then(|last| cat.changes.since(last));
+        if let Some(keys) = known {
+            // The catalog names what changed since the one built last: only
+            // those Services are looked at.
+            for key in keys {
+                let id = self.ids.get(key).copied();
+                match (cat.services.get_key_value(key), id) {
+                    (Some((key, svc)), Some(id)) => {
+                        let c = self.slots[id as usize].as_ref().expect("live id");
+                        if c.svc != *svc || c.slices != cat.slices_of(key) {
+                            redo.push((key, svc, Some(id)));
+                        }
+                    }
+                    (Some((key, svc)), None) => redo.push((key, svc, None)),
+                    (None, Some(id)) => gone.push(id),
+                    (None, None) => {}
+                }
+            }
+        } else {
+            // Both maps are sorted by key: one merged walk finds what was
+            // removed, changed or added without hashing 10,000 keys.
             let mut have = self.ids.iter().peekable();
             for (key, svc) in &cat.services {
                 while let Some((_, id)) = have.next_if(|(k, _)| *k < key) {
@@ -532,6 +554,7 @@ impl ZoneCache {
             }
             gone.extend(have.map(|(_, id)| *id));
         }
+        self.last_changes = Some(cat.changes.clone());
         for id in gone {
             let old = self.slots[id as usize].take().expect("live id");
             self.ids.remove(&old.key);

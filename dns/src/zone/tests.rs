@@ -714,3 +714,41 @@ fn patched_zone_equals_a_fresh_build() {
         "cluster.local.",
     );
 }
+
+#[test]
+fn patching_only_the_named_changes_equals_a_fresh_build() {
+    // Catalogs from a store name the Services changed since the previous
+    // one; the cache then looks at those alone. A generation it did not see
+    // makes it compare everything again.
+    let steps = [
+        FIXTURE.to_string(),
+        format!("{FIXTURE}---\n{}", headless_yaml("h1", 3, 7)),
+        format!(
+            "{FIXTURE}---\n{}---\n{}",
+            headless_yaml("h1", 2, 7),
+            headless_yaml("h2", 2, 7)
+        ),
+        // Not built (skipped): the next build's changes do not follow.
+        headless_yaml("h2", 1, 8),
+        String::new(),
+        format!("{FIXTURE}---\n{}", headless_yaml("h2", 1, 8)),
+        FIXTURE.replace("10.96.0.10", "10.96.0.11"),
+    ];
+    let mut store = ferry_state::Store::new();
+    let rx = store.subscribe();
+    let mut cache = ZoneCache::new(ZoneConfig::default());
+    for (i, text) in steps.iter().enumerate() {
+        let (objects, errors) = ferry_state::parse_documents(text, "steps");
+        assert!(errors.is_empty(), "{errors:?}");
+        store.replace_origin("steps", objects);
+        store.set_ready();
+        store.publish();
+        let cat = rx.borrow().catalog.clone();
+        if i == 3 {
+            continue;
+        }
+        let z = cache.build(&cat).unwrap();
+        let fresh = Zone::build(&cat, ZoneConfig::default()).unwrap();
+        assert_eq!(dump(&z), dump(&fresh), "step {i}");
+    }
+}
