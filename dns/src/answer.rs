@@ -148,10 +148,10 @@ pub fn answer_fast(
         Authority::Zone { apex_off, soa } => (Some(apex_off), soa),
     };
     let soa_rec = apex_off.map(|off| (off, zone.soa_tail(soa)));
-    let Some(entry) = zone.get(&q.name_lower) else {
+    let Some(hit) = zone.lookup(&q.name_lower) else {
         if let Some(pod) = zone.pod_answer(&q.name_lower, q.qtype) {
             return match pod {
-                Some(pre) => send_prebuilt(msg, &q, &pre, limit, out),
+                Some(pre) => send_prebuilt(msg, &q, pre.as_ref(), limit, out),
                 None => empty(Rcode::NoError, true, soa_rec, out),
             };
         }
@@ -160,22 +160,19 @@ pub fn answer_fast(
             None => Fast::Slow(q),
         };
     };
-    if let Some(alias) = &entry.cname {
-        let pre = &alias.0;
+    if hit.is_alias() {
         // RFC 1034 §3.6.2: the alias is the answer for CNAME (and for ANY);
         // for other types the target is chased, which may need upstreams.
         if q.qtype == qtype::CNAME || q.qtype == qtype::ANY {
-            return send_prebuilt(msg, &q, pre, limit, out);
+            if let Some(alias) = &hit.entry().cname {
+                return send_prebuilt(msg, &q, alias.0.as_ref(), limit, out);
+            }
         }
         return Fast::Slow(q);
     }
     // RFC 8482 §4.1: ANY is answered with one RRset, not all of them.
-    let pre = if q.qtype == qtype::ANY {
-        entry.rrsets.first().map(|(_, p)| p)
-    } else {
-        entry.rrset(q.qtype)
-    };
-    match pre {
+    let t = (q.qtype != qtype::ANY).then_some(q.qtype);
+    match hit.rrset(t) {
         Some(pre) => send_prebuilt(msg, &q, pre, limit, out),
         // The name exists (perhaps as an empty non-terminal): NODATA with
         // the SOA, so the negative answer can be cached (RFC 2308 §2.2).
@@ -186,7 +183,7 @@ pub fn answer_fast(
 fn send_prebuilt(
     msg: &[u8],
     q: &Query,
-    pre: &wire::Prebuilt,
+    pre: wire::PreRef<'_>,
     limit: usize,
     out: &mut Vec<u8>,
 ) -> Fast {

@@ -193,6 +193,18 @@ fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<Slow
         }
         let start = Instant::now();
         let (zone, ready) = shared.zone();
+        // The lookups' memory reads are what the answers wait for: start
+        // them for the whole batch (slots, then records) before answering.
+        let mut hashes = [None; BATCH];
+        for (h, b) in hashes.iter_mut().zip(&bufs).take(n as usize) {
+            *h = crate::wire::question_hash(b);
+            if let Some(h) = *h {
+                zone.prefetch(h, false);
+            }
+        }
+        for h in hashes.iter().take(n as usize).flatten() {
+            zone.prefetch(*h, true);
+        }
         let mut m = 0;
         for i in 0..n as usize {
             let len = hdrs[i].msg_len as usize;

@@ -242,6 +242,34 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Reject> {
     })
 }
 
+/// The hash ([`crate::zone::name_hash`]) of a query's lowercased question
+/// name, read without checks beyond staying in bounds: only a prefetch hint,
+/// [`parse_query`] judges the query.
+pub fn question_hash(msg: &[u8]) -> Option<u64> {
+    let mut name = [0u8; 256];
+    let mut n = 0;
+    let mut i = 12;
+    loop {
+        let l = *msg.get(i)? as usize;
+        if l & 0xc0 != 0 || n + 1 + l > name.len() {
+            return None;
+        }
+        name[n] = l as u8;
+        n += 1;
+        i += 1;
+        if l == 0 {
+            break;
+        }
+        let label = msg.get(i..i + l)?;
+        for (d, s) in name[n..n + l].iter_mut().zip(label) {
+            *d = s.to_ascii_lowercase();
+        }
+        n += l;
+        i += l;
+    }
+    Some(crate::zone::name_hash(&name[..n]))
+}
+
 /// Bytes of an OPT RR for a response (RFC 6891 §6.1.2): our payload size,
 /// the extended rcode bits, version 0 and the client's DO bit copied back
 /// (RFC 3225 §3).
@@ -323,6 +351,25 @@ pub struct Prebuilt {
     pub additionals: u16,
 }
 
+impl Prebuilt {
+    pub fn as_ref(&self) -> PreRef<'_> {
+        PreRef {
+            bytes: &self.bytes,
+            prefix_len: self.prefix_len,
+            additionals: self.additionals,
+        }
+    }
+}
+
+/// A [`Prebuilt`] answer wherever its bytes are (the zone's lookup layout
+/// stores them inline).
+#[derive(Debug, Clone, Copy)]
+pub struct PreRef<'a> {
+    pub bytes: &'a [u8],
+    pub prefix_len: usize,
+    pub additionals: u16,
+}
+
 /// Write `pre` as the answer to `msg`: its ID, flags and the question exactly
 /// as asked (case and type, for ANY), then answers, the glue if it fits
 /// within `limit`, and OPT. Returns false when even the answers do not fit:
@@ -330,7 +377,7 @@ pub struct Prebuilt {
 pub fn patch_answer(
     msg: &[u8],
     q: &Query,
-    pre: &Prebuilt,
+    pre: PreRef<'_>,
     limit: usize,
     out: &mut Vec<u8>,
 ) -> bool {
@@ -420,6 +467,15 @@ mod tests {
             parse_query(&query(&long, 1)).unwrap_err(),
             Reject::Header(Rcode::FormErr)
         );
+    }
+
+    #[test]
+    fn question_hash_is_the_lookup_hash_of_the_lowercased_name() {
+        let m = query("Foo.Default.SVC.cluster.local.", qtype::A);
+        let want = crate::zone::name_hash(&ascii_to_wire("foo.default.svc.cluster.local"));
+        assert_eq!(question_hash(&m), Some(want));
+        assert_eq!(question_hash(&m[..20]), None, "truncated");
+        assert_eq!(question_hash(&[0; 5]), None);
     }
 
     #[test]

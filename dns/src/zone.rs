@@ -16,6 +16,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::wire::{self, ascii_to_wire, qtype, Prebuilt};
+use compact::{Compact, Hit};
 
 /// The schema version this server implements (specification §1 and §2.2).
 pub const SCHEMA_VERSION: &str = "1.1.0";
@@ -126,6 +127,8 @@ pub struct Zone {
     apex: Vec<u8>,
     /// Sharded by [`shard_of`]; shards are shared between successive zones.
     names: Vec<Arc<Shard>>,
+    /// The same shards laid out for the hot path's lookup.
+    compact: Vec<Compact>,
     /// SOA tails (type..rdata, owner written by the caller) by zone:
     /// index 0 is the cluster zone, then one per reverse apex.
     soa_tails: Vec<Vec<u8>>,
@@ -379,11 +382,19 @@ impl Zone {
 const SHARDS: usize = 256;
 type Shard = HashMap<Key, Arc<Entry>, FxBuild>;
 
-fn shard_of(key: &[u8]) -> usize {
+pub fn name_hash(key: &[u8]) -> u64 {
     let mut h = FxHasher::default();
     h.write(key);
+    h.finish()
+}
+
+fn shard_of_hash(hash: u64) -> usize {
     // The high bits: the multiply leaves the low ones poorly mixed.
-    (h.finish() >> 56) as usize % SHARDS
+    (hash >> 56) as usize % SHARDS
+}
+
+fn shard_of(key: &[u8]) -> usize {
+    shard_of_hash(name_hash(key))
 }
 
 /// What one Service contributes to the zone, reused as is when neither the
@@ -421,6 +432,7 @@ pub struct ZoneCache {
     /// non-terminal exists while this is non-zero.
     below: HashMap<Key, u32, FxBuild>,
     shards: Vec<Arc<Shard>>,
+    compact: Vec<Compact>,
     /// What the last catalog built said had changed: the next catalog's
     /// changes are relative to it when their generations follow.
     last_changes: Option<ferry_state::Changes>,
@@ -440,6 +452,7 @@ impl ZoneCache {
             contrib: HashMap::default(),
             below: HashMap::default(),
             shards: (0..SHARDS).map(|_| Arc::default()).collect(),
+            compact: vec![Compact::default(); SHARDS],
             last_changes: None,
         }
     }
@@ -487,6 +500,7 @@ impl ZoneCache {
         self.meta = Some(Zone {
             apex: ascii_to_wire(&zone_s),
             names: Vec::new(),
+            compact: Vec::new(),
             soa_tails,
             reverse_apexes,
             pod_suffix: ascii_to_wire(&format!("pod.{zone_s}")),
@@ -581,9 +595,12 @@ impl ZoneCache {
             self.contribute(id, &c.entries, &mut dirty);
             self.slots[id as usize] = Some(c);
         }
+        let mut touched = [false; SHARDS];
         for k in dirty {
             let entry = self.entry_at(&k, ttl);
-            let shard = Arc::make_mut(&mut self.shards[shard_of(&k)]);
+            let i = shard_of(&k);
+            touched[i] = true;
+            let shard = Arc::make_mut(&mut self.shards[i]);
             match entry {
                 Some(e) => {
                     shard.insert(k, e);
@@ -593,11 +610,15 @@ impl ZoneCache {
                 }
             }
         }
+        for (i, _) in touched.iter().enumerate().filter(|(_, t)| **t) {
+            self.compact[i] = Compact::build(&self.shards[i], name_hash);
+        }
         let meta = self.meta.as_ref().expect("set above");
         Ok(Zone {
             config: meta.config.clone(),
             apex: meta.apex.clone(),
             names: self.shards.clone(),
+            compact: self.compact.clone(),
             soa_tails: meta.soa_tails.clone(),
             reverse_apexes: meta.reverse_apexes.clone(),
             pod_suffix: meta.pod_suffix.clone(),
@@ -833,6 +854,29 @@ impl Zone {
         Authority::Outside
     }
 
+    /// The hot path's lookup: a name's answers read in place.
+    #[inline]
+    pub fn lookup(&self, name: &[u8]) -> Option<Hit<'_>> {
+        let hash = name_hash(name);
+        self.compact.get(shard_of_hash(hash))?.get(hash, name)
+    }
+
+    /// Prefetch what [`Self::lookup`] of a name with this hash reads:
+    /// `record` false for its slot, true (once the slot had time to load)
+    /// for its record. A server answering a batch of queries issues these
+    /// for all of them first, so their memory reads overlap instead of
+    /// stalling one after the other.
+    #[inline]
+    pub fn prefetch(&self, hash: u64, record: bool) {
+        if let Some(c) = self.compact.get(shard_of_hash(hash)) {
+            if record {
+                c.prefetch_record(hash);
+            } else {
+                c.prefetch_slot(hash);
+            }
+        }
+    }
+
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
         self.names
             .get(shard_of(name))
@@ -927,5 +971,6 @@ fn contains_labels(name: &[u8], seq: &[u8]) -> bool {
     false
 }
 
+mod compact;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -654,6 +654,29 @@ fn dump(z: &Zone) -> BTreeMap<Vec<u8>, String> {
         .collect()
 }
 
+/// The hot path's lookup layout holds exactly what the patchable shards
+/// hold, and nothing else.
+fn assert_lookup_matches(z: &Zone) {
+    for (k, e) in z.names.iter().flat_map(|s| s.iter()) {
+        let hit = z.lookup(k).unwrap_or_else(|| panic!("{k:?} not found"));
+        assert_eq!(hit.is_alias(), e.cname.is_some());
+        assert!(std::ptr::eq(hit.entry(), &**e));
+        for (t, p) in &e.rrsets {
+            let r = hit.rrset(Some(*t)).expect("rrset");
+            assert_eq!((r.bytes, r.prefix_len, r.additionals), (&p.bytes[..], p.prefix_len, p.additionals));
+        }
+        let first = hit.rrset(None).map(|r| r.bytes.to_vec());
+        assert_eq!(first, e.rrsets.first().map(|(_, p)| p.bytes.to_vec()));
+        assert!(hit.rrset(Some(999)).is_none());
+        let mut other = k.to_vec();
+        other.insert(0, b'x');
+        other.insert(0, 1);
+        if z.get(&other).is_none() {
+            assert!(z.lookup(&other).is_none());
+        }
+    }
+}
+
 #[test]
 fn patched_zone_equals_a_fresh_build() {
     // The cache patches the last zone; after every kind of change the result
@@ -698,6 +721,7 @@ fn patched_zone_equals_a_fresh_build() {
             let z = cache.build(cat).unwrap();
             let fresh = Zone::build(cat, config.clone()).unwrap();
             assert_eq!(dump(&z), dump(&fresh), "step {i}, pods {pods_insecure}");
+            assert_lookup_matches(&z);
             assert_eq!(z.len(), fresh.len());
             if let Some((old, before)) = &prev {
                 assert_eq!(&dump(old), before, "step {i}: the served zone changed");
@@ -750,5 +774,6 @@ fn patching_only_the_named_changes_equals_a_fresh_build() {
         let z = cache.build(&cat).unwrap();
         let fresh = Zone::build(&cat, ZoneConfig::default()).unwrap();
         assert_eq!(dump(&z), dump(&fresh), "step {i}");
+        assert_lookup_matches(&z);
     }
 }
