@@ -393,7 +393,7 @@ pub fn patch_answer(
     out.extend_from_slice(&pre.bytes[..len]);
     out[0..2].copy_from_slice(&msg[0..2]);
     let rcode = Rcode::NoError;
-    let flags = response_flags(q.flags, true, rcode) | (be16(&pre.bytes, 2) & AA);
+    let flags = response_flags(q.flags, true, rcode) | (be16(pre.bytes, 2) & AA);
     set_u16(out, 2, flags);
     // The pre-encoded question has the same length as the asked one (same
     // labels, only case differs), so it is overwritten in place.

@@ -700,7 +700,7 @@ fn patched_zone_equals_a_fresh_build() {
     no_web.services.retain(|k, _| k.name != "web");
     let mut no_ns = base.clone();
     no_ns.services.retain(|k, _| k.namespace != "prod");
-    let steps = vec![
+    let steps = [
         base.clone(),
         with(&shared),
         with(&headless_yaml("h1", 3, 7)),
