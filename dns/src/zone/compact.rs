@@ -102,8 +102,11 @@ impl Compact {
     pub fn prefetch_record(&self, hash: u64) {
         if let Some(&s) = self.slots.get(slot_of(hash, self.mask)) {
             if s != 0 && s & TAG == hash & TAG {
-                if let Some(b) = self.arena.get((s & !TAG) as usize - 1) {
-                    prefetch(b);
+                // A record (name, headers, an answer or two) spans a few
+                // lines; the answer copied out is among them.
+                let off = (s & !TAG) as usize - 1;
+                for line in (off..(off + 192).min(self.arena.len())).step_by(64) {
+                    prefetch(&self.arena[line]);
                 }
             }
         }
