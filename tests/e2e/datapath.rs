@@ -57,11 +57,39 @@ fn global(dp: &Datapath, stat: u32) -> u64 {
 
 #[test]
 fn datapath_tcp_udp_ipv6_and_hairpin_through_vips() {
+    vips_and_hairpin(true);
+}
+
+/// Pods another tool wired (no endpoint entries, so no redirect_peer): the
+/// same traffic reaches them through the device the node's FIB names.
+#[test]
+fn datapath_unregistered_pods_are_reached_through_the_fib() {
+    vips_and_hairpin(false);
+}
+
+fn vips_and_hairpin(registered: bool) {
     let (pin, mut dp, node) = node_with_datapath();
     let client = node.add_pod("client");
     let b1 = node.add_pod("b1");
     attached(&node, &pin, &client);
     attached(&node, &pin, &b1);
+    if !registered {
+        let veths = [client.host_veth.clone().unwrap(), b1.host_veth.clone().unwrap()];
+        let dir: PathBuf = pin.path().to_owned();
+        let removed: usize = node.run(move || {
+            veths
+                .iter()
+                .map(|v| {
+                    let name = std::ffi::CString::new(v.as_str()).unwrap();
+                    // SAFETY: a valid NUL-terminated name.
+                    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                    assert_ne!(i, 0, "host veth {v} in the node");
+                    ferry_datapath::unregister_endpoints(&dir, Some(i)).expect("unregister")
+                })
+                .sum()
+        });
+        assert!(removed >= 4, "the plugin registered both pods, v4 and v6: {removed}");
+    }
     let _tcp = IdServer::tcp(b1.netns_path(), 8080, "b1");
     let _udp = IdServer::udp(b1.netns_path(), 5353, "b1");
     let _me = IdServer::tcp(client.netns_path(), 8081, "me");
@@ -95,8 +123,14 @@ fn datapath_tcp_udp_ipv6_and_hairpin_through_vips() {
     assert_eq!(tcp6.expect("TCP through the IPv6 VIP"), "b1");
     assert_eq!(hairpin.expect("a pod reaching itself through its Service"), "me");
     assert!(global(&dp, global_stat::HAIRPIN) >= 1);
-    // The CNI plugin registered the pods: DNATed packets went straight in.
-    assert!(global(&dp, global_stat::REDIRECT_PEER) >= 4);
+    let (peer, fib) = (global(&dp, global_stat::REDIRECT_PEER), global(&dp, global_stat::FIB_REDIRECT));
+    if registered {
+        // The CNI plugin registered the pods: DNATed packets went straight in.
+        assert!(peer >= 4, "redirect_peer {peer}");
+    } else {
+        assert_eq!(peer, 0, "nothing registered, nothing redirected to a peer");
+        assert!(fib >= 4, "fib_redirect {fib}");
+    }
     assert!(global(&dp, global_stat::CT_CREATED) >= 4);
 }
 

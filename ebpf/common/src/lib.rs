@@ -240,6 +240,9 @@ pub mod global_stat {
     pub const UDP_RESELECTED: u32 = 4;
     /// DNATed packets handed straight to a local backend pod.
     pub const REDIRECT_PEER: u32 = 5;
+    /// DNATed packets handed to the egress device the node's FIB named
+    /// (skipping the node's IP forward path).
+    pub const FIB_REDIRECT: u32 = 6;
     pub const MAX: u32 = 8;
 }
 

@@ -159,6 +159,8 @@ impl Collector for MapCollector {
             ("no_endpoints_rejected", "New flows rejected for lack of endpoints", global_stat::NO_ENDPOINTS_REJECTED),
             ("hairpin_flows", "Flows where the client was its own backend", global_stat::HAIRPIN),
             ("udp_reselected", "UDP flows moved off a backend that left", global_stat::UDP_RESELECTED),
+            ("redirect_peer_packets", "Translated packets handed straight into a local backend pod", global_stat::REDIRECT_PEER),
+            ("fib_redirect_packets", "Translated packets handed to the device the node's FIB named", global_stat::FIB_REDIRECT),
         ];
         for (name, help, idx) in globals {
             encode_family(&mut encoder, name, help, vec![(Vec::new(), ConstCounter::new(sum(&maps.global, idx)))])?;

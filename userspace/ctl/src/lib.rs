@@ -334,6 +334,8 @@ impl Node {
             ("no_endpoints_rejected", global_stat::NO_ENDPOINTS_REJECTED),
             ("hairpin", global_stat::HAIRPIN),
             ("udp_reselected", global_stat::UDP_RESELECTED),
+            ("redirect_peer", global_stat::REDIRECT_PEER),
+            ("fib_redirect", global_stat::FIB_REDIRECT),
         ]
         .into_iter()
         .map(|(n, i)| (n, sum(&self.maps.global, i)))
