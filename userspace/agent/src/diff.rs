@@ -249,11 +249,14 @@ pub fn plan(p: &mut Programmed, desired: &BTreeMap<Frontend, DesiredFrontend>, s
     Plan { ops: phases.into_ops(), errors, frontends_added, frontends_removed }
 }
 
+/// A Maglev table to build: its index and its backends' (id, identity).
+type PendingTable = (u32, Vec<(u32, Vec<u8>)>);
+
 /// Builds the Maglev tables a plan needs, in order, split across the cores:
 /// a cold sync of 10,000 Services builds 10,000 tables (~250 ms on one
 /// core at 1021 slots). Inputs were validated before anything was emitted.
-fn build_tables(pending: Vec<(u32, Vec<(u32, Vec<u8>)>)>, m: u32) -> Vec<Op> {
-    let build = |(table, entries): &(u32, Vec<(u32, Vec<u8>)>)| {
+fn build_tables(pending: Vec<PendingTable>, m: u32) -> Vec<Op> {
+    let build = |(table, entries): &PendingTable| {
         let refs: Vec<maglev::Entry<'_>> =
             entries.iter().map(|(id, ident)| maglev::Entry { id: *id, identity: ident }).collect();
         Op::WriteTable { table: *table, slots: maglev::build(&refs, m).expect("maglev inputs validated") }
@@ -273,7 +276,7 @@ fn build_tables(pending: Vec<(u32, Vec<(u32, Vec<u8>)>)>, m: u32) -> Vec<Op> {
 #[derive(Default)]
 struct Phases {
     add_backends: Vec<Op>,
-    pending_tables: Vec<(u32, Vec<(u32, Vec<u8>)>)>,
+    pending_tables: Vec<PendingTable>,
     tables: Vec<Op>,
     services: Vec<Op>,
     demote_backends: Vec<Op>,

@@ -121,3 +121,32 @@ async fn change_beside_a_large_cluster_within_budget() {
     eprintln!("large cluster: worst file-to-snapshot latency over 5 changes: {worst:?}");
     assert!(worst < Duration::from_millis(100), "worst {worst:?}");
 }
+
+/// A directory of many small files (one per Service, as `kubectl get -o yaml`
+/// per object would leave) is read on several threads: every good object
+/// arrives and each bad file or object is reported once, in name order.
+#[test]
+fn many_files_load_like_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..300u32 {
+        let body = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: ns}}\nspec: {{clusterIP: 10.96.{}.{}, ports: [{{port: 80}}]}}\n",
+            i / 250,
+            i % 250 + 1
+        );
+        std::fs::write(dir.path().join(format!("svc-{i:03}.yaml")), body).unwrap();
+    }
+    std::fs::write(dir.path().join("svc-100.yaml"), "kind: [unclosed\n").unwrap();
+    std::fs::write(
+        dir.path().join("svc-200.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s200, namespace: ns}\nspec: {clusterIP: 10.96.999.1}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+    let (cat, errors) = ferry_state::load_dir(dir.path()).unwrap();
+    assert_eq!(cat.services.len(), 298, "{errors:?}");
+    assert!(cat.service("ns", "s100").is_none() && cat.service("ns", "s200").is_none());
+    assert_eq!(cat.service("ns", "s299").unwrap().cluster_ips[0].to_string(), "10.96.1.50");
+    let origins: Vec<_> = errors.iter().map(|e| e.origin.rsplit('/').next().unwrap().to_string()).collect();
+    assert_eq!(origins, ["svc-100.yaml", "svc-200.yaml"], "{errors:?}");
+}

@@ -215,7 +215,10 @@ fn scope_limits_the_plan() {
 }
 
 /// The maps as a plan's ops leave them (what a restarted agent reads back).
-fn replay(ops: &[Op], maps: &mut (BTreeMap<Vec<u32>, (ServiceKey, ServiceValue)>, BTreeMap<u32, BackendValue>)) {
+/// Services by key bytes, and backends by id, as the maps would hold them.
+type Replayed = (BTreeMap<Vec<u32>, (ServiceKey, ServiceValue)>, BTreeMap<u32, BackendValue>);
+
+fn replay(ops: &[Op], maps: &mut Replayed) {
     let k = |key: &ServiceKey| key.addr.iter().copied().chain([u32::from(key.port)]).collect::<Vec<_>>();
     for op in ops {
         match op {
