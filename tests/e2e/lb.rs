@@ -527,3 +527,42 @@ print(",".join(out))
     let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(got, "b1,b1,b1,b1", "stderr: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A client reaching a backend through its Service, then directly by pod IP
+/// from the same source port (clients pick ports per destination, so this
+/// is common under load): the direct connection must not be given the
+/// Service flow's reverse NAT (its SYN-ACK would come from the VIP and be
+/// reset), and the Service must still work after it.
+#[test]
+fn lb_direct_connection_reusing_a_service_flows_tuple_is_not_translated() {
+    let w = World::new(1);
+    w.web(&[w.ep(0)]);
+    w.wait_active("10.96.0.10:80", 1);
+    let b1 = w.backends[0].0.ipv4().to_string();
+    let script = format!(
+        r#"
+import socket, struct
+out = []
+for dst in [("{VIP}", 80), ("{b1}", 8080), ("{VIP}", 80), ("{b1}", 8080)]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.settimeout(2)
+    s.bind(("0.0.0.0", 40556))
+    try:
+        s.connect(dst)
+        out.append(s.recv(10).decode().strip() + "@" + s.getpeername()[0])
+    except OSError as e:
+        out.append("error:" + type(e).__name__)
+    s.close()
+print(",".join(out))
+"#
+    );
+    let out = ferry_tests::harness::util::run_timeout(
+        std::process::Command::new("ip").args(["netns", "exec", w.client.netns_name(), "python3", "-c", &script]),
+        Duration::from_secs(20),
+    );
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let want = format!("b1@{VIP},b1@{b1},b1@{VIP},b1@{b1}");
+    assert_eq!(got, want, "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -192,6 +192,28 @@ pub fn create(key: &CtKey, pkt: &Packet, service_id: u32, target: &Target, now: 
     Ok(())
 }
 
+/// A new TCP connection straight to a pod (not through a Service) may reuse
+/// the tuple of an earlier Service flow to that pod: clients pick source
+/// ports per destination, so after `VIP:80 -> pod:8080` from port p, a
+/// connect to `pod:8080` from p is likely. That flow's reverse-NAT entry
+/// would give the new connection's replies the VIP as their source and the
+/// client would reset them. Its SYN retires the entry, as Cilium's conntrack
+/// re-creates the entry of a reused tuple.
+#[inline(never)]
+pub fn forget_reply(pkt: &Packet) {
+    let reply = RevNatKey {
+        src_addr: pkt.dst,
+        dst_addr: pkt.src,
+        src_port: pkt.dport,
+        dst_port: pkt.sport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    // Absent is the common case and nothing to do.
+    let _ = FERRY_REVNAT.remove(&reply);
+}
+
 /// A reply went back to the client: mark the forward entry as answered.
 #[inline(always)]
 pub fn note_reply(pkt: &Packet, client: &[u32; 4], client_port: u16, vip: &[u32; 4], vip_port: u16) {

@@ -18,7 +18,7 @@ use crate::{
         FERRY_SERVICES,
     },
     nat::{self, hairpin_addr},
-    parse::{parse, Packet, ETH_HLEN, IP4_CSUM_OFF, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF},
+    parse::{parse, Packet, ETH_HLEN, TCP_ACK, TCP_SYN, IP4_CSUM_OFF, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF},
 };
 
 pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
@@ -37,6 +37,9 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // Non-service traffic: one hash lookup, untouched.
     let Some(svc) = FERRY_SERVICES.get_ptr(skey) else {
+        if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && pkt.problem.is_none() {
+            conntrack::forget_reply(&pkt);
+        }
         return Ok(TC_ACT_OK);
     };
     // SAFETY: map value pointer, copied once.
