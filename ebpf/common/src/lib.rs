@@ -160,7 +160,7 @@ pub struct CtValue {
     pub backend_id: u32,
     pub service_id: u32,
     pub flags: u32,
-    /// bpf_ktime_get_ns() of creation and of the last packet.
+    /// CLOCK_MONOTONIC (bpf_ktime_get_coarse_ns) of creation and of the last packet.
     pub created_ns: u64,
     pub last_seen_ns: u64,
 }
