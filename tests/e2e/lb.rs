@@ -433,16 +433,18 @@ fn lb_agent_attaches_to_pod_veths_that_existed_before_it() {
         Duration::from_secs(3),
         "Service reachable through the agent-attached programs"
     );
-    // b1 was never registered (no pins at its ADD): its packets went to the
-    // bridge the node's FIB names, not through the node's IP stack, and not
-    // by redirect_peer. Every connection keeps working that way.
+    // b1 was never registered (no pins at its ADD): its packets follow the
+    // node's FIB, not the node's IP stack: to the bridge until b1's MAC is
+    // learned from its SYN-ACK, then straight into b1 (learned_peer). Every
+    // connection keeps working that way.
     for i in 0..50 {
         let id = client.run(|| tcp_id(sa(VIP, 80), T));
         assert_eq!(id.as_deref().ok(), Some("b1"), "connection {i}: {id:?}");
     }
     let stats: serde_json::Value = serde_json::from_str(&agent.ferryctl(&["-o", "json", "stats"])).expect("json");
     let global = |k: &str| stats["global"][k].as_u64().unwrap_or_else(|| panic!("{k} in {stats}"));
-    assert!(global("fib_redirect") >= 50 * 2, "{stats}");
+    assert!(global("fib_redirect") + global("learned_peer") >= 50 * 2, "{stats}");
+    assert!(global("learned_peer") >= 50, "b1's MAC learned after its first SYN-ACK: {stats}");
     assert_eq!(global("redirect_peer"), 0, "{stats}");
 }
 

@@ -27,6 +27,7 @@ pub mod map_names {
     pub const GLOBAL_STATS: &str = "FERRY_GLOBAL";
     pub const CONFIG: &str = "FERRY_CONFIG";
     pub const ENDPOINTS: &str = "FERRY_ENDPOINTS";
+    pub const PORTS: &str = "FERRY_PORTS";
 }
 
 /// Names of the programs (ELF symbol names and pin names under `<pin>/progs`).
@@ -49,6 +50,8 @@ pub const DEFAULT_CT_SIZE: u32 = 262_144;
 pub const DEFAULT_AFFINITY_SIZE: u32 = 65_536;
 /// Local pod addresses (two per dual-stack pod).
 pub const DEFAULT_MAX_ENDPOINTS: u32 = 4096;
+/// Learned pod MACs (`FERRY_PORTS`, LRU): pods on one node, with room.
+pub const DEFAULT_MAX_PORTS: u32 = 4096;
 
 /// Source address a hairpin flow (a pod reaching itself through its own
 /// Service) is SNATed to, so that the pod's reply leaves it and comes back
@@ -223,6 +226,26 @@ pub struct EndpointValue {
     pub _pad: [u8; 2],
 }
 
+/// Key of `FERRY_PORTS`: a pod's MAC address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Value of `FERRY_PORTS`, learned by from-pod as a bridge learns its FDB:
+/// the host-side veth whose pod sent frames from that MAC. A translated
+/// packet whose FIB next hop is that MAC goes straight into the pod
+/// (`bpf_redirect_peer`), as the bridge would have delivered it, without
+/// crossing the bridge and the veth's egress. Only pods behind veths the
+/// data path is attached to are learned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortValue {
+    pub ifindex: u32,
+}
+
 /// Per-CPU packet/byte counters per frontend id (`FERRY_SVC_STATS`, an array).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -243,6 +266,9 @@ pub mod global_stat {
     /// DNATed packets handed to the egress device the node's FIB named
     /// (skipping the node's IP forward path).
     pub const FIB_REDIRECT: u32 = 6;
+    /// DNATed packets whose FIB next hop is a pod behind one of this node's
+    /// attached veths (`FERRY_PORTS`), handed straight into that pod.
+    pub const LEARNED_PEER: u32 = 7;
     pub const MAX: u32 = 8;
 }
 
@@ -336,6 +362,8 @@ const _: () = assert!(core::mem::size_of::<Config>() == 8);
 const _: () = assert!(core::mem::size_of::<MaglevPair>() == 8);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
 const _: () = assert!(core::mem::size_of::<EndpointValue>() == 12);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
+const _: () = assert!(core::mem::size_of::<PortValue>() == 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -355,6 +383,8 @@ mod pod {
     unsafe impl aya::Pod for MaglevPair {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EndpointValue {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortValue {}
 }
 
 #[cfg(test)]
@@ -367,7 +397,7 @@ mod tests {
     #[test]
     fn sizes_and_alignment() {
         // (type, size, sum of field sizes, alignment)
-        let rows: [(&str, usize, usize, usize); 13] = [
+        let rows: [(&str, usize, usize, usize); 15] = [
             ("ServiceKey", size_of::<ServiceKey>(), 16 + 2 + 1 + 1, align_of::<ServiceKey>()),
             ("ServiceValue", size_of::<ServiceValue>(), 6 * 4, align_of::<ServiceValue>()),
             ("BackendValue", size_of::<BackendValue>(), 16 + 2 + 1 + 1 + 4 + 1 + 3, align_of::<BackendValue>()),
@@ -381,6 +411,8 @@ mod tests {
             ("MaglevPair", size_of::<MaglevPair>(), 4 + 4, align_of::<MaglevPair>()),
             ("EndpointKey", size_of::<EndpointKey>(), 16 + 1 + 3, align_of::<EndpointKey>()),
             ("EndpointValue", size_of::<EndpointValue>(), 4 + 6 + 2, align_of::<EndpointValue>()),
+            ("PortKey", size_of::<PortKey>(), 6 + 2, align_of::<PortKey>()),
+            ("PortValue", size_of::<PortValue>(), 4, align_of::<PortValue>()),
         ];
         for (name, size, fields, align) in rows {
             assert_eq!(size, fields, "{name}: implicit padding");

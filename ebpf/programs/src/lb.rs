@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    global_stat, service_flags, AffinityKey, AffinityValue, DropReason, EndpointKey, ServiceKey,
+    global_stat, service_flags, AffinityKey, AffinityValue, DropReason, EndpointKey, PortKey, PortValue, ServiceKey,
     ServiceValue, AF_INET, IPPROTO_TCP, MAGLEV_SLOTS_PER_ENTRY,
 };
 
@@ -15,7 +15,7 @@ use crate::{
     csum::{set_addr, set_port},
     maps::{
         count_global, count_service, FERRY_AFFINITY, FERRY_CONFIG, FERRY_ENDPOINTS, FERRY_MAGLEV,
-        FERRY_SERVICES,
+        FERRY_PORTS, FERRY_SERVICES,
     },
     nat::{self, hairpin_addr},
     parse::{parse, Packet, ETH_HLEN, TCP_ACK, TCP_SYN, IP4_CSUM_OFF, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF},
@@ -37,8 +37,12 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // Non-service traffic: one hash lookup, untouched.
     let Some(svc) = FERRY_SERVICES.get_ptr(skey) else {
-        if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && pkt.problem.is_none() {
-            conntrack::forget_reply(&pkt);
+        if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN != 0 && pkt.problem.is_none() {
+            if pkt.tcp_flags & TCP_ACK == 0 {
+                conntrack::forget_reply(&pkt);
+            }
+            // A pod opening or accepting a connection: where its MAC is.
+            learn_port(ctx);
         }
         return Ok(TC_ACT_OK);
     };
@@ -159,9 +163,44 @@ fn fib_redirect(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> 
     if ctx.store(0, &p.dmac, 0).is_err() || ctx.store(6, &p.smac, 0).is_err() {
         return TC_ACT_SHOT as i32;
     }
+    // The next hop is a pod behind one of our veths: deliver it there, as
+    // the bridge would, without crossing the bridge and that veth's egress.
+    let port = PortKey { mac: p.dmac, _pad: [0; 2] };
+    if let Some(v) = FERRY_PORTS.get_ptr(&port) {
+        // SAFETY: map value pointer, read once.
+        let ifindex = unsafe { (*v).ifindex };
+        count_global(global_stat::LEARNED_PEER);
+        // SAFETY: plain helper call.
+        return unsafe { bpf_redirect_peer(ifindex, 0) as i32 };
+    }
     count_global(global_stat::FIB_REDIRECT);
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(p.ifindex, 0) as i32 }
+}
+
+/// Learns which host veth a pod's MAC is behind, from a frame the pod sent
+/// (its source MAC, arriving on this veth): the bridge's own FDB learning,
+/// for [`fib_redirect`]. Called on SYN segments only, so the cost is per
+/// connection; written only when the MAC is new or moved.
+#[inline(never)]
+fn learn_port(ctx: &TcContext) {
+    let Ok(mac) = ctx.load::<[u8; 6]>(6) else {
+        return;
+    };
+    // Multicast / broadcast sources are not a station.
+    if mac[0] & 1 != 0 {
+        return;
+    }
+    // SAFETY: reading a field of the skb context: the ingress device.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let key = PortKey { mac, _pad: [0; 2] };
+    if let Some(v) = FERRY_PORTS.get_ptr(&key) {
+        // SAFETY: map value pointer, read once.
+        if unsafe { (*v).ifindex } == ifindex {
+            return;
+        }
+    }
+    let _ = FERRY_PORTS.insert(&key, &PortValue { ifindex }, 0);
 }
 
 /// A backend in a pod of this node (registered by the CNI plugin) gets the

@@ -161,6 +161,7 @@ impl Collector for MapCollector {
             ("udp_reselected", "UDP flows moved off a backend that left", global_stat::UDP_RESELECTED),
             ("redirect_peer_packets", "Translated packets handed straight into a local backend pod", global_stat::REDIRECT_PEER),
             ("fib_redirect_packets", "Translated packets handed to the device the node's FIB named", global_stat::FIB_REDIRECT),
+            ("learned_peer_packets", "Translated packets whose FIB next hop is a pod behind an attached veth, handed straight into it", global_stat::LEARNED_PEER),
         ];
         for (name, help, idx) in globals {
             encode_family(&mut encoder, name, help, vec![(Vec::new(), ConstCounter::new(sum(&maps.global, idx)))])?;

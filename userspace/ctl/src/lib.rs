@@ -336,6 +336,7 @@ impl Node {
             ("udp_reselected", global_stat::UDP_RESELECTED),
             ("redirect_peer", global_stat::REDIRECT_PEER),
             ("fib_redirect", global_stat::FIB_REDIRECT),
+            ("learned_peer", global_stat::LEARNED_PEER),
         ]
         .into_iter()
         .map(|(n, i)| (n, sum(&self.maps.global, i)))
