@@ -35,16 +35,23 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         proto: pkt.proto,
         family: pkt.family,
     };
-    // Non-service traffic: one hash lookup, untouched.
+    let syn = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN != 0 && pkt.problem.is_none();
+    if syn {
+        // A pod opening or accepting a connection: where its MAC is.
+        learn_port(ctx);
+    }
+    // Non-service traffic: untouched, unless it is a backend's reply to a
+    // translated flow.
     let Some(svc) = FERRY_SERVICES.get_ptr(skey) else {
-        if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN != 0 && pkt.problem.is_none() {
-            if pkt.tcp_flags & TCP_ACK == 0 {
-                conntrack::forget_reply(&pkt);
-            }
-            // A pod opening or accepting a connection: where its MAC is.
-            learn_port(ctx);
+        if syn && pkt.tcp_flags & TCP_ACK == 0 {
+            conntrack::forget_reply(&pkt);
         }
-        return Ok(TC_ACT_OK);
+        // Forwarded from this frame, not backend_reply's: the BPF stack
+        // limit counts every frame of the call chain.
+        return Ok(match backend_reply(ctx, &pkt)? {
+            Some(vip) => fib_redirect(ctx, &vip, &pkt.dst, pkt.family),
+            None => TC_ACT_OK,
+        });
     };
     // SAFETY: map value pointer, copied once.
     let svc = unsafe { *svc };
@@ -87,6 +94,29 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let src = if target.hairpin { hairpin } else { pkt.src };
     Ok(forward(ctx, &src, &target.addr, pkt.family))
+}
+
+/// A backend's reply to a translated flow, leaving the backend's pod: the
+/// VIP:port goes back in as its source here, and it is forwarded by the FIB
+/// like the requests (straight into a learned client pod), instead of
+/// crossing the bridge to be reverse-translated at the client's veth. The
+/// client's to-pod program stays for replies that arrive any other way
+/// (from another node, or when this packet takes the normal path): it finds
+/// no entry for a reply already carrying the VIP, so nothing is translated
+/// twice.
+/// Returns the VIP now in the packet's source, if it was translated.
+#[inline(never)]
+fn backend_reply(ctx: &TcContext, pkt: &Packet) -> Result<Option<[u32; 4]>, DropReason> {
+    if pkt.problem.is_some() {
+        return Ok(None);
+    }
+    let Some(rn) = nat::revnat(pkt) else {
+        return Ok(None);
+    };
+    set_addr(ctx, pkt, IP4_SRC_OFF, IP6_SRC_OFF, &pkt.src, &rn.vip)?;
+    set_port(ctx, pkt, pkt.l4_off(), pkt.sport, rn.vip_port)?;
+    conntrack::note_reply(pkt, &pkt.dst, pkt.dport, &rn.vip, rn.vip_port);
+    Ok(Some(rn.vip))
 }
 
 /// Where a translated packet goes: straight into a local backend pod

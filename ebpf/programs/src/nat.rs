@@ -34,7 +34,7 @@ pub fn hairpin_addr(family: u8) -> [u32; 4] {
 }
 
 #[inline(always)]
-fn revnat(pkt: &Packet) -> Option<RevNatValue> {
+pub fn revnat(pkt: &Packet) -> Option<RevNatValue> {
     // SAFETY: map value pointer, copied once.
     FERRY_REVNAT.get_ptr(flow_key(pkt)).map(|v| unsafe { *v })
 }
