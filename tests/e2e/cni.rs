@@ -258,16 +258,17 @@ fn two_hundred_add_del_cycles_leave_nothing_behind() {
     let node = Node::new();
     // IPv4 routes of every table and IPv6 routes other than link-local and
     // multicast (those come and go with the bridge's carrier on their own).
+    // The bridge's carrier drops asynchronously after its last port goes:
+    // "linkdown" (on v4 and v6 routes alike) is link state, not a route left.
     let routes = |n: &Node| {
         let mut v: Vec<String> = n.ip(&["-4", "route", "show", "table", "all"]).lines().map(str::to_string).collect();
         v.extend(
             n.ip(&["-6", "route", "show", "table", "all"])
                 .lines()
                 .filter(|l| !l.contains("fe80::") && !l.starts_with("multicast") && !l.contains("ff00::"))
-                // The bridge's carrier drops asynchronously after its last
-                // port goes: "linkdown" is link state, not a route left.
-                .map(|l| l.replace(" linkdown", "")),
+                .map(str::to_string),
         );
+        let mut v: Vec<String> = v.into_iter().map(|l| l.replace(" linkdown", "")).collect();
         v.sort();
         v
     };
