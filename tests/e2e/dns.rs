@@ -260,7 +260,7 @@ fn time_until(server: SocketAddr, name: &str, qt: RecordType, check: impl Fn(&Me
 fn dns_live_updates_within_100ms() {
     let dir = TempDir::new("dnsl");
     dir.put("cluster.yaml", CLUSTER);
-    let mut dns = FerryDns::start(&["--yaml-dir", dir.0.to_str().unwrap(), "--upstream", "127.0.0.1:9"]);
+    let dns = FerryDns::start(&["--yaml-dir", dir.0.to_str().unwrap(), "--upstream", "127.0.0.1:9"]);
     let name = "fresh.default.svc.cluster.local.";
     assert_eq!(udp(dns.addr, name, RecordType::A).metadata.response_code, ResponseCode::NXDomain);
 
@@ -376,7 +376,7 @@ fn headless_yaml(name: &str, n: usize) -> String {
 fn dns_truncates_over_udp_and_answers_in_full_over_tcp() {
     let dir = TempDir::new("dnst");
     dir.put("big.yaml", &headless_yaml("big", 100));
-    let mut dns = FerryDns::start(&["--yaml-dir", dir.0.to_str().unwrap(), "--upstream", "127.0.0.1:9"]);
+    let dns = FerryDns::start(&["--yaml-dir", dir.0.to_str().unwrap(), "--upstream", "127.0.0.1:9"]);
     let s = dns.addr;
     let out = dig(s, &["+noedns", "+ignore", "big.default.svc.cluster.local", "A"]);
     assert!(out.contains(" tc") && out.contains("ANSWER: 0"), "TC without partial answers: {out}");
@@ -394,7 +394,7 @@ fn dns_truncates_over_udp_and_answers_in_full_over_tcp() {
 fn dns_survives_bad_input() {
     let dir = TempDir::new("dnsb");
     dir.put("cluster.yaml", CLUSTER);
-    let mut dns = FerryDns::start(&[
+    let dns = FerryDns::start(&[
         "--yaml-dir",
         dir.0.to_str().unwrap(),
         "--upstream",
