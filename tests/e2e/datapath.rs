@@ -134,6 +134,18 @@ fn vips_and_hairpin(registered: bool) {
         assert_eq!(peer, 0, "nothing registered, nothing redirected to a registered peer");
         assert!(fib + learned >= 4, "fib_redirect {fib}, learned_peer {learned}");
         assert!(learned >= 1, "b1's MAC learned from its SYN-ACK: learned_peer {learned}");
+        // What the data path learned behind b1's veth goes when asked (as
+        // the watcher and CNI DEL do when the veth goes); the Service still
+        // works, through the bridge until b1's next SYN-ACK.
+        let (veth, dir): (String, PathBuf) = (b1.host_veth.clone().unwrap(), pin.path().to_owned());
+        let forgot = node.run(move || {
+            let name = std::ffi::CString::new(veth.as_str()).unwrap();
+            // SAFETY: a valid NUL-terminated name.
+            let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            ferry_datapath::forget_ports(&dir, Some(i)).expect("forget ports")
+        });
+        assert_eq!(forgot, 1, "b1's one MAC was learned behind its veth");
+        assert_eq!(client.run(|| tcp_id(sa(VIP, 80), T)).expect("TCP after forgetting"), "b1");
     }
     assert!(global(&dp, global_stat::CT_CREATED) >= 4);
 }

@@ -5,19 +5,34 @@
 use std::{net::IpAddr, path::Path};
 
 use aya::maps::{HashMap, MapData};
-use ferry_common::{map_names, EndpointKey, EndpointValue, AF_INET, AF_INET6};
+use ferry_common::{map_names, EndpointKey, EndpointValue, PortKey, PortValue, AF_INET, AF_INET6};
 
 use crate::{load::map_pin, Error, Result};
 
 fn open(pin_dir: &Path) -> Result<Option<HashMap<MapData, EndpointKey, EndpointValue>>> {
-    let path = map_pin(pin_dir, map_names::ENDPOINTS);
+    open_hash(pin_dir, map_names::ENDPOINTS)
+}
+
+/// A pinned hash map (plain or LRU) by name; `None` when not pinned.
+fn open_hash<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<Option<HashMap<MapData, K, V>>> {
+    let path = map_pin(pin_dir, name);
     if !path.exists() {
         return Ok(None);
     }
-    let err = |source| Error::Map { name: map_names::ENDPOINTS, path: path.clone(), source };
+    let err = |source| Error::Map { name, path: path.clone(), source };
     let data = MapData::from_pin(&path).map_err(err)?;
     let map = aya::maps::Map::from_map_data(data).map_err(err)?;
     Ok(Some(map.try_into().map_err(err)?))
+}
+
+/// Whether an entry naming interface `entry` is selected by `ifindex`: that
+/// interface, or with `None` any interface that no longer exists (in the
+/// calling thread's namespace).
+fn selected(entry: u32, ifindex: Option<u32>) -> bool {
+    match ifindex {
+        Some(i) => entry == i,
+        None => nix::net::if_::if_indextoname(entry).is_err(),
+    }
 }
 
 /// The map key of a pod address.
@@ -50,10 +65,10 @@ pub fn register_endpoint(pin_dir: &Path, ifindex: u32, mac: [u8; 6], ips: &[IpAd
     Ok(true)
 }
 
-/// Removes the endpoints of host veth `ifindex`, or with `None` those whose
-/// interface no longer exists (in the calling thread's namespace): a stale
-/// entry would send packets into a vanished or reused interface. Returns
-/// how many were removed.
+/// Removes the endpoints (and learned MACs, [`forget_ports`]) of host veth
+/// `ifindex`, or with `None` those whose interface no longer exists (in the
+/// calling thread's namespace): a stale entry would send packets into a
+/// vanished or reused interface. Returns how many endpoints were removed.
 pub fn unregister_endpoints(pin_dir: &Path, ifindex: Option<u32>) -> Result<usize> {
     let Some(mut map) = open(pin_dir)? else {
         return Ok(0);
@@ -61,10 +76,28 @@ pub fn unregister_endpoints(pin_dir: &Path, ifindex: Option<u32>) -> Result<usiz
     let stale: Vec<EndpointKey> = map
         .iter()
         .filter_map(|e| e.ok())
-        .filter(|(_, v)| match ifindex {
-            Some(i) => v.ifindex == i,
-            None => nix::net::if_::if_indextoname(v.ifindex).is_err(),
-        })
+        .filter(|(_, v)| selected(v.ifindex, ifindex))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &stale {
+        let _ = map.remove(k);
+    }
+    forget_ports(pin_dir, ifindex)?;
+    Ok(stale.len())
+}
+
+/// Removes the pod MACs the data path learned behind host veth `ifindex`
+/// (`FERRY_PORTS`), or with `None` behind interfaces that are gone, so no
+/// translated packet is handed to a vanished interface (or one that reused
+/// its index). Returns how many were removed.
+pub fn forget_ports(pin_dir: &Path, ifindex: Option<u32>) -> Result<usize> {
+    let Some(mut map) = open_hash::<PortKey, PortValue>(pin_dir, map_names::PORTS)? else {
+        return Ok(0);
+    };
+    let stale: Vec<PortKey> = map
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(_, v)| selected(v.ifindex, ifindex))
         .map(|(k, _)| k)
         .collect();
     for k in &stale {

@@ -58,7 +58,7 @@ use std::{io, path::PathBuf};
 pub use attach::{
     attach, attach_matching, detach, gc_links, link_pins, Attachment, Iface, IfacePattern,
 };
-pub use endpoints::{endpoint_key, register_endpoint, unregister_endpoints};
+pub use endpoints::{endpoint_key, forget_ports, register_endpoint, unregister_endpoints};
 pub use ferry_common as common;
 pub use load::{
     load_or_adopt, open_pinned, programs_pinned, test_run, Datapath, DatapathConfig, Maps, Prog,

@@ -167,6 +167,8 @@ async fn run(
                     }
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
                         let ifindex = link.header.index;
+                        // Pod MACs learned behind it go with it.
+                        let _ = crate::forget_ports(&pin_dir, Some(ifindex));
                         if let Ok(true) = detach(&pin_dir, ifindex) {
                             on_event(WatchEvent::Detached { ifindex });
                         }
