@@ -28,6 +28,7 @@ pub mod map_names {
     pub const CONFIG: &str = "FERRY_CONFIG";
     pub const ENDPOINTS: &str = "FERRY_ENDPOINTS";
     pub const PORTS: &str = "FERRY_PORTS";
+    pub const NEXTHOPS: &str = "FERRY_NEXTHOPS";
 }
 
 /// Names of the programs (ELF symbol names and pin names under `<pin>/progs`).
@@ -246,6 +247,20 @@ pub struct PortValue {
     pub ifindex: u32,
 }
 
+/// Value of `FERRY_NEXTHOPS` (keyed like `FERRY_ENDPOINTS`, by address):
+/// a local pod's next hop as the FIB and `FERRY_PORTS` resolved it once,
+/// so the flow's later packets skip the FIB lookup. Forgotten with the
+/// pod's veth, like the MAC it came from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// The pod's host-side veth.
+    pub ifindex: u32,
+    /// The pod's MAC and the MAC the FIB put as the source (the gateway's).
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
 /// Per-CPU packet/byte counters per frontend id (`FERRY_SVC_STATS`, an array).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -364,6 +379,7 @@ const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
 const _: () = assert!(core::mem::size_of::<EndpointValue>() == 12);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<PortValue>() == 4);
+const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -385,6 +401,7 @@ mod pod {
     unsafe impl aya::Pod for EndpointValue {}
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for PortValue {}
+    unsafe impl aya::Pod for NextHop {}
 }
 
 #[cfg(test)]
@@ -397,7 +414,7 @@ mod tests {
     #[test]
     fn sizes_and_alignment() {
         // (type, size, sum of field sizes, alignment)
-        let rows: [(&str, usize, usize, usize); 15] = [
+        let rows: [(&str, usize, usize, usize); 16] = [
             ("ServiceKey", size_of::<ServiceKey>(), 16 + 2 + 1 + 1, align_of::<ServiceKey>()),
             ("ServiceValue", size_of::<ServiceValue>(), 6 * 4, align_of::<ServiceValue>()),
             ("BackendValue", size_of::<BackendValue>(), 16 + 2 + 1 + 1 + 4 + 1 + 3, align_of::<BackendValue>()),
@@ -413,6 +430,7 @@ mod tests {
             ("EndpointValue", size_of::<EndpointValue>(), 4 + 6 + 2, align_of::<EndpointValue>()),
             ("PortKey", size_of::<PortKey>(), 6 + 2, align_of::<PortKey>()),
             ("PortValue", size_of::<PortValue>(), 4, align_of::<PortValue>()),
+            ("NextHop", size_of::<NextHop>(), 4 + 6 + 6, align_of::<NextHop>()),
         ];
         for (name, size, fields, align) in rows {
             assert_eq!(size, fields, "{name}: implicit padding");

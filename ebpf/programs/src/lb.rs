@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    global_stat, service_flags, AffinityKey, AffinityValue, DropReason, EndpointKey, PortKey, PortValue, ServiceKey,
+    global_stat, service_flags, AffinityKey, AffinityValue, DropReason, EndpointKey, NextHop, PortKey, PortValue, ServiceKey,
     ServiceValue, AF_INET, IPPROTO_TCP, MAGLEV_SLOTS_PER_ENTRY,
 };
 
@@ -15,7 +15,7 @@ use crate::{
     csum::{set_addr, set_port},
     maps::{
         count_global, count_service, FERRY_AFFINITY, FERRY_CONFIG, FERRY_ENDPOINTS, FERRY_MAGLEV,
-        FERRY_PORTS, FERRY_SERVICES,
+        FERRY_NEXTHOPS, FERRY_PORTS, FERRY_SERVICES,
     },
     nat::{self, hairpin_addr},
     parse::{parse, Packet, ETH_HLEN, TCP_ACK, TCP_SYN, IP4_CSUM_OFF, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF},
@@ -154,6 +154,18 @@ fn fib_redirect(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> 
     if hops[0] <= 1 {
         return TC_ACT_OK;
     }
+    // A local pod this path has already resolved: no FIB lookup per packet.
+    let dest = EndpointKey { addr: *dst, family, _pad: [0; 3] };
+    if let Some(nh) = FERRY_NEXTHOPS.get_ptr(&dest) {
+        // SAFETY: map value pointer, copied once.
+        let nh = unsafe { *nh };
+        if let Err(verdict) = rewrite_hop(ctx, family, hop_off, hops, &nh.dmac, &nh.smac) {
+            return verdict;
+        }
+        count_global(global_stat::LEARNED_PEER);
+        // SAFETY: plain helper call.
+        return unsafe { bpf_redirect_peer(nh.ifindex, 0) as i32 };
+    }
     // SAFETY: plain data; all-zero is a valid lookup request.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     if family == AF_INET {
@@ -177,9 +189,43 @@ fn fib_redirect(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> 
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return TC_ACT_OK;
     }
+    if let Err(verdict) = rewrite_hop(ctx, family, hop_off, hops, &p.dmac, &p.smac) {
+        return verdict;
+    }
+    // The next hop is a pod behind one of our veths: deliver it there, as
+    // the bridge would, without crossing the bridge and that veth's egress;
+    // and remember it for the flow's next packets (forgotten with the veth).
+    let port = PortKey { mac: p.dmac, _pad: [0; 2] };
+    if let Some(v) = FERRY_PORTS.get_ptr(&port) {
+        // SAFETY: map value pointer, read once.
+        let ifindex = unsafe { (*v).ifindex };
+        let nh = NextHop { ifindex, dmac: p.dmac, smac: p.smac };
+        let _ = FERRY_NEXTHOPS.insert(&dest, &nh, 0);
+        count_global(global_stat::LEARNED_PEER);
+        // SAFETY: plain helper call.
+        return unsafe { bpf_redirect_peer(ifindex, 0) as i32 };
+    }
+    count_global(global_stat::FIB_REDIRECT);
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(p.ifindex, 0) as i32 }
+}
+
+/// A routed hop: TTL / hop limit decremented (IPv4 checksum fixed up) and
+/// the next hop's MACs written. Err carries the verdict when it cannot be
+/// done: untouched packets take the normal path, half-rewritten ones are
+/// dropped.
+#[inline(always)]
+fn rewrite_hop(
+    ctx: &TcContext,
+    family: u8,
+    hop_off: usize,
+    hops: [u8; 2],
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+) -> Result<(), i32> {
     let new = [hops[0] - 1, hops[1]];
     if ctx.store(hop_off, &new, 0).is_err() {
-        return TC_ACT_OK;
+        return Err(TC_ACT_OK);
     }
     if family == AF_INET
         && ctx
@@ -188,24 +234,12 @@ fn fib_redirect(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> 
     {
         // The TTL changed and its checksum could not follow: the packet
         // must not leave like this.
-        return TC_ACT_SHOT as i32;
+        return Err(TC_ACT_SHOT as i32);
     }
-    if ctx.store(0, &p.dmac, 0).is_err() || ctx.store(6, &p.smac, 0).is_err() {
-        return TC_ACT_SHOT as i32;
+    if ctx.store(0, dmac, 0).is_err() || ctx.store(6, smac, 0).is_err() {
+        return Err(TC_ACT_SHOT as i32);
     }
-    // The next hop is a pod behind one of our veths: deliver it there, as
-    // the bridge would, without crossing the bridge and that veth's egress.
-    let port = PortKey { mac: p.dmac, _pad: [0; 2] };
-    if let Some(v) = FERRY_PORTS.get_ptr(&port) {
-        // SAFETY: map value pointer, read once.
-        let ifindex = unsafe { (*v).ifindex };
-        count_global(global_stat::LEARNED_PEER);
-        // SAFETY: plain helper call.
-        return unsafe { bpf_redirect_peer(ifindex, 0) as i32 };
-    }
-    count_global(global_stat::FIB_REDIRECT);
-    // SAFETY: plain helper call.
-    unsafe { bpf_redirect(p.ifindex, 0) as i32 }
+    Ok(())
 }
 
 /// Learns which host veth a pod's MAC is behind, from a frame the pod sent

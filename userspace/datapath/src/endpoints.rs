@@ -5,7 +5,7 @@
 use std::{net::IpAddr, path::Path};
 
 use aya::maps::{HashMap, MapData};
-use ferry_common::{map_names, EndpointKey, EndpointValue, PortKey, PortValue, AF_INET, AF_INET6};
+use ferry_common::{map_names, EndpointKey, EndpointValue, NextHop, PortKey, PortValue, AF_INET, AF_INET6};
 
 use crate::{load::map_pin, Error, Result};
 
@@ -87,7 +87,8 @@ pub fn unregister_endpoints(pin_dir: &Path, ifindex: Option<u32>) -> Result<usiz
 }
 
 /// Removes the pod MACs the data path learned behind host veth `ifindex`
-/// (`FERRY_PORTS`), or with `None` behind interfaces that are gone, so no
+/// (`FERRY_PORTS`, and the next hops resolved to it, `FERRY_NEXTHOPS`), or
+/// with `None` behind interfaces that are gone, so no
 /// translated packet is handed to a vanished interface (or one that reused
 /// its index). Returns how many were removed.
 pub fn forget_ports(pin_dir: &Path, ifindex: Option<u32>) -> Result<usize> {
@@ -102,6 +103,18 @@ pub fn forget_ports(pin_dir: &Path, ifindex: Option<u32>) -> Result<usize> {
         .collect();
     for k in &stale {
         let _ = map.remove(k);
+    }
+    // And the next hops resolved to that veth.
+    if let Some(mut hops) = open_hash::<EndpointKey, NextHop>(pin_dir, map_names::NEXTHOPS)? {
+        let gone: Vec<EndpointKey> = hops
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, v)| selected(v.ifindex, ifindex))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &gone {
+            let _ = hops.remove(k);
+        }
     }
     Ok(stale.len())
 }

@@ -84,7 +84,7 @@ impl DatapathConfig {
     }
 
     /// `max_entries` of every map, by name.
-    fn map_sizes(&self) -> Result<[(&'static str, u32); 12]> {
+    fn map_sizes(&self) -> Result<[(&'static str, u32); 13]> {
         Ok([
             (map_names::SERVICES, self.max_services),
             (map_names::BACKENDS, self.max_backends),
@@ -98,6 +98,7 @@ impl DatapathConfig {
             (map_names::CONFIG, 1),
             (map_names::ENDPOINTS, ferry_common::DEFAULT_MAX_ENDPOINTS),
             (map_names::PORTS, ferry_common::DEFAULT_MAX_PORTS),
+            (map_names::NEXTHOPS, ferry_common::DEFAULT_MAX_PORTS),
         ])
     }
 }
