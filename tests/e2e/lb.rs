@@ -493,6 +493,40 @@ fn lb_ferryctl_and_metrics_show_what_is_programmed() {
     drop(held);
 }
 
+/// Connects from `pod` to each of `dsts` in turn, every time from local
+/// port `port` (SO_REUSEADDR, closed with RST as a busy client does), and
+/// reads the server's id: "id@peer address" per connection, or
+/// "error:<kind>", comma-separated.
+fn connects_from_port(pod: &Pod, port: u16, dsts: &[(&str, u16)]) -> String {
+    let list: Vec<String> = dsts.iter().map(|(h, p)| format!("(\"{h}\", {p})")).collect();
+    let script = format!(
+        r#"
+import socket, struct
+out = []
+for dst in [{}]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.settimeout(2)
+    s.bind(("0.0.0.0", {port}))
+    try:
+        s.connect(dst)
+        out.append(s.recv(10).decode().strip() + "@" + s.getpeername()[0])
+    except OSError as e:
+        out.append("error:" + type(e).__name__)
+    s.close()
+print(",".join(out))
+"#,
+        list.join(", ")
+    );
+    let out = ferry_tests::harness::util::run_timeout(
+        std::process::Command::new("ip").args(["netns", "exec", pod.netns_name(), "python3", "-c", &script]),
+        Duration::from_secs(20),
+    );
+    assert!(out.stderr.is_empty(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Two Services sharing a backend; one client source port reused for both,
 /// as a busy client closing with RST does within seconds. Each connection
 /// must reach its own Service. (Found by bench-lb's rate runs: after the
@@ -505,29 +539,9 @@ fn lb_source_port_reused_across_two_services_with_one_backend() {
     w.agent.write("api-eps.yaml", &slice("api-1", "api", HTTP_EP, &[w.ep(0)]));
     w.wait_active("10.96.0.10:80", 1);
     w.wait_active("10.96.0.11:80", 1);
-    let script = r#"
-import socket, struct, sys
-out = []
-for vip in ["10.96.0.10", "10.96.0.11", "10.96.0.10", "10.96.0.11"]:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s.settimeout(2)
-    s.bind(("0.0.0.0", 40555))
-    try:
-        s.connect((vip, 80))
-        out.append(s.recv(10).decode().strip())
-    except OSError as e:
-        out.append("error:" + type(e).__name__)
-    s.close()
-print(",".join(out))
-"#;
-    let out = ferry_tests::harness::util::run_timeout(
-        std::process::Command::new("ip").args(["netns", "exec", w.client.netns_name(), "python3", "-c", script]),
-        Duration::from_secs(20),
-    );
-    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(got, "b1,b1,b1,b1", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let (web, api) = ("10.96.0.10", "10.96.0.11");
+    let got = connects_from_port(&w.client, 40555, &[(web, 80), (api, 80), (web, 80), (api, 80)]);
+    assert_eq!(got, format!("b1@{web},b1@{api},b1@{web},b1@{api}"));
 }
 
 /// A client reaching a backend through its Service, then directly by pod IP
@@ -541,30 +555,6 @@ fn lb_direct_connection_reusing_a_service_flows_tuple_is_not_translated() {
     w.web(&[w.ep(0)]);
     w.wait_active("10.96.0.10:80", 1);
     let b1 = w.backends[0].0.ipv4().to_string();
-    let script = format!(
-        r#"
-import socket, struct
-out = []
-for dst in [("{VIP}", 80), ("{b1}", 8080), ("{VIP}", 80), ("{b1}", 8080)]:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s.settimeout(2)
-    s.bind(("0.0.0.0", 40556))
-    try:
-        s.connect(dst)
-        out.append(s.recv(10).decode().strip() + "@" + s.getpeername()[0])
-    except OSError as e:
-        out.append("error:" + type(e).__name__)
-    s.close()
-print(",".join(out))
-"#
-    );
-    let out = ferry_tests::harness::util::run_timeout(
-        std::process::Command::new("ip").args(["netns", "exec", w.client.netns_name(), "python3", "-c", &script]),
-        Duration::from_secs(20),
-    );
-    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let want = format!("b1@{VIP},b1@{b1},b1@{VIP},b1@{b1}");
-    assert_eq!(got, want, "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let got = connects_from_port(&w.client, 40556, &[(VIP, 80), (&b1, 8080), (VIP, 80), (&b1, 8080)]);
+    assert_eq!(got, format!("b1@{VIP},b1@{b1},b1@{VIP},b1@{b1}"));
 }

@@ -70,51 +70,42 @@ pub fn register_endpoint(pin_dir: &Path, ifindex: u32, mac: [u8; 6], ips: &[IpAd
 /// calling thread's namespace): a stale entry would send packets into a
 /// vanished or reused interface. Returns how many endpoints were removed.
 pub fn unregister_endpoints(pin_dir: &Path, ifindex: Option<u32>) -> Result<usize> {
-    let Some(mut map) = open(pin_dir)? else {
-        return Ok(0);
-    };
-    let stale: Vec<EndpointKey> = map
-        .iter()
-        .filter_map(|e| e.ok())
-        .filter(|(_, v)| selected(v.ifindex, ifindex))
-        .map(|(k, _)| k)
-        .collect();
-    for k in &stale {
-        let _ = map.remove(k);
-    }
+    let removed = purge::<EndpointKey, EndpointValue>(pin_dir, map_names::ENDPOINTS, ifindex, |v| v.ifindex)?;
     forget_ports(pin_dir, ifindex)?;
-    Ok(stale.len())
+    Ok(removed)
 }
 
 /// Removes the pod MACs the data path learned behind host veth `ifindex`
 /// (`FERRY_PORTS`, and the next hops resolved to it, `FERRY_NEXTHOPS`), or
-/// with `None` behind interfaces that are gone, so no
-/// translated packet is handed to a vanished interface (or one that reused
-/// its index). Returns how many were removed.
+/// with `None` behind interfaces that are gone, so no translated packet is
+/// handed to a vanished interface (or one that reused its index). Returns
+/// how many MACs were removed.
 pub fn forget_ports(pin_dir: &Path, ifindex: Option<u32>) -> Result<usize> {
-    let Some(mut map) = open_hash::<PortKey, PortValue>(pin_dir, map_names::PORTS)? else {
+    let removed = purge::<PortKey, PortValue>(pin_dir, map_names::PORTS, ifindex, |v| v.ifindex)?;
+    purge::<EndpointKey, NextHop>(pin_dir, map_names::NEXTHOPS, ifindex, |v| v.ifindex)?;
+    Ok(removed)
+}
+
+/// Deletes the entries of pinned hash map `name` whose interface (as
+/// `ifindex_of` reads it) is [`selected`] by `ifindex`; a map that is not
+/// pinned has none. Returns how many were deleted.
+fn purge<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &'static str,
+    ifindex: Option<u32>,
+    ifindex_of: fn(&V) -> u32,
+) -> Result<usize> {
+    let Some(mut map) = open_hash::<K, V>(pin_dir, name)? else {
         return Ok(0);
     };
-    let stale: Vec<PortKey> = map
+    let stale: Vec<K> = map
         .iter()
         .filter_map(|e| e.ok())
-        .filter(|(_, v)| selected(v.ifindex, ifindex))
+        .filter(|(_, v)| selected(ifindex_of(v), ifindex))
         .map(|(k, _)| k)
         .collect();
     for k in &stale {
         let _ = map.remove(k);
-    }
-    // And the next hops resolved to that veth.
-    if let Some(mut hops) = open_hash::<EndpointKey, NextHop>(pin_dir, map_names::NEXTHOPS)? {
-        let gone: Vec<EndpointKey> = hops
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(_, v)| selected(v.ifindex, ifindex))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &gone {
-            let _ = hops.remove(k);
-        }
     }
     Ok(stale.len())
 }
