@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod forward;
 pub mod metrics;
 pub mod server;
+pub mod udp;
 pub mod wire;
 pub mod zone;
 

@@ -60,6 +60,12 @@ struct Args {
     /// UDP worker threads (0: one per CPU the process may run on).
     #[arg(long, default_value_t = 0)]
     udp_workers: usize,
+    /// Microseconds a busy UDP worker lets queries gather before its next
+    /// receive, so each system call and each send carries more of them
+    /// (like a NIC's interrupt coalescing). It only applies once a receive
+    /// returns several queries; 0 turns it off.
+    #[arg(long, default_value_t = 30, env = "FERRY_DNS_UDP_COALESCE_US", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    udp_coalesce_us: u64,
     /// Per-upstream timeout in milliseconds.
     #[arg(long, default_value_t = 2000)]
     upstream_timeout_ms: u64,
@@ -119,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         tcp_max_connections: args.tcp_max_connections.max(1),
         tcp_idle: Duration::from_secs(args.tcp_idle_timeout.max(1)),
         udp_workers: args.udp_workers,
+        udp_coalesce: Duration::from_micros(args.udp_coalesce_us),
     };
     let (udp, tcp) = bind(args.listen, worker_count(&limits))?;
     let local = udp[0].local_addr()?;

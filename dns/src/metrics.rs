@@ -54,6 +54,7 @@ pub struct Metrics {
     pub zone_names: Gauge,
     pub zone_rebuilds: Counter,
     pub tcp_rejected: Counter,
+    pub udp_grouped: Counter,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -100,6 +101,7 @@ impl Metrics {
             zone_names: Gauge::default(),
             zone_rebuilds: Counter::default(),
             tcp_rejected: Counter::default(),
+            udp_grouped: Counter::default(),
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(Registry::default()),
         };
@@ -137,6 +139,11 @@ impl Metrics {
             "tcp_rejected",
             "TCP connections refused over the concurrency limit",
             m.tcp_rejected.clone(),
+        );
+        registry.register(
+            "udp_grouped_answers",
+            "UDP answers sent in one GSO send with others to the same client",
+            m.udp_grouped.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

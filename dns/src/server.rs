@@ -10,7 +10,6 @@
 //! timeout so slow or silent clients cannot hold the server.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::answer::{answer_fast, answer_slow, Fast, Shared, Transport};
+use crate::udp::{Inbox, Outbox, BATCH};
 use crate::wire::Query;
 use crate::zone::{ZoneCache, ZoneError};
 
@@ -42,6 +42,9 @@ pub struct Limits {
     pub tcp_idle: Duration,
     /// 0: one UDP worker per CPU this process may run on.
     pub udp_workers: usize,
+    /// How long a busy UDP worker lets queries gather before its next
+    /// receive (zero: never waits).
+    pub udp_coalesce: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             tcp_max_connections: 256,
             tcp_idle: Duration::from_secs(10),
             udp_workers: 0,
+            udp_coalesce: Duration::from_micros(30),
         }
     }
 }
@@ -138,104 +142,117 @@ pub fn worker_count(limits: &Limits) -> usize {
         .unwrap_or(1)
 }
 
-const BATCH: usize = 32;
-const RECV_BUF: usize = 4096;
+/// Adaptive coalescing, as a NIC's adaptive interrupt moderation: while a
+/// worker receives more than BUSY_QPS queries a second, it waits a moment
+/// before each receive so that receive, the answers' send and the answers
+/// to one client (UDP GSO) each carry more queries. Below that rate every
+/// query is answered as soon as it arrives, so latency at ordinary load is
+/// untouched.
+struct Coalescer {
+    wait: Duration,
+    window_start: Instant,
+    window_queries: u64,
+    busy: bool,
+}
+
+const BUSY_QPS: u64 = 50_000;
+const RATE_WINDOW: Duration = Duration::from_millis(2);
+
+impl Coalescer {
+    fn new(wait: Duration) -> Self {
+        if !wait.is_zero() {
+            // The default timer slack (50 us) would stretch a short wait
+            // several times over.
+            // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
+            unsafe {
+                libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0);
+            }
+        }
+        Self {
+            wait,
+            window_start: Instant::now(),
+            window_queries: 0,
+            busy: false,
+        }
+    }
+
+    /// Called after each receive of `n` queries, at `now`.
+    fn received(&mut self, n: usize, now: Instant) {
+        self.window_queries += n as u64;
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            self.busy = self.window_queries * 1_000_000 > BUSY_QPS * elapsed.as_micros() as u64;
+            self.window_start = now;
+            self.window_queries = 0;
+        }
+    }
+
+    /// Before a receive: wait if busy, unless the last batch came back
+    /// full (more are waiting already).
+    fn pause(&self, last_batch: usize) {
+        if self.busy && !self.wait.is_zero() && last_batch < BATCH {
+            std::thread::sleep(self.wait);
+        }
+    }
+}
 
 /// The blocking UDP loop of one worker.
-fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<SlowJob>) {
+fn udp_worker(
+    sock: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    slow: mpsc::Sender<SlowJob>,
+    coalesce: Duration,
+) {
     let fd = sock.as_raw_fd();
-    let mut bufs = vec![[0u8; RECV_BUF]; BATCH];
-    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(RECV_BUF)).collect();
-    // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for
-    // which all-zero bytes are a valid value.
-    let mut addrs: Vec<libc::sockaddr_storage> =
-        vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
-    let mut iovs: Vec<libc::iovec> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
-    let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
-    let mut out_iovs: Vec<libc::iovec> =
-        vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
-    let mut out_hdrs: Vec<libc::mmsghdr> =
-        vec![unsafe { MaybeUninit::zeroed().assume_init() }; BATCH];
-    let addr_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let mut inbox = Inbox::default();
+    let mut outbox = Outbox::new(true);
+    let mut coalescer = Coalescer::new(coalesce);
     loop {
-        for i in 0..BATCH {
-            iovs[i] = libc::iovec {
-                iov_base: bufs[i].as_mut_ptr().cast(),
-                iov_len: RECV_BUF,
-            };
-            let h = &mut hdrs[i].msg_hdr;
-            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = addr_len;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-        }
-        // SAFETY: every header points at buffers owned by this frame that
-        // outlive the call; BATCH matches the vector lengths.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                tracing::warn!(error = %e, "recvmmsg failed");
-                std::thread::sleep(Duration::from_millis(10));
+        coalescer.pause(inbox.len());
+        let n = match inbox.recv(fd) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::warn!(error = %e, "recvmmsg failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
             }
-            continue;
-        }
+        };
         let start = Instant::now();
+        coalescer.received(n, start);
         let (zone, ready) = shared.zone();
         // The lookups' memory reads are what the answers wait for: start
         // them for the whole batch (slots, then records) before answering.
         let mut hashes = [None; BATCH];
-        for (h, b) in hashes.iter_mut().zip(&bufs).take(n as usize) {
-            *h = crate::wire::question_hash(b);
+        for (i, h) in hashes.iter_mut().enumerate().take(n) {
+            *h = crate::wire::question_hash(inbox.buf(i));
             if let Some(h) = *h {
                 zone.prefetch(h, false);
             }
         }
-        for h in hashes.iter().take(n as usize).flatten() {
+        for h in hashes.iter().take(n).flatten() {
             zone.prefetch(*h, true);
         }
-        let mut m = 0;
-        for i in 0..n as usize {
-            let len = hdrs[i].msg_len as usize;
+        for i in 0..n {
             // A datagram larger than the buffer is no query we could answer.
-            if hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            let Some(msg) = inbox.msg(i) else {
                 shared.metrics.dropped.inc();
                 continue;
-            }
-            let msg = &bufs[i][..len];
-            match answer_fast(&zone, ready, msg, Transport::Udp, &mut outs[m]) {
+            };
+            match answer_fast(&zone, ready, msg, Transport::Udp, outbox.next_buf()) {
                 Fast::Done { qtype, rcode } => {
                     shared.metrics.count(qtype, rcode);
                     if shared.query_log {
                         log_query(msg, qtype, rcode, "udp");
                     }
-                    out_iovs[m] = libc::iovec {
-                        iov_base: outs[m].as_mut_ptr().cast(),
-                        iov_len: outs[m].len(),
-                    };
-                    let h = &mut out_hdrs[m].msg_hdr;
-                    h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-                    h.msg_namelen = hdrs[i].msg_hdr.msg_namelen;
-                    h.msg_iov = &mut out_iovs[m];
-                    h.msg_iovlen = 1;
-                    m += 1;
+                    outbox.commit(i);
                 }
                 Fast::Drop => {
                     shared.metrics.dropped.inc();
                 }
                 Fast::Slow(query) => {
-                    let Some(peer) = to_socket_addr(&addrs[i]) else {
+                    let Some(peer) = inbox.peer(i) else {
                         continue;
                     };
                     let job = SlowJob {
@@ -253,46 +270,15 @@ fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<Slow
                 }
             }
         }
-        let mut sent = 0;
-        while sent < m {
-            // SAFETY: out_hdrs[sent..m] point at live buffers set up above.
-            let r =
-                unsafe { libc::sendmmsg(fd, out_hdrs[sent..].as_mut_ptr(), (m - sent) as u32, 0) };
-            if r <= 0 {
-                // The peer's buffer is full or it is gone: skip this one.
-                sent += 1;
-            } else {
-                sent += r as usize;
-            }
+        let answered = outbox.len();
+        let grouped = outbox.flush(fd, &inbox);
+        if grouped > 0 {
+            shared.metrics.udp_grouped.inc_by(grouped as u64);
         }
         let secs = start.elapsed().as_secs_f64();
-        for _ in 0..m {
+        for _ in 0..answered {
             shared.metrics.latency.observe(secs);
         }
-    }
-}
-
-fn to_socket_addr(sa: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match sa.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let v4 = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
-            Some(SocketAddr::new(ip.into(), u16::from_be(v4.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let v6 =
-                unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                ip,
-                u16::from_be(v6.sin6_port),
-                0,
-                v6.sin6_scope_id,
-            )))
-        }
-        _ => None,
     }
 }
 
@@ -468,12 +454,13 @@ pub async fn serve(
 ) -> io::Result<()> {
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(slow_worker(shared.clone(), rx));
+    let coalesce = limits.udp_coalesce;
     for (i, s) in udp.into_iter().enumerate() {
         let s = Arc::new(s);
         let (shared, tx) = (shared.clone(), tx.clone());
         std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
-            .spawn(move || udp_worker(s, shared, tx))?;
+            .spawn(move || udp_worker(s, shared, tx, coalesce))?;
     }
     let tcp = TcpListener::from_std(tcp)?;
     tcp_server(tcp, shared, limits).await;

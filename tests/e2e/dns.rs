@@ -281,6 +281,59 @@ fn dns_live_updates_within_100ms() {
     assert_eq!(a_records(&udp(dns.addr, "web.default.svc.cluster.local.", RecordType::A)), vec!["10.96.0.10"]);
 }
 
+/// Bursts of queries from one socket, as a node-local cache or a resolver
+/// sends them: under that load the server batches and sends equal-length
+/// answers to one client as one UDP GSO send. Every query must still get
+/// exactly one answer, as its own datagram, with its own ID and the right
+/// address.
+#[test]
+fn dns_answers_every_query_of_a_burst_from_one_socket_once() {
+    let dir = TempDir::new("dnsb");
+    let mut yaml = String::new();
+    for i in 0..10 {
+        yaml.push_str(&service_yaml(&format!("svc-{i}"), &format!("10.96.9.{i}")));
+        yaml.push_str("---\n");
+    }
+    dir.put("burst.yaml", &yaml);
+    let mut dns = FerryDns::start(&["--yaml-dir", dir.0.to_str().unwrap(), "--upstream", "127.0.0.1:9"]);
+    // Ready once the last Service answers.
+    time_until(dns.addr, "svc-9.default.svc.cluster.local.", RecordType::A, |m| !m.answers.is_empty());
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    // Query i asks for svc-(i % 11): svc-10 does not exist (NXDOMAIN, an
+    // answer of another length in the same batch).
+    let expected = |id: u16| -> Option<String> { (id % 11 < 10).then(|| format!("10.96.9.{}", id % 11)) };
+    let mut seen = vec![false; 4000];
+    let mut buf = [0u8; 4096];
+    // 100 at a time: the answers queued at the client (~100 x 768 bytes
+    // of buffer) stay well inside its default receive buffer.
+    for burst in 0..40u16 {
+        let ids = burst * 100..burst * 100 + 100;
+        for id in ids.clone() {
+            let mut q = query(&format!("svc-{}.default.svc.cluster.local.", id % 11), RecordType::A, false);
+            q[..2].copy_from_slice(&id.to_be_bytes());
+            sock.send_to(&q, dns.addr).unwrap();
+        }
+        for _ in ids {
+            let n = sock.recv(&mut buf).expect("an answer to every query of the burst");
+            let m = Message::from_vec(&buf[..n]).expect("each datagram one whole DNS message");
+            let id = m.metadata.id;
+            assert!(!seen[id as usize], "query {id} answered twice");
+            seen[id as usize] = true;
+            let q = &m.queries[0];
+            assert_eq!(q.name().to_ascii(), format!("svc-{}.default.svc.cluster.local.", id % 11));
+            match expected(id) {
+                Some(ip) => assert_eq!(a_records(&m), vec![ip], "answer to {id}"),
+                None => assert_eq!(m.metadata.response_code, ResponseCode::NXDomain),
+            }
+        }
+    }
+    assert!(seen.iter().all(|&s| s));
+    let grouped = dns.metric("ferry_dns_udp_grouped_answers_total");
+    eprintln!("answers sent grouped: {grouped} of 4000");
+    assert!(grouped > 0.0, "bursts from one socket were answered one send per answer");
+}
+
 fn free_port() -> u16 {
     // Both protocols must be free on the port knot gets.
     loop {
