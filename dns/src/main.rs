@@ -64,7 +64,7 @@ struct Args {
     /// receive, so each system call and each send carries more of them
     /// (like a NIC's interrupt coalescing). It only applies once a receive
     /// returns several queries; 0 turns it off.
-    #[arg(long, default_value_t = 30, env = "FERRY_DNS_UDP_COALESCE_US", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, default_value_t = 50, env = "FERRY_DNS_UDP_COALESCE_US", value_parser = clap::value_parser!(u64).range(0..=1000))]
     udp_coalesce_us: u64,
     /// Per-upstream timeout in milliseconds.
     #[arg(long, default_value_t = 2000)]

@@ -53,7 +53,7 @@ impl Default for Limits {
             tcp_max_connections: 256,
             tcp_idle: Duration::from_secs(10),
             udp_workers: 0,
-            udp_coalesce: Duration::from_micros(30),
+            udp_coalesce: Duration::from_micros(50),
         }
     }
 }
