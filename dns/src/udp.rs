@@ -268,17 +268,17 @@ impl Outbox {
             if self.gso && len <= MAX_SEGMENT {
                 let (addr, alen) = inbox.peer_raw(self.slot[j]);
                 let mut bytes = len;
-                for k in j + 1..m {
+                for (k, t) in taken.iter_mut().enumerate().take(m).skip(j + 1) {
                     if self.order.len() - first >= MAX_SEGMENTS || bytes + len > MAX_GSO_BYTES {
                         break;
                     }
-                    if taken[k] || self.outs[k].len() != len {
+                    if *t || self.outs[k].len() != len {
                         continue;
                     }
                     let (a, l) = inbox.peer_raw(self.slot[k]);
                     if l == alen && same_addr(a, addr, alen) {
                         self.order.push(k);
-                        taken[k] = true;
+                        *t = true;
                         bytes += len;
                     }
                 }
