@@ -466,3 +466,37 @@ pub async fn serve(
     tcp_server(tcp, shared, limits).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `per_ms` queries a millisecond for `ms` milliseconds, in
+    /// receives of `batch`; returns whether the coalescer ends up busy.
+    fn busy_after(c: &mut Coalescer, t: &mut Instant, per_ms: usize, ms: u64, batch: usize) -> bool {
+        for _ in 0..ms {
+            let step = Duration::from_micros(1000 * batch as u64 / per_ms as u64);
+            let mut got = 0;
+            while got < per_ms {
+                *t += step;
+                c.received(batch, *t);
+                got += batch;
+            }
+        }
+        c.busy
+    }
+
+    #[test]
+    fn coalescing_only_above_the_busy_rate() {
+        let mut t = Instant::now();
+        let mut c = Coalescer::new(Duration::from_micros(50));
+        c.window_start = t;
+        // 20,000 queries a second, even in bursts of 8: answered at once.
+        assert!(!busy_after(&mut c, &mut t, 20, 10, 1));
+        assert!(!busy_after(&mut c, &mut t, 20, 10, 4));
+        // 150,000 a second: wait before each receive.
+        assert!(busy_after(&mut c, &mut t, 150, 10, 5));
+        // And back to answering at once when the load drops.
+        assert!(!busy_after(&mut c, &mut t, 10, 10, 1));
+    }
+}
