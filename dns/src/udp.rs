@@ -137,7 +137,6 @@ pub struct Outbox {
     slot: Vec<usize>,
     m: usize,
     gso: bool,
-    addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     /// One UDP_SEGMENT control message per send, 8-byte aligned.
@@ -154,7 +153,6 @@ impl Outbox {
             slot: vec![0; BATCH],
             m: 0,
             gso,
-            addrs: vec![zeroed(); BATCH],
             iovs: vec![zeroed(); BATCH],
             hdrs: vec![zeroed(); BATCH],
             cmsgs: vec![[0u64; 4]; BATCH],
@@ -192,7 +190,6 @@ impl Outbox {
         self.group(inbox, m);
         for (s, &(first, count)) in self.sends.iter().enumerate() {
             let (addr, len) = inbox.peer_raw(self.slot[self.order[first]]);
-            self.addrs[s] = *addr;
             for k in first..first + count {
                 let out = &mut self.outs[self.order[k]];
                 self.iovs[k] = libc::iovec {
@@ -201,7 +198,9 @@ impl Outbox {
                 };
             }
             let h = &mut self.hdrs[s].msg_hdr;
-            h.msg_name = (&mut self.addrs[s] as *mut libc::sockaddr_storage).cast();
+            // The peer's address as recvmmsg left it in the inbox, which
+            // outlives the sends (sendmsg only reads it).
+            h.msg_name = (addr as *const libc::sockaddr_storage).cast_mut().cast();
             h.msg_namelen = len;
             h.msg_iov = &mut self.iovs[first];
             h.msg_iovlen = count;
@@ -218,8 +217,9 @@ impl Outbox {
         let mut grouped = 0;
         let mut sent = 0;
         while sent < n {
-            // SAFETY: hdrs[sent..n] point at addresses, iovecs, answers and
-            // control messages owned by self, unchanged until the call returns.
+            // SAFETY: hdrs[sent..n] point at iovecs, answers and control
+            // messages owned by self and at peer addresses in `inbox`, all
+            // unchanged until the call returns.
             let r = unsafe {
                 libc::sendmmsg(fd, self.hdrs[sent..].as_mut_ptr(), (n - sent) as u32, 0)
             };
@@ -297,8 +297,8 @@ impl Outbox {
             one.msg_iovlen = 1;
             one.msg_control = std::ptr::null_mut();
             one.msg_controllen = 0;
-            // SAFETY: `one` points at this answer's iovec and the peer
-            // address, both owned by self and alive for the call.
+            // SAFETY: `one` points at this answer's iovec (owned by self)
+            // and the peer address (in the inbox), both alive for the call.
             unsafe {
                 libc::sendmsg(fd, &one, 0);
             }
