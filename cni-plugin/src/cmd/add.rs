@@ -6,13 +6,21 @@
 //! namespace under its final name, both ends up and the host end enslaved in
 //! that same request, and deterministic MACs so nothing has to be read back.
 //! Any failure undoes what this invocation created (and only that).
+//!
+//! A repeated ADD (a kubelet retry, a runtime restart) must never harm the
+//! attachment that already exists: it is refused (code 102) before any
+//! address is asked for, when the host veth of (container, ifname) or the
+//! interface in the sandbox is already there. And a delegated IPAM is only
+//! called with DEL when its own ADD succeeded in this invocation, as the
+//! reference `bridge` plugin does: for a refused duplicate, host-local's
+//! DEL would release the live pod's address, which the next pod then gets.
 
 use std::net::IpAddr;
 
 use ferry_netlink::{Netlink, Netns, Route, VethSpec};
 
 use super::{open_netns, Family};
-use crate::delegate;
+use crate::delegate::Delegate;
 use crate::env::{Command, Env};
 use crate::error::{Code, CniError, Result};
 use crate::ipam::{self, cidr::Cidr, RouteConf};
@@ -31,13 +39,15 @@ struct PodIp {
 /// What this invocation created, undone in reverse on failure.
 #[derive(Default)]
 struct Undo {
+    /// Built-in IPAM: the addresses this call reserved.
     leases: Vec<IpAddr>,
+    /// The delegated IPAM's ADD succeeded in this call.
     delegated: bool,
     veth: Option<String>,
 }
 
 impl Undo {
-    fn run(self, cfg: &Config, env: &Env, nl: Option<&Netlink>) {
+    fn run(self, cfg: &Config, delegate: Option<&Delegate>, nl: Option<&Netlink>) {
         // Best effort: the original error is what the runtime must see; a
         // leftover here is still removed by the runtime's DEL (same names).
         if let (Some(v), Some(nl)) = (&self.veth, nl) {
@@ -52,7 +62,7 @@ impl Undo {
                 }
             }
             Ipam::Delegated(t) if self.delegated => {
-                if let Err(e) = delegate::exec(t, Command::Del, env, &cfg.raw) {
+                if let Some(Err(e)) = delegate.map(|d| d.exec(Command::Del)) {
                     eprintln!("ferry: rollback: {t} DEL: {e}");
                 }
             }
@@ -64,12 +74,14 @@ impl Undo {
 pub fn run(cfg: &Config, env: &Env) -> Result<serde_json::Value> {
     // Everything that can be checked without side effects comes first.
     let netns = open_netns(&env.netns)?;
-    let requested = cfg.requested_ips(env.arg("IP"))?;
-    let mac = cfg.requested_mac(env.arg("MAC"))?;
     let prev = cfg.conf.prev_result.as_ref().map(CniResult::from_value).transpose()?;
+    let delegate = match &cfg.ipam {
+        Ipam::Delegated(t) => Some(Delegate::new(t, env, &cfg.version, &cfg.raw)?),
+        Ipam::Builtin(_) => None,
+    };
     let mut undo = Undo::default();
     let mut nl_slot: Option<Netlink> = None;
-    match add(cfg, env, &netns, &requested, mac, &mut undo, &mut nl_slot) {
+    match add(cfg, env, &netns, delegate.as_ref(), &mut undo, &mut nl_slot) {
         Ok(ours) => Ok(match prev {
             // A chained ADD: pass the previous result on with ours appended.
             Some(prev) => prev.merged(ours),
@@ -77,13 +89,19 @@ pub fn run(cfg: &Config, env: &Env) -> Result<serde_json::Value> {
         }
         .to_json(&cfg.version)),
         Err(e) => {
-            undo.run(cfg, env, nl_slot.as_ref());
+            undo.run(cfg, delegate.as_ref(), nl_slot.as_ref());
             Err(e)
         }
     }
 }
 
-fn addresses(cfg: &Config, env: &Env, requested: &[IpAddr], undo: &mut Undo) -> Result<(Vec<PodIp>, Vec<RouteConf>, Dns)> {
+fn addresses(
+    cfg: &Config,
+    env: &Env,
+    requested: &[IpAddr],
+    delegate: Option<&Delegate>,
+    undo: &mut Undo,
+) -> Result<(Vec<PodIp>, Vec<RouteConf>, Dns)> {
     match &cfg.ipam {
         Ipam::Builtin(ic) => {
             let leases = ipam::allocate(ic, &cfg.conf.name, &env.container_id, &env.ifname, requested)?;
@@ -95,10 +113,11 @@ fn addresses(cfg: &Config, env: &Env, requested: &[IpAddr], undo: &mut Undo) -> 
             Ok((ips, ic.routes.clone(), Dns::default()))
         }
         Ipam::Delegated(t) => {
-            // SPEC.md "Delegated plugin execution procedure": if the
-            // delegated ADD fails, it is still called with DEL.
+            let d = delegate.expect("a delegated IPAM has its Delegate");
+            // Only an ADD that succeeded here is undone with DEL: a refused
+            // one (a duplicate) must not release what an earlier ADD holds.
+            let out = d.exec(Command::Add)?;
             undo.delegated = true;
-            let out = delegate::exec(t, Command::Add, env, &cfg.raw)?;
             let res = CniResult::from_value(&out.ok_or_else(|| {
                 CniError::new(Code::Delegate, format!("ipam plugin {t} returned no result"))
             })?)?;
@@ -130,17 +149,38 @@ fn add(
     cfg: &Config,
     env: &Env,
     netns: &Netns,
-    requested: &[IpAddr],
-    mac: Option<[u8; 6]>,
+    delegate: Option<&Delegate>,
     undo: &mut Undo,
     nl_slot: &mut Option<Netlink>,
 ) -> Result<CniResult> {
-    let (ips, ipam_routes, ipam_dns) = addresses(cfg, env, requested, undo)?;
+    let requested = cfg.requested_ips(env.arg("IP"))?;
+    let mac = cfg.requested_mac(env.arg("MAC"))?;
+    // An attachment of (container, ifname) that already exists is refused
+    // before anything is reserved or created: nothing of it is touched.
+    let nl = nl_slot.insert(Netlink::open()?);
+    let pod_nl = nl.open_in(netns)?;
+    let host_name = names::host_veth(&env.container_id, &env.ifname);
+    if pod_nl.link(&env.ifname)?.is_some() {
+        return Err(CniError::new(
+            Code::InterfaceExists,
+            format!("interface {} already exists in {}", env.ifname, env.netns),
+        ));
+    }
+    if nl.link(&host_name)?.is_some() {
+        return Err(CniError::new(
+            Code::InterfaceExists,
+            format!(
+                "host interface {host_name} for container {} / {} already exists (ADD without DEL?)",
+                env.container_id, env.ifname
+            ),
+        ));
+    }
+
+    let (ips, ipam_routes, ipam_dns) = addresses(cfg, env, &requested, delegate, undo)?;
     if ips.is_empty() {
         return Err(CniError::new(Code::InvalidConfig, "IPAM returned no address"));
     }
 
-    let nl = nl_slot.insert(Netlink::open()?);
     let (bridge, _) = nl.ensure_bridge(&cfg.conf.bridge, cfg.mtu, names::mac(&["bridge", &cfg.conf.bridge]))?;
     if cfg.conf.is_gateway {
         for ip in &ips {
@@ -151,14 +191,6 @@ fn add(
         super::enable_forwarding(ips.iter().any(|i| i.ip.is_ipv4()), ips.iter().any(|i| i.ip.is_ipv6()))?;
     }
 
-    let pod_nl = nl.open_in(netns)?;
-    if pod_nl.link(&env.ifname)?.is_some() {
-        return Err(CniError::new(
-            Code::InterfaceExists,
-            format!("interface {} already exists in {}", env.ifname, env.netns),
-        ));
-    }
-    let host_name = names::host_veth(&env.container_id, &env.ifname);
     let host_mac = names::mac(&[&env.container_id, &env.ifname, "host"]);
     let pod_mac = mac.unwrap_or_else(|| names::mac(&[&env.container_id, &env.ifname, "pod"]));
     nl.add_veth(&VethSpec {

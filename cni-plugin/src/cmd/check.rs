@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ferry_netlink::Netlink;
 
 use super::open_netns;
-use crate::delegate;
+use crate::delegate::Delegate;
 use crate::env::{Command, Env};
 use crate::error::{Code, CniError, Result};
 use crate::ipam::{self, cidr::Cidr};
@@ -45,7 +45,7 @@ pub fn run(cfg: &Config, env: &Env) -> Result<()> {
             ipam::check(ic, &cfg.conf.name, &env.container_id, &env.ifname, &addrs)?;
         }
         Ipam::Delegated(t) => {
-            delegate::exec(t, Command::Check, env, &cfg.raw)?;
+            Delegate::new(t, env, &cfg.version, &cfg.raw)?.exec(Command::Check)?;
         }
     }
 

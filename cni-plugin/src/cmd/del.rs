@@ -6,7 +6,7 @@
 
 use ferry_netlink::Netlink;
 
-use crate::delegate;
+use crate::delegate::Delegate;
 use crate::env::{Command, Env};
 use crate::error::Result;
 use crate::ipam;
@@ -26,7 +26,7 @@ pub fn run(cfg: &Config, env: &Env) -> Result<()> {
             ipam::release(ic, &cfg.conf.name, &env.container_id, &env.ifname)?;
         }
         Ipam::Delegated(t) => {
-            delegate::exec(t, Command::Del, env, &cfg.raw)?;
+            Delegate::new(t, env, &cfg.version, &cfg.raw)?.exec(Command::Del)?;
         }
     }
     Ok(())

@@ -6,7 +6,7 @@
 
 use ferry_netlink::Netlink;
 
-use crate::delegate;
+use crate::delegate::Delegate;
 use crate::env::{Command, Env};
 use crate::error::Result;
 use crate::ipam;
@@ -29,7 +29,7 @@ pub fn run(cfg: &Config, env: &Env) -> Result<()> {
             }
         }
         Ipam::Delegated(t) => {
-            delegate::exec(t, Command::Gc, env, &cfg.raw)?;
+            Delegate::new(t, env, &cfg.version, &cfg.raw)?.exec(Command::Gc)?;
         }
     }
     Ok(())

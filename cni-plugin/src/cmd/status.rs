@@ -4,7 +4,7 @@
 
 use ferry_netlink::Netlink;
 
-use crate::delegate;
+use crate::delegate::Delegate;
 use crate::env::{Command, Env};
 use crate::error::{Code, CniError, Result};
 use crate::ipam;
@@ -14,7 +14,7 @@ pub fn run(cfg: &Config, env: &Env) -> Result<()> {
     match &cfg.ipam {
         Ipam::Builtin(ic) => ipam::status(ic, &cfg.conf.name)?,
         Ipam::Delegated(t) => {
-            delegate::exec(t, Command::Status, env, &cfg.raw)?;
+            Delegate::new(t, env, &cfg.version, &cfg.raw)?.exec(Command::Status)?;
         }
     }
     let nl = Netlink::open()?;
