@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_common::{global_stat, IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
+use ferry_common::{GlobalCounter, IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
 use ferry_datapath::{
     load_or_adopt,
     testing::{program_service, svc_key, PinDir},
@@ -51,8 +51,8 @@ fn attached(node: &Node, pin: &PinDir, pod: &Pod) {
         .expect("attach");
 }
 
-fn global(dp: &Datapath, stat: u32) -> u64 {
-    dp.maps.global.get(&stat, 0).unwrap().iter().sum()
+fn global(dp: &Datapath, stat: GlobalCounter) -> u64 {
+    dp.maps.global.get(&(stat as u32), 0).unwrap().iter().sum()
 }
 
 #[test]
@@ -122,9 +122,9 @@ fn vips_and_hairpin(registered: bool) {
     assert_eq!(udp4.expect("UDP through the IPv4 VIP"), "b1");
     assert_eq!(tcp6.expect("TCP through the IPv6 VIP"), "b1");
     assert_eq!(hairpin.expect("a pod reaching itself through its Service"), "me");
-    assert!(global(&dp, global_stat::HAIRPIN) >= 1);
-    let (peer, fib) = (global(&dp, global_stat::REDIRECT_PEER), global(&dp, global_stat::FIB_REDIRECT));
-    let learned = global(&dp, global_stat::LEARNED_PEER);
+    assert!(global(&dp, GlobalCounter::Hairpin) >= 1);
+    let (peer, fib) = (global(&dp, GlobalCounter::RedirectPeer), global(&dp, GlobalCounter::FibRedirect));
+    let learned = global(&dp, GlobalCounter::LearnedPeer);
     if registered {
         // The CNI plugin registered the pods: DNATed packets went straight in.
         assert!(peer >= 4, "redirect_peer {peer}");
@@ -147,7 +147,7 @@ fn vips_and_hairpin(registered: bool) {
         assert_eq!(forgot, 1, "b1's one MAC was learned behind its veth");
         assert_eq!(client.run(|| tcp_id(sa(VIP, 80), T)).expect("TCP after forgetting"), "b1");
     }
-    assert!(global(&dp, global_stat::CT_CREATED) >= 4);
+    assert!(global(&dp, GlobalCounter::CtCreated) >= 4);
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn datapath_tcp_keeps_its_backend_udp_moves() {
     let (echo, udp_after) = handle.join().expect("client thread");
     assert_eq!(echo, "still there?", "TCP flow kept its (removed) backend");
     assert_eq!(udp_after, "b2", "the UDP flow moved to a live backend on its next packet");
-    assert!(global(&dp, global_stat::UDP_RESELECTED) >= 1);
+    assert!(global(&dp, GlobalCounter::UdpReselected) >= 1);
     // New TCP connections go to b2.
     assert_eq!(client.run(|| tcp_id(sa(VIP, 80), T)).expect("new flow"), "b2");
 }
@@ -373,7 +373,12 @@ fn datapath_throughput_direct_vs_vip() {
     let client = node.add_pod("client");
     let b1 = node.add_pod("b1");
     let _server = b1.spawn(Command::new("iperf3").args(["-s", "-p", "5201"]));
-    std::thread::sleep(Duration::from_millis(300));
+    let b1_addr = SocketAddr::new(IpAddr::V4(b1.ipv4()), 5201);
+    ferry_tests::assert_eventually!(
+        client.run(move || std::net::TcpStream::connect_timeout(&b1_addr, Duration::from_millis(200)).is_ok()),
+        Duration::from_secs(5),
+        "iperf3 listening"
+    );
     program_service(&mut dp.maps, 1, VIP.parse().unwrap(), 80, TCP, &[(IpAddr::V4(b1.ipv4()), 5201)], 0, 0);
     let run = |target: String, port: &str| -> f64 {
         let mut cmd = Command::new("ip");

@@ -283,6 +283,8 @@ fn lb_session_affinity_holds_for_its_timeout_then_ends() {
     // some other backend must show up ((1/3)^10 to miss by chance).
     let mut seen = vec![first.clone()];
     for _ in 0..10 {
+        // Not a wait for a condition: idling past the timeout is the case
+        // under test (any probe in between would refresh the affinity).
         std::thread::sleep(Duration::from_millis(1150));
         let id = w.client.run(|| tcp_id(sa(VIP, 80), T).expect("connect"));
         seen.push(id.clone());
@@ -400,17 +402,28 @@ fn lb_kill9_of_the_agent_under_load_fails_no_connection() {
             })
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Each phase lasts until the load has completed some connections in it
+    // (bounded), rather than a fixed time that a slow machine might spend
+    // on one connection.
+    let runs_on = |what: &str| {
+        let from = ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+        assert_eventually!(
+            ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) >= from + 30,
+            Duration::from_secs(10),
+            "30 connections {what}"
+        );
+    };
+    runs_on("before the first kill");
     for _ in 0..2 {
         w.agent.kill9();
-        std::thread::sleep(Duration::from_millis(300)); // load runs with no agent at all
-        w.agent.restart();
-        std::thread::sleep(Duration::from_millis(300));
+        runs_on("with no agent at all");
+        w.agent.restart(); // returns once /readyz says ready
+        runs_on("after the restart");
     }
     // A change after the restarts is still applied (the new agent adopted the maps).
     w.set_endpoints(&[w.ep(0)]);
     w.wait_active("10.96.0.10:80", 1);
-    std::thread::sleep(Duration::from_millis(200));
+    runs_on("after the change");
     stop.store(true, Ordering::Relaxed);
     load.join().expect("load thread");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
@@ -451,9 +464,9 @@ fn lb_agent_attaches_to_pod_veths_that_existed_before_it() {
     }
     let stats: serde_json::Value = serde_json::from_str(&agent.ferryctl(&["-o", "json", "stats"])).expect("json");
     let global = |k: &str| stats["global"][k].as_u64().unwrap_or_else(|| panic!("{k} in {stats}"));
-    assert!(global("fib_redirect") + global("learned_peer") >= 50 * 2, "{stats}");
-    assert!(global("learned_peer") >= 50, "b1's MAC learned after its first SYN-ACK: {stats}");
-    assert_eq!(global("redirect_peer"), 0, "{stats}");
+    assert!(global("fib_redirect_packets") + global("learned_peer_packets") >= 50 * 2, "{stats}");
+    assert!(global("learned_peer_packets") >= 50, "b1's MAC learned after its first SYN-ACK: {stats}");
+    assert_eq!(global("redirect_peer_packets"), 0, "{stats}");
 }
 
 #[test]

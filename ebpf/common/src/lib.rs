@@ -269,22 +269,73 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// Global per-CPU counters (`FERRY_GLOBAL`, array indexed by these).
-pub mod global_stat {
-    pub const CT_CREATED: u32 = 0;
-    pub const CT_INSERT_FAILED: u32 = 1;
-    pub const NO_ENDPOINTS_REJECTED: u32 = 2;
-    pub const HAIRPIN: u32 = 3;
-    pub const UDP_RESELECTED: u32 = 4;
-    /// DNATed packets handed straight to a local backend pod.
-    pub const REDIRECT_PEER: u32 = 5;
-    /// DNATed packets handed to the egress device the node's FIB named
+/// Global per-CPU event counters (`FERRY_GLOBAL`, an array indexed by
+/// these): the one definition of each, with its name (the `ferryctl stats`
+/// row and, prefixed `ferry_`, the Prometheus metric) and help text.
+/// Indexes are stable: never renumber, only append.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalCounter {
+    CtCreated = 0,
+    /// The conntrack map was full (LRU eviction failed): map pressure.
+    CtInsertFailed = 1,
+    NoEndpointsRejected = 2,
+    Hairpin = 3,
+    UdpReselected = 4,
+    /// Translated packets handed straight to a local backend pod.
+    RedirectPeer = 5,
+    /// Translated packets handed to the egress device the node's FIB named
     /// (skipping the node's IP forward path).
-    pub const FIB_REDIRECT: u32 = 6;
-    /// DNATed packets whose FIB next hop is a pod behind one of this node's
-    /// attached veths (`FERRY_PORTS`), handed straight into that pod.
-    pub const LEARNED_PEER: u32 = 7;
-    pub const MAX: u32 = 8;
+    FibRedirect = 6,
+    /// Translated packets whose FIB next hop is a pod behind one of this
+    /// node's attached veths (`FERRY_PORTS`), handed straight into it.
+    LearnedPeer = 7,
+}
+
+impl GlobalCounter {
+    /// Length of `FERRY_GLOBAL` (room to append without resizing a pinned map).
+    pub const MAX: u32 = 16;
+    pub const ALL: [GlobalCounter; 8] = [
+        GlobalCounter::CtCreated,
+        GlobalCounter::CtInsertFailed,
+        GlobalCounter::NoEndpointsRejected,
+        GlobalCounter::Hairpin,
+        GlobalCounter::UdpReselected,
+        GlobalCounter::RedirectPeer,
+        GlobalCounter::FibRedirect,
+        GlobalCounter::LearnedPeer,
+    ];
+
+    /// The counter's name: `ferryctl stats` row, and the metric
+    /// `ferry_<name>_total`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            GlobalCounter::CtCreated => "conntrack_created",
+            GlobalCounter::CtInsertFailed => "conntrack_insert_failures",
+            GlobalCounter::NoEndpointsRejected => "no_endpoints_rejected",
+            GlobalCounter::Hairpin => "hairpin_flows",
+            GlobalCounter::UdpReselected => "udp_reselected",
+            GlobalCounter::RedirectPeer => "redirect_peer_packets",
+            GlobalCounter::FibRedirect => "fib_redirect_packets",
+            GlobalCounter::LearnedPeer => "learned_peer_packets",
+        }
+    }
+
+    /// The metric's help text.
+    pub const fn help(self) -> &'static str {
+        match self {
+            GlobalCounter::CtCreated => "Conntrack entries created",
+            GlobalCounter::CtInsertFailed => "Conntrack inserts that failed (map full): map pressure",
+            GlobalCounter::NoEndpointsRejected => "New flows rejected for lack of endpoints",
+            GlobalCounter::Hairpin => "Flows where the client was its own backend",
+            GlobalCounter::UdpReselected => "UDP flows moved off a backend that left",
+            GlobalCounter::RedirectPeer => "Translated packets handed straight into a local backend pod",
+            GlobalCounter::FibRedirect => "Translated packets handed to the device the node's FIB named",
+            GlobalCounter::LearnedPeer => {
+                "Translated packets whose FIB next hop is a pod behind an attached veth, handed straight into it"
+            }
+        }
+    }
 }
 
 /// One element of `FERRY_MAGLEV`: two consecutive Maglev slots (backend
@@ -335,11 +386,14 @@ pub enum DropReason {
     CtFull = 6,
     /// IPv4 header with options on a VIP-bound packet we do not translate.
     Unsupported = 7,
+    /// The FIB's next hop could not be written into a translated packet
+    /// whose TTL was already decremented (checksum or MAC store failed).
+    FibRewrite = 8,
 }
 
 impl DropReason {
     pub const MAX: u32 = 16;
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::Fragment,
         DropReason::NoEndpoints,
@@ -347,6 +401,7 @@ impl DropReason {
         DropReason::HelperFailed,
         DropReason::CtFull,
         DropReason::Unsupported,
+        DropReason::FibRewrite,
     ];
 
     /// Metric label.
@@ -359,6 +414,7 @@ impl DropReason {
             DropReason::HelperFailed => "helper_failed",
             DropReason::CtFull => "ct_full",
             DropReason::Unsupported => "unsupported",
+            DropReason::FibRewrite => "fib_rewrite",
         }
     }
 }
@@ -384,24 +440,33 @@ const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all types are repr(C), Copy, have no padding (asserted above)
-    // and every bit pattern is valid.
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for BackendValue {}
-    unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for CtValue {}
-    unsafe impl aya::Pod for RevNatValue {}
-    unsafe impl aya::Pod for AffinityKey {}
-    unsafe impl aya::Pod for AffinityValue {}
-    unsafe impl aya::Pod for Counter {}
-    unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for MaglevPair {}
-    unsafe impl aya::Pod for EndpointKey {}
-    unsafe impl aya::Pod for EndpointValue {}
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for PortValue {}
-    unsafe impl aya::Pod for NextHop {}
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: every map type here is repr(C) and Copy, has no
+            // padding (sizes asserted above) and is valid for any bit pattern.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        ServiceKey,
+        ServiceValue,
+        BackendValue,
+        CtKey,
+        CtValue,
+        RevNatValue,
+        AffinityKey,
+        AffinityValue,
+        Counter,
+        Config,
+        MaglevPair,
+        EndpointKey,
+        EndpointValue,
+        PortKey,
+        PortValue,
+        NextHop,
+    );
 }
 
 #[cfg(test)]
@@ -435,6 +500,15 @@ mod tests {
         for (name, size, fields, align) in rows {
             assert_eq!(size, fields, "{name}: implicit padding");
             assert!(align <= 8, "{name}: alignment {align}");
+        }
+    }
+
+    #[test]
+    fn global_counters_are_stable_in_range_and_uniquely_named() {
+        for (i, c) in GlobalCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32, "{}", c.name());
+            assert!((*c as u32) < GlobalCounter::MAX);
+            assert!(GlobalCounter::ALL[..i].iter().all(|o| o.name() != c.name()), "{} twice", c.name());
         }
     }
 

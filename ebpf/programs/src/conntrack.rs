@@ -3,7 +3,7 @@
 //! the reply as the backend sends it) says what to restore on the way back.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use ferry_common::{
-    backend_state, ct_flags, global_stat, CtKey, CtValue, DropReason, RevNatKey, RevNatValue,
+    backend_state, ct_flags, CtKey, GlobalCounter, CtValue, DropReason, RevNatKey, RevNatValue,
     ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
@@ -61,8 +61,8 @@ fn tcp_flag_bits(pkt: &Packet) -> u32 {
 #[inline(always)]
 pub fn backend_alive(id: u32, addr: &[u32; 4], port: u16, service_id: u32) -> bool {
     match FERRY_BACKENDS.get_ptr(id) {
-        // SAFETY: map value pointer, read once.
         Some(b) => {
+            // SAFETY: map value pointer, read once.
             let b = unsafe { *b };
             b.addr == *addr && b.port == port && b.service_id == service_id
         }
@@ -104,7 +104,7 @@ pub fn lookup_forward(key: &CtKey, pkt: &Packet, svc: &ServiceValue, now: u64) -
         && !backend_alive(entry.backend_id, &entry.backend_addr, entry.backend_port, svc.id)
     {
         if pkt.proto == IPPROTO_UDP {
-            count_global(global_stat::UDP_RESELECTED);
+            count_global(GlobalCounter::UdpReselected);
         }
         return None;
     }
@@ -162,7 +162,7 @@ fn heal_revnat(pkt: &Packet, target: &Target, flags: u32) {
         }
     }
     if FERRY_REVNAT.insert(&rkey, &rval, 0).is_err() {
-        count_global(global_stat::CT_INSERT_FAILED);
+        count_global(GlobalCounter::CtInsertFailed);
     }
 }
 
@@ -188,10 +188,10 @@ pub fn create(key: &CtKey, pkt: &Packet, service_id: u32, target: &Target, now: 
     // Reverse entry first: a reply can never find a forward entry without
     // its way back.
     if FERRY_REVNAT.insert(rkey, rval, 0).is_err() || FERRY_CT.insert(key, value, 0).is_err() {
-        count_global(global_stat::CT_INSERT_FAILED);
+        count_global(GlobalCounter::CtInsertFailed);
         return Err(DropReason::CtFull);
     }
-    count_global(global_stat::CT_CREATED);
+    count_global(GlobalCounter::CtCreated);
     Ok(())
 }
 

@@ -1,12 +1,12 @@
 //! from-pod: Service lookup, backend selection (conntrack, ClientIP
 //! affinity, Maglev) and DNAT of packets leaving a pod.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
 use ferry_common::{
-    global_stat, service_flags, AffinityKey, AffinityValue, DropReason, EndpointKey, NextHop, PortKey, PortValue, ServiceKey,
+    service_flags, GlobalCounter, AffinityKey, AffinityValue, DropReason, EndpointKey, NextHop, PortKey, PortValue, ServiceKey,
     ServiceValue, AF_INET, IPPROTO_TCP, MAGLEV_SLOTS_PER_ENTRY,
 };
 
@@ -48,10 +48,10 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         // Forwarded from this frame, not backend_reply's: the BPF stack
         // limit counts every frame of the call chain.
-        return Ok(match backend_reply(ctx, &pkt)? {
+        return match backend_reply(ctx, &pkt)? {
             Some(vip) => fib_redirect(ctx, &vip, &pkt.dst, pkt.family),
-            None => TC_ACT_OK,
-        });
+            None => Ok(TC_ACT_OK),
+        };
     };
     // SAFETY: map value pointer, copied once.
     let svc = unsafe { *svc };
@@ -68,7 +68,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         Some(t) => t,
         None => {
             if svc.backend_count == 0 {
-                count_global(global_stat::NO_ENDPOINTS_REJECTED);
+                count_global(GlobalCounter::NoEndpointsRejected);
                 return nat::reject(ctx, &pkt);
             }
             let backend_id = select_backend(&pkt, &svc, now)?;
@@ -90,10 +90,10 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         // The client is its own backend: make the reply leave it (towards
         // the hairpin address) so it comes back through us.
         set_addr(ctx, &pkt, IP4_SRC_OFF, IP6_SRC_OFF, &pkt.src, &hairpin)?;
-        count_global(global_stat::HAIRPIN);
+        count_global(GlobalCounter::Hairpin);
     }
     let src = if target.hairpin { hairpin } else { pkt.src };
-    Ok(forward(ctx, &src, &target.addr, pkt.family))
+    forward(ctx, &src, &target.addr, pkt.family)
 }
 
 /// A backend's reply to a translated flow, leaving the backend's pod: the
@@ -123,10 +123,10 @@ fn backend_reply(ctx: &TcContext, pkt: &Packet) -> Result<Option<[u32; 4]>, Drop
 /// registered by the CNI plugin, else to the device and next hop the
 /// node's FIB names, else (FIB cannot answer at once) up the node's stack.
 #[inline(always)]
-fn forward(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> i32 {
+fn forward(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> Result<i32, DropReason> {
     match to_local_pod(ctx, dst, family) {
         TC_ACT_OK => fib_redirect(ctx, src, dst, family),
-        verdict => verdict,
+        verdict => Ok(verdict),
     }
 }
 
@@ -143,28 +143,28 @@ fn forward(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> i32 {
 /// (neighbour not yet resolved, forwarding disabled, MTU exceeded, TTL
 /// about to expire) takes the normal path, where the kernel handles it.
 #[inline(never)]
-fn fib_redirect(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> i32 {
+fn fib_redirect(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> Result<i32, DropReason> {
     const AF_INET_KERNEL: u8 = 2;
     const AF_INET6_KERNEL: u8 = 10;
     // TTL (IPv4, followed by the protocol byte) / hop limit (IPv6).
     let hop_off = if family == AF_INET { ETH_HLEN + 8 } else { ETH_HLEN + 7 };
     let Ok(hops) = ctx.load::<[u8; 2]>(hop_off) else {
-        return TC_ACT_OK;
+        return Ok(TC_ACT_OK);
     };
     if hops[0] <= 1 {
-        return TC_ACT_OK;
+        return Ok(TC_ACT_OK);
     }
     // A local pod this path has already resolved: no FIB lookup per packet.
     let dest = EndpointKey { addr: *dst, family, _pad: [0; 3] };
     if let Some(nh) = FERRY_NEXTHOPS.get_ptr(&dest) {
         // SAFETY: map value pointer, copied once.
         let nh = unsafe { *nh };
-        if let Err(verdict) = rewrite_hop(ctx, family, hop_off, hops, &nh.dmac, &nh.smac) {
-            return verdict;
+        if !rewrite_hop(ctx, family, hop_off, hops, &nh.dmac, &nh.smac)? {
+            return Ok(TC_ACT_OK);
         }
-        count_global(global_stat::LEARNED_PEER);
+        count_global(GlobalCounter::LearnedPeer);
         // SAFETY: plain helper call.
-        return unsafe { bpf_redirect_peer(nh.ifindex, 0) as i32 };
+        return Ok(unsafe { bpf_redirect_peer(nh.ifindex, 0) as i32 });
     }
     // SAFETY: plain data; all-zero is a valid lookup request.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -187,10 +187,12 @@ fn fib_redirect(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> 
         bpf_fib_lookup(ctx.skb.skb as *mut _, &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return TC_ACT_OK;
+        // No route, blackhole, neighbour unresolved, MTU...: the kernel's
+        // own path answers (ICMP errors, ARP), as for any routed packet.
+        return Ok(TC_ACT_OK);
     }
-    if let Err(verdict) = rewrite_hop(ctx, family, hop_off, hops, &p.dmac, &p.smac) {
-        return verdict;
+    if !rewrite_hop(ctx, family, hop_off, hops, &p.dmac, &p.smac)? {
+        return Ok(TC_ACT_OK);
     }
     // The next hop is a pod behind one of our veths: deliver it there, as
     // the bridge would, without crossing the bridge and that veth's egress;
@@ -201,19 +203,20 @@ fn fib_redirect(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> 
         let ifindex = unsafe { (*v).ifindex };
         let nh = NextHop { ifindex, dmac: p.dmac, smac: p.smac };
         let _ = FERRY_NEXTHOPS.insert(&dest, &nh, 0);
-        count_global(global_stat::LEARNED_PEER);
+        count_global(GlobalCounter::LearnedPeer);
         // SAFETY: plain helper call.
-        return unsafe { bpf_redirect_peer(ifindex, 0) as i32 };
+        return Ok(unsafe { bpf_redirect_peer(ifindex, 0) as i32 });
     }
-    count_global(global_stat::FIB_REDIRECT);
+    count_global(GlobalCounter::FibRedirect);
     // SAFETY: plain helper call.
-    unsafe { bpf_redirect(p.ifindex, 0) as i32 }
+    Ok(unsafe { bpf_redirect(p.ifindex, 0) as i32 })
 }
 
 /// A routed hop: TTL / hop limit decremented (IPv4 checksum fixed up) and
-/// the next hop's MACs written. Err carries the verdict when it cannot be
-/// done: untouched packets take the normal path, half-rewritten ones are
-/// dropped.
+/// the next hop's MACs written. `Ok(false)`: nothing was changed, the
+/// packet takes the normal path. A packet changed halfway must not leave
+/// like that: `Err(FibRewrite)`, counted and dropped in the one place that
+/// turns errors into verdicts (main.rs).
 #[inline(always)]
 fn rewrite_hop(
     ctx: &TcContext,
@@ -222,24 +225,23 @@ fn rewrite_hop(
     hops: [u8; 2],
     dmac: &[u8; 6],
     smac: &[u8; 6],
-) -> Result<(), i32> {
+) -> Result<bool, DropReason> {
     let new = [hops[0] - 1, hops[1]];
     if ctx.store(hop_off, &new, 0).is_err() {
-        return Err(TC_ACT_OK);
+        return Ok(false);
     }
     if family == AF_INET
         && ctx
             .l3_csum_replace(IP4_CSUM_OFF, u16::from_ne_bytes(hops) as u64, u16::from_ne_bytes(new) as u64, 2)
             .is_err()
     {
-        // The TTL changed and its checksum could not follow: the packet
-        // must not leave like this.
-        return Err(TC_ACT_SHOT as i32);
+        // The TTL changed and its checksum could not follow.
+        return Err(DropReason::FibRewrite);
     }
     if ctx.store(0, dmac, 0).is_err() || ctx.store(6, smac, 0).is_err() {
-        return Err(TC_ACT_SHOT as i32);
+        return Err(DropReason::FibRewrite);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Learns which host veth a pod's MAC is behind, from a frame the pod sent
@@ -288,7 +290,7 @@ fn to_local_pod(ctx: &TcContext, addr: &[u32; 4], family: u8) -> i32 {
     if ctx.store(0, &ep.mac, 0).is_err() || ctx.store(6, &gw, 0).is_err() {
         return TC_ACT_OK;
     }
-    count_global(global_stat::REDIRECT_PEER);
+    count_global(GlobalCounter::RedirectPeer);
     // SAFETY: plain helper call.
     unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
 }

@@ -45,7 +45,7 @@ pub static FERRY_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropRea
 
 #[map]
 pub static FERRY_GLOBAL: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(ferry_common::global_stat::MAX, 0);
+    PerCpuArray::with_max_entries(ferry_common::GlobalCounter::MAX, 0);
 
 #[map]
 pub static FERRY_ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
@@ -69,8 +69,8 @@ pub fn count_drop(reason: DropReason) {
 }
 
 #[inline(always)]
-pub fn count_global(stat: u32) {
-    if let Some(c) = FERRY_GLOBAL.get_ptr_mut(stat) {
+pub fn count_global(stat: ferry_common::GlobalCounter) {
+    if let Some(c) = FERRY_GLOBAL.get_ptr_mut(stat as u32) {
         // SAFETY: per-CPU slot.
         unsafe { *c += 1 };
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ferry_common::{global_stat, DropReason};
+use ferry_common::{DropReason, GlobalCounter};
 use ferry_datapath::Maps;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -153,18 +153,9 @@ impl Collector for MapCollector {
             .map(|r| (vec![("reason".to_string(), r.as_str().to_string())], ConstCounter::new(sum(&maps.drops, *r as u32))))
             .collect();
         encode_family(&mut encoder, "drops", "Packets dropped by the data path, by reason", drops)?;
-        let globals = [
-            ("conntrack_created", "Conntrack entries created", global_stat::CT_CREATED),
-            ("conntrack_insert_failures", "Conntrack inserts that failed (map full): map pressure", global_stat::CT_INSERT_FAILED),
-            ("no_endpoints_rejected", "New flows rejected for lack of endpoints", global_stat::NO_ENDPOINTS_REJECTED),
-            ("hairpin_flows", "Flows where the client was its own backend", global_stat::HAIRPIN),
-            ("udp_reselected", "UDP flows moved off a backend that left", global_stat::UDP_RESELECTED),
-            ("redirect_peer_packets", "Translated packets handed straight into a local backend pod", global_stat::REDIRECT_PEER),
-            ("fib_redirect_packets", "Translated packets handed to the device the node's FIB named", global_stat::FIB_REDIRECT),
-            ("learned_peer_packets", "Translated packets whose FIB next hop is a pod behind an attached veth, handed straight into it", global_stat::LEARNED_PEER),
-        ];
-        for (name, help, idx) in globals {
-            encode_family(&mut encoder, name, help, vec![(Vec::new(), ConstCounter::new(sum(&maps.global, idx)))])?;
+        for c in GlobalCounter::ALL {
+            let value = ConstCounter::new(sum(&maps.global, c as u32));
+            encode_family(&mut encoder, c.name(), c.help(), vec![(Vec::new(), value)])?;
         }
         let ct_entries = maps.conntrack.keys().filter(Result::is_ok).count() as i64;
         encode_family(&mut encoder, "conntrack_entries", "Entries in the conntrack map", vec![(Vec::new(), ConstGauge::new(ct_entries))])?;

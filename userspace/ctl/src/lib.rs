@@ -1,5 +1,6 @@
 //! ferryctl: what the data path holds, read straight from the pinned maps
 //! (so it works while the agent is down), as a table or JSON.
+#![forbid(unsafe_code)]
 
 pub mod render;
 
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use aya::maps::MapData;
 use ferry_agent::diff::{backend_addr, frontend_of, ip_of, protocol_of};
 use ferry_agent::names::{self, Names};
-use ferry_common::{backend_state, ct_flags, global_stat, service_flags, CtKey, DropReason};
+use ferry_common::{backend_state, ct_flags, service_flags, GlobalCounter, CtKey, DropReason};
 use ferry_datapath::Maps;
 use serde::Serialize;
 
@@ -328,19 +329,7 @@ impl Node {
         services.sort_by(|a, b| (&a.service, &a.frontend).cmp(&(&b.service, &b.frontend)));
         let sum = |m: &aya::maps::PerCpuArray<MapData, u64>, i: u32| m.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
         let drops = DropReason::ALL.iter().map(|r| (r.as_str(), sum(&self.maps.drops, *r as u32))).collect();
-        let global = [
-            ("conntrack_created", global_stat::CT_CREATED),
-            ("conntrack_insert_failed", global_stat::CT_INSERT_FAILED),
-            ("no_endpoints_rejected", global_stat::NO_ENDPOINTS_REJECTED),
-            ("hairpin", global_stat::HAIRPIN),
-            ("udp_reselected", global_stat::UDP_RESELECTED),
-            ("redirect_peer", global_stat::REDIRECT_PEER),
-            ("fib_redirect", global_stat::FIB_REDIRECT),
-            ("learned_peer", global_stat::LEARNED_PEER),
-        ]
-        .into_iter()
-        .map(|(n, i)| (n, sum(&self.maps.global, i)))
-        .collect();
+        let global = GlobalCounter::ALL.iter().map(|c| (c.name(), sum(&self.maps.global, *c as u32))).collect();
         let conntrack_entries = self.maps.conntrack.keys().filter(Result::is_ok).count();
         Ok(Stats { services, drops, global, conntrack_entries })
     }

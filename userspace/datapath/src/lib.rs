@@ -44,7 +44,7 @@
 //! - `backend_count == 0` = reject: TCP RST, UDP ICMP(v6) port unreachable.
 //! - Hairpin flows are SNATed to `ferry_common::HAIRPIN_V4` / `HAIRPIN_V6`.
 //! - Counters: `FERRY_SVC_STATS[service id]`, `FERRY_DROPS[DropReason]`,
-//!   `FERRY_GLOBAL[global_stat::*]` (all per-CPU: sum the CPUs).
+//!   `FERRY_GLOBAL[GlobalCounter]` (all per-CPU: sum the CPUs).
 mod attach;
 mod endpoints;
 mod load;

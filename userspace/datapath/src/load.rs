@@ -10,8 +10,8 @@ use aya::{
     EbpfLoader,
 };
 use ferry_common::{
-    global_stat, map_names, prog_names, AffinityKey, AffinityValue, BackendValue, Config, Counter,
-    CtKey, CtValue, DropReason, EndpointKey, EndpointValue, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
+    map_names, prog_names, AffinityKey, AffinityValue, BackendValue, Config, Counter,
+    CtKey, CtValue, DropReason, EndpointKey, EndpointValue, GlobalCounter, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
 };
 use tracing::{debug, info, warn};
 
@@ -94,7 +94,7 @@ impl DatapathConfig {
             (map_names::AFFINITY, self.affinity_size),
             (map_names::SERVICE_STATS, self.max_services),
             (map_names::DROPS, DropReason::MAX),
-            (map_names::GLOBAL_STATS, global_stat::MAX),
+            (map_names::GLOBAL_STATS, GlobalCounter::MAX),
             (map_names::CONFIG, 1),
             (map_names::ENDPOINTS, ferry_common::DEFAULT_MAX_ENDPOINTS),
             (map_names::PORTS, ferry_common::DEFAULT_MAX_PORTS),
@@ -141,7 +141,7 @@ pub struct Maps {
     pub service_stats: PerCpuArray<MapData, Counter>,
     /// Per-CPU counters indexed by `DropReason as u32`.
     pub drops: PerCpuArray<MapData, u64>,
-    /// Per-CPU counters indexed by `ferry_common::global_stat::*`.
+    /// Per-CPU counters indexed by `ferry_common::GlobalCounter`.
     pub global: PerCpuArray<MapData, u64>,
     /// One entry: the Maglev geometry the programs index with.
     pub config: Array<MapData, Config>,
