@@ -106,7 +106,7 @@ impl PinnedMaps {
         sorted.sort_unstable_by_key(|t| t.0);
         for cluster in sorted.chunk_by(|a, b| b.0 - a.0 <= GAP) {
             let (first, last) = (cluster[0].0, cluster[cluster.len() - 1].0);
-            let writer = self
+            let mut writer = self
                 .maps
                 .maglev
                 .writer(first..=last, limits.maglev_size)

@@ -118,16 +118,14 @@ pub struct MaglevWriter<'a> {
     _tables: std::marker::PhantomData<&'a mut MaglevTables>,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; disjoint
-// tables may be written from several threads (`write_table` takes &self
-// only to allow that, each call touching its own range).
+// SAFETY: the mapping is plain shared memory owned by this value, so it
+// may move to another thread. It is deliberately not Sync: writes take
+// `&mut self`, so safe code cannot have two threads storing through it.
 unsafe impl Send for MaglevWriter<'_> {}
-unsafe impl Sync for MaglevWriter<'_> {}
 
 impl MaglevWriter<'_> {
     /// Copies `ids` into table `table` (slots `table * maglev_size ..`).
-    /// Concurrent calls must name different tables.
-    pub fn write_table(&self, table: u32, maglev_size: u32, ids: &[u32]) -> Result<()> {
+    pub fn write_table(&mut self, table: u32, maglev_size: u32, ids: &[u32]) -> Result<()> {
         let start = table as usize * maglev_size as usize;
         if ids.len() > maglev_size as usize || start < self.first_slot || start + ids.len() > self.slots {
             return Err(Error::Config(format!(
@@ -137,8 +135,8 @@ impl MaglevWriter<'_> {
                 self.slots
             )));
         }
-        // SAFETY: the range is inside the mapping (checked above) and no
-        // other writer touches this table (caller's contract). Volatile
+        // SAFETY: the range is inside the mapping (checked above), and
+        // `&mut self` makes this the only writer through it. Volatile
         // is not needed: the service entry that publishes the table is
         // written afterwards through a syscall, which orders the stores.
         unsafe { std::ptr::copy_nonoverlapping(ids.as_ptr(), self.ptr.as_ptr().add(start - self.first_slot), ids.len()) };

@@ -17,7 +17,7 @@ fn tables_written_through_the_mapping_read_back_exactly() {
     // Every table in one mapping (a cold sync), then one table alone in a
     // mapping that starts mid-page (an endpoint change).
     {
-        let w = maglev.writer(0..=tables - 1, m).expect("map all tables");
+        let mut w = maglev.writer(0..=tables - 1, m).expect("map all tables");
         for t in 0..tables {
             w.write_table(t, m, &table_of(t)).unwrap();
         }
@@ -32,7 +32,7 @@ fn tables_written_through_the_mapping_read_back_exactly() {
 
     // Outside the array, or outside what a writer mapped: an error, no write.
     assert!(maglev.writer(tables..=tables, m).is_err(), "past the array's end");
-    let w = maglev.writer(3..=4, m).unwrap();
+    let mut w = maglev.writer(3..=4, m).unwrap();
     assert!(w.write_table(9, m, &table_of(9)).is_err(), "table 9 is not in a 3..=4 mapping");
     assert!(w.write_table(3, m, &vec![1; m as usize + 1]).is_err(), "longer than a table");
     drop(w);
