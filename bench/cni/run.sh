@@ -6,8 +6,10 @@
 #   bash bench/cni/run.sh            # 200 pods, 8 in parallel
 #   PODS=50 bash bench/cni/run.sh    # quicker
 #
-# Prints p50/p99 ADD and DEL per phase for both, the ferry/reference ratios
-# and leaks; writes everything to bench/results/cni.json.
+# Prints p50/p99 ADD and DEL per phase for each, the ferry/reference ratios
+# and leaks; writes everything to bench/results/cni.json. Ferry runs twice:
+# with its built-in IPAM, and delegating to the same host-local binary the
+# reference uses (the path that also asks the delegate's VERSION).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PODS=${PODS:-200}
@@ -29,4 +31,10 @@ echo "== ferry ($FERRY_DIR, built-in IPAM)"
 python3 bench/cni/cni_bench.py "$FERRY_DIR" ferry '{"ipam": {"type": "ferry"}, "pinDir": "/run/ferry-bench-no-datapath"}' \
     --pods "$PODS" --concurrency "$CONC" --json "$tmp/ferry.json" || true
 
-python3 bench/cni/report.py "$tmp/ferry.json" "$tmp/ref.json" bench/results/cni.json
+echo "== ferry ($FERRY_DIR, IPAM delegated to $REF_DIR/host-local, at its own CNI version)"
+# The reference's own config (host-local), as a user switching from bridge
+# would write it; ferry speaks 1.1.0 to the runtime and 1.0.0 to host-local.
+python3 bench/cni/cni_bench.py "$FERRY_DIR" ferry '{"pinDir": "/run/ferry-bench-no-datapath"}' \
+    --pods "$PODS" --concurrency "$CONC" --json "$tmp/ferry-hl.json" || true
+
+python3 bench/cni/report.py "$tmp/ferry.json" "$tmp/ref.json" bench/results/cni.json "$tmp/ferry-hl.json"
