@@ -25,8 +25,15 @@ demo: build
 test: build
 	$(CARGO) test --release --workspace -- --test-threads=$(TEST_THREADS)
 
+# Formatting, then clippy twice (as aya-template's test.sh does): the host
+# crates, then the eBPF crate alone, which only builds for the BPF target on
+# nightly with build-std. Both read the lint policy in Cargo.toml.
 lint: bootstrap
+	$(CARGO) fmt --all -- --check
+	cd ebpf/programs && $(CARGO) fmt -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	cd ebpf/programs && env -u RUSTUP_TOOLCHAIN rustup run nightly cargo clippy --release \
+		--target bpfel-unknown-none -Z build-std=core -- -D warnings
 
 bench: bench-cni bench-lb bench-dns
 

@@ -45,7 +45,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     /// Counters resolved once per (qtype, rcode), so the hot path is one
     /// atomic add instead of a label-set hash lookup.
-    queries: Arc<Vec<Counter>>,
+    queries: Arc<[Counter]>,
     pub latency: Histogram,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
@@ -92,7 +92,7 @@ impl Metrics {
             latency.clone(),
         );
         let m = Metrics {
-            queries: Arc::new(queries),
+            queries: queries.into(),
             latency,
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),

@@ -142,6 +142,8 @@ pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'st
 pub fn in_netns(cmd: &mut Command, path: &Path) {
     let ns = Netns::open(path).unwrap_or_else(|e| panic!("{e}"));
     // The fd must stay open until the child has forked: the closure owns it.
+    // SAFETY: the closure only calls setns(2), which is async-signal-safe,
+    // on an fd it owns; nothing allocates or locks between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Only async-signal-safe calls here (we are between fork and exec).

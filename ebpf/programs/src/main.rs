@@ -5,6 +5,10 @@
 //! verdict (count it per CPU, drop the packet).
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map helpers take `impl Borrow<K>`: a reference keeps one copy of a key on the 512-byte BPF stack"
+)]
 
 mod conntrack;
 mod csum;
@@ -45,8 +49,16 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-// bpf_redirect and the csum helpers are not GPL-only, but the kernel's tc
-// helpers print more useful verifier logs for GPL-compatible programs.
+// The licence string is not decoration: the verifier refuses a call to a
+// helper whose proto is `gpl_only` unless the program's licence is
+// GPL-compatible (kernel/bpf/verifier.c, check_helper_call;
+// include/linux/license.h lists the accepted strings). from-pod calls
+// bpf_fib_lookup, which is GPL-only (net/core/filter.c,
+// bpf_skb_fib_lookup_proto); bpf_redirect, bpf_redirect_peer and the csum
+// helpers are not. So this object is licensed "Dual MIT/GPL": MIT or
+// GPL-2.0, at the recipient's choice (this crate's Cargo.toml says so too).
+// ferry-common, compiled into it, is `Apache-2.0 OR MIT` so that its MIT
+// option fits; the userspace crates are Apache-2.0 (the workspace's).
 #[link_section = "license"]
 #[no_mangle]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

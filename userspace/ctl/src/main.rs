@@ -1,4 +1,5 @@
 //! ferryctl binary: parse, read the maps, print.
+#![forbid(unsafe_code)]
 use clap::Parser;
 use ferryctl::render::table;
 use ferryctl::{Cli, Command, CtCmd, Node, Output};

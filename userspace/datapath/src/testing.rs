@@ -78,7 +78,7 @@ pub fn backend(addr: IpAddr, port: u16, proto: u8, service_id: u32) -> BackendVa
 /// Programs one frontend `id` with the given backends (ids `id*100 + i`),
 /// Maglev table `id` filled round-robin (what a real Maglev table
 /// approximates), written backends first, service last.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "a test helper mirroring every field of a frontend")]
 pub fn program_service(
     maps: &mut Maps,
     id: u32,

@@ -12,6 +12,7 @@
 //! "Already exists" and "does not exist" are answered as values (`Ok(false)`,
 //! `Ok(None)`) where callers need idempotence; everything else is an
 //! [`Error`] carrying the operation and its subject.
+#![forbid(unsafe_code)]
 
 mod netns;
 

@@ -33,6 +33,7 @@
 //! Bad input never takes good input down with it: an invalid object is
 //! reported ([`ObjectError`]: file, kind, namespace/name, field, reason) and
 //! skipped. See [`yaml_dir`] for what happens to a file that stops parsing.
+#![forbid(unsafe_code)]
 
 pub mod convert;
 pub mod error;

@@ -1,6 +1,6 @@
 //! Shared by the datapath crate's privileged tests: a hand-made packet
 //! builder / decoder with checksum verification.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a different part of the helpers")]
 
 use std::net::IpAddr;
 
