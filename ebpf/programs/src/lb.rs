@@ -1,23 +1,18 @@
-//! from-pod: Service lookup, backend selection (conntrack, ClientIP
-//! affinity, Maglev) and DNAT of packets leaving a pod.
+//! from-pod: Service lookup, the flow's backend (its conntrack entry, else
+//! `select`), DNAT and delivery of packets leaving a pod.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
-use ferry_common::{
-    service_flags, GlobalCounter, AffinityKey, AffinityValue, DropReason, EndpointKey, NextHop, PortKey, PortValue, ServiceKey,
-    ServiceValue, AF_INET, IPPROTO_TCP, MAGLEV_SLOTS_PER_ENTRY,
-};
+use ferry_common::{DropReason, EndpointKey, GlobalCounter, NextHop, PortKey, PortValue, ServiceKey, AF_INET, IPPROTO_TCP};
 
 use crate::{
     conntrack::{self, backend_usable, now_ns, Target},
     csum::{set_addr, set_port},
-    maps::{
-        count_global, count_service, FERRY_AFFINITY, FERRY_CONFIG, FERRY_ENDPOINTS, FERRY_MAGLEV,
-        FERRY_NEXTHOPS, FERRY_PORTS, FERRY_SERVICES,
-    },
+    maps::{count_global, count_service, FERRY_ENDPOINTS, FERRY_NEXTHOPS, FERRY_PORTS, FERRY_SERVICES},
     nat::{self, hairpin_addr},
+    select,
     parse::{parse, Packet, ETH_HLEN, TCP_ACK, TCP_SYN, IP4_CSUM_OFF, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF},
 };
 
@@ -71,7 +66,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
                 count_global(GlobalCounter::NoEndpointsRejected);
                 return nat::reject(ctx, &pkt);
             }
-            let backend_id = select_backend(&pkt, &svc, now)?;
+            let backend_id = select::select_backend(&pkt, &svc, now)?;
             let b = backend_usable(backend_id, svc.id).ok_or(DropReason::NoBackend)?;
             let target = Target {
                 backend_id,
@@ -293,92 +288,4 @@ fn to_local_pod(ctx: &TcContext, addr: &[u32; 4], family: u8) -> i32 {
     count_global(GlobalCounter::RedirectPeer);
     // SAFETY: plain helper call.
     unsafe { bpf_redirect_peer(ep.ifindex, 0) as i32 }
-}
-
-/// Picks the backend id of a new flow: the client's affinity entry while
-/// it is fresh (`sessionAffinity: ClientIP`), else the Maglev slot of the
-/// flow's hash.
-#[inline(never)]
-fn select_backend(pkt: &Packet, svc: &ServiceValue, now: u64) -> Result<u32, DropReason> {
-    let affinity = svc.flags & service_flags::AFFINITY != 0;
-    let akey = AffinityKey {
-        client: pkt.src,
-        service_id: svc.id,
-        family: pkt.family,
-        _pad: [0; 3],
-    };
-    if affinity {
-        if let Some(a) = FERRY_AFFINITY.get_ptr_mut(akey) {
-            // SAFETY: map value pointer.
-            let a = unsafe { &mut *a };
-            let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
-            if now.wrapping_sub(a.last_used_ns) <= timeout_ns
-                && backend_usable(a.backend_id, svc.id).is_some()
-            {
-                a.last_used_ns = now;
-                return Ok(a.backend_id);
-            }
-        }
-    }
-    let id = maglev_lookup(svc, flow_hash(pkt))?;
-    if affinity {
-        let v = AffinityValue {
-            backend_id: id,
-            _pad: 0,
-            last_used_ns: now,
-        };
-        // Best effort: without the entry the next flow just hashes again.
-        let _ = FERRY_AFFINITY.insert(akey, v, 0);
-    }
-    Ok(id)
-}
-
-#[inline(always)]
-fn maglev_lookup(svc: &ServiceValue, hash: u32) -> Result<u32, DropReason> {
-    let cfg = FERRY_CONFIG.get(0).ok_or(DropReason::NoBackend)?;
-    let size = cfg.maglev_size;
-    if size == 0 || svc.maglev_table >= cfg.max_tables {
-        return Err(DropReason::NoBackend);
-    }
-    let idx = svc.maglev_table * size + hash % size;
-    let pair = FERRY_MAGLEV.get(idx / MAGLEV_SLOTS_PER_ENTRY).ok_or(DropReason::NoBackend)?;
-    Ok(pair.ids[(idx % MAGLEV_SLOTS_PER_ENTRY) as usize])
-}
-
-/// Hash of the flow's 5-tuple (the VIP side is fixed per Service, so the
-/// client address and both ports carry the entropy). A multiply-xorshift
-/// per word and murmur3's finalizer: cheap, and every input bit moves the
-/// slot.
-#[inline(always)]
-fn flow_hash(pkt: &Packet) -> u32 {
-    let mut h: u32 = 0x9747_b28c ^ pkt.proto as u32;
-    let words = if pkt.family == AF_INET { 1 } else { 4 };
-    let mut i = 0;
-    while i < 4 {
-        if i < words {
-            h = mix(h, pkt.src[i]);
-            h = mix(h, pkt.dst[i]);
-        }
-        i += 1;
-    }
-    h = mix(h, ((pkt.sport as u32) << 16) | pkt.dport as u32);
-    if pkt.proto == IPPROTO_TCP {
-        h ^= 0x5bd1_e995;
-    }
-    fmix(h)
-}
-
-#[inline(always)]
-fn mix(h: u32, v: u32) -> u32 {
-    let k = v.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
-}
-
-#[inline(always)]
-fn fmix(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
 }

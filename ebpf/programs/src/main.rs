@@ -16,6 +16,7 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod select;
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use ferry_common::DropReason;

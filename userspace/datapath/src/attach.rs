@@ -2,18 +2,22 @@
 //! the attachment outlives the attaching process (CNI plugin, agent).
 use std::{
     fs, io,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use aya::programs::{
     links::FdLink,
-    tc::{TcAttachOptions, TcAttachType},
+    tc::TcAttachOptions,
     LinkOrder, ProgramError, SchedClassifier,
 };
 use tracing::debug;
 
-use crate::{io_err, load::Prog, sys, Error, Result};
+use crate::{
+    io_err,
+    prog::{link_path, link_pins, Prog},
+    sys, Error, Result,
+};
 
 /// An interface of the calling thread's network namespace.
 #[derive(Clone, Copy, Debug)]
@@ -57,57 +61,6 @@ pub struct Attachment {
     pub created: bool,
 }
 
-impl Prog {
-    fn suffix(self) -> &'static str {
-        match self {
-            Prog::FromPod => "in",
-            Prog::ToPod => "out",
-        }
-    }
-
-    fn attach_type(self) -> TcAttachType {
-        match self {
-            Prog::FromPod => TcAttachType::Ingress,
-            Prog::ToPod => TcAttachType::Egress,
-        }
-    }
-}
-
-fn links_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("links")
-}
-
-fn link_path(pin_dir: &Path, ifindex: u32, prog: Prog) -> PathBuf {
-    links_dir(pin_dir).join(format!("{ifindex}-{}", prog.suffix()))
-}
-
-/// Every link pin under `pin_dir`: (ifindex, program, path).
-pub fn link_pins(pin_dir: &Path) -> Result<Vec<(u32, Prog, PathBuf)>> {
-    let dir = links_dir(pin_dir);
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("read", dir)(e)),
-    };
-    let mut pins = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err("read", &dir))?;
-        let name = entry.file_name();
-        let Some((idx, suffix)) = name.to_str().and_then(|n| n.split_once('-')) else {
-            continue;
-        };
-        let prog = match suffix {
-            "in" => Prog::FromPod,
-            "out" => Prog::ToPod,
-            _ => continue,
-        };
-        if let Ok(ifindex) = idx.parse() {
-            pins.push((ifindex, prog, entry.path()));
-        }
-    }
-    Ok(pins)
-}
-
 /// Attaches to-pod (tcx egress) then from-pod (tcx ingress) to `iface` and
 /// pins both links under `<pin_dir>/links/<ifindex>-{out,in}`. Idempotent:
 /// a live pinned link is kept; a stale pin (its interface is gone and the
@@ -135,7 +88,7 @@ pub fn attach<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachm
         let program_err = |source| Error::Program { name: prog.name().to_owned(), source };
         let id = match program.attach_with_options(
             &ifname,
-            prog.attach_type(),
+            prog.hook().tc_attach_type(),
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         ) {
             Ok(id) => id,

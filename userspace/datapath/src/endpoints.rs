@@ -7,7 +7,7 @@ use std::{net::IpAddr, path::Path};
 use aya::maps::{HashMap, MapData};
 use ferry_common::{map_names, EndpointKey, EndpointValue, NextHop, PortKey, PortValue, AF_INET, AF_INET6};
 
-use crate::{load::map_pin, Error, Result};
+use crate::{prog::map_pin, Error, Result};
 
 fn open(pin_dir: &Path) -> Result<Option<HashMap<MapData, EndpointKey, EndpointValue>>> {
     open_hash(pin_dir, map_names::ENDPOINTS)

@@ -49,6 +49,7 @@ mod attach;
 mod endpoints;
 mod load;
 mod maglev;
+mod prog;
 mod sys;
 pub mod testing;
 mod watch;
@@ -56,14 +57,12 @@ mod watch;
 use std::{io, path::PathBuf};
 
 pub use attach::{
-    attach, attach_matching, detach, gc_links, link_pins, Attachment, Iface, IfacePattern,
+    attach, attach_matching, detach, gc_links, Attachment, Iface, IfacePattern,
 };
 pub use endpoints::{endpoint_key, forget_ports, register_endpoint, unregister_endpoints};
 pub use ferry_common as common;
-pub use load::{
-    load_or_adopt, open_pinned, programs_pinned, test_run, Datapath, DatapathConfig, Maps, Prog,
-    TestRunOutput,
-};
+pub use load::{load_or_adopt, open_pinned, programs_pinned, test_run, Datapath, DatapathConfig, Maps, TestRunOutput};
+pub use prog::{link_pins, Hook, Prog};
 pub use maglev::{MaglevTables, MaglevWriter};
 pub use watch::{spawn_attach_watcher, AttachWatcher, WatchEvent};
 

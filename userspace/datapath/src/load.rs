@@ -10,12 +10,17 @@ use aya::{
     EbpfLoader,
 };
 use ferry_common::{
-    map_names, prog_names, AffinityKey, AffinityValue, BackendValue, Config, Counter,
+    map_names, AffinityKey, AffinityValue, BackendValue, Config, Counter,
     CtKey, CtValue, DropReason, EndpointKey, EndpointValue, GlobalCounter, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
 };
 use tracing::{debug, info, warn};
 
-use crate::{attach, io_err, maglev::MaglevTables, Error, Result, ELF};
+use crate::{
+    io_err,
+    maglev::MaglevTables,
+    prog::{link_pins, map_pin, Prog, PIN_SUBDIRS},
+    Error, Result, ELF,
+};
 
 /// Capacities of the maps. They are fixed when a map is first created and
 /// pinned; adopting pins created with other sizes is refused.
@@ -103,30 +108,6 @@ impl DatapathConfig {
     }
 }
 
-/// The two programs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Prog {
-    /// tcx ingress of a pod's host veth (packets leaving the pod).
-    FromPod,
-    /// tcx egress of a pod's host veth (packets entering the pod).
-    ToPod,
-}
-
-impl Prog {
-    pub const ALL: [Prog; 2] = [Prog::ToPod, Prog::FromPod];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Prog::FromPod => prog_names::FROM_POD,
-            Prog::ToPod => prog_names::TO_POD,
-        }
-    }
-
-    pub fn pin_path(self, pin_dir: &Path) -> PathBuf {
-        pin_dir.join("progs").join(self.name())
-    }
-}
-
 /// Typed handles on every pinned map. The LRU maps (conntrack, reverse
 /// NAT, affinity) are aya `HashMap`s too: the API is the same.
 pub struct Maps {
@@ -200,10 +181,6 @@ pub struct Datapath {
     pub maps: Maps,
 }
 
-pub(crate) fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
-    pin_dir.join("maps").join(name)
-}
-
 /// Whether the programs are pinned under `pin_dir` (a loader has run).
 pub fn programs_pinned(pin_dir: &Path) -> bool {
     Prog::ALL.iter().all(|p| p.pin_path(pin_dir).exists())
@@ -216,7 +193,7 @@ pub fn programs_pinned(pin_dir: &Path) -> bool {
 /// `bpf_link_update`, so no packet ever sees an interface without a program.
 pub fn load_or_adopt(pin_dir: &Path, config: &DatapathConfig) -> Result<Datapath> {
     config.validate()?;
-    for sub in ["maps", "progs", "links"] {
+    for sub in PIN_SUBDIRS {
         let dir = pin_dir.join(sub);
         fs::create_dir_all(&dir).map_err(io_err("create", dir))?;
     }
@@ -311,7 +288,7 @@ fn pin_program(pin_dir: &Path, prog: Prog, program: &mut SchedClassifier) -> Res
 /// links whose interface is gone are removed.
 fn replace_in_links(pin_dir: &Path, prog: Prog, program: &mut SchedClassifier) -> Result<usize> {
     let mut updated = 0;
-    for (ifindex, dir, path) in attach::link_pins(pin_dir)? {
+    for (ifindex, dir, path) in link_pins(pin_dir)? {
         if dir != prog {
             continue;
         }

@@ -1,0 +1,143 @@
+//! The programs of the eBPF object, the hook each one attaches to, and the
+//! layout of everything pinned under the pin dir. This is the one module
+//! that knows both, so the loader (`load`) and the attacher (`attach`) each
+//! depend on it and not on each other.
+//!
+//! ```text
+//! <pin_dir>/maps/<MAP NAME>           every map (ferry_common::map_names)
+//! <pin_dir>/progs/<program name>      every program (ferry_common::prog_names)
+//! <pin_dir>/links/<ifindex>-<tag>     one tcx link per (interface, program)
+//! ```
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::tc::TcAttachType;
+use ferry_common::prog_names;
+
+use crate::{io_err, Result};
+
+/// Where a program attaches. Only tcx today; the socket hooks (cgroup) and
+/// the uplink's XDP program join this list, and everything that loads,
+/// pins or attaches matches on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// tcx ingress of an interface (on a pod's host veth: packets leaving the pod).
+    TcxIngress,
+    /// tcx egress of an interface (on a pod's host veth: packets entering the pod).
+    TcxEgress,
+}
+
+impl Hook {
+    /// The tc attach point, for the tcx hooks.
+    pub(crate) fn tc_attach_type(self) -> TcAttachType {
+        match self {
+            Hook::TcxIngress => TcAttachType::Ingress,
+            Hook::TcxEgress => TcAttachType::Egress,
+        }
+    }
+}
+
+/// The programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Prog {
+    /// tcx ingress of a pod's host veth (packets leaving the pod).
+    FromPod,
+    /// tcx egress of a pod's host veth (packets entering the pod).
+    ToPod,
+}
+
+impl Prog {
+    /// In attach order: reverse NAT first, so that no flow is translated
+    /// before its replies can be.
+    pub const ALL: [Prog; 2] = [Prog::ToPod, Prog::FromPod];
+
+    /// The ELF symbol, which is also the pin name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::FromPod => prog_names::FROM_POD,
+            Prog::ToPod => prog_names::TO_POD,
+        }
+    }
+
+    pub fn hook(self) -> Hook {
+        match self {
+            Prog::FromPod => Hook::TcxIngress,
+            Prog::ToPod => Hook::TcxEgress,
+        }
+    }
+
+    pub fn pin_path(self, pin_dir: &Path) -> PathBuf {
+        pin_dir.join("progs").join(self.name())
+    }
+
+    /// The tag of this program's link pins (`<ifindex>-<tag>`).
+    fn link_tag(self) -> &'static str {
+        match self {
+            Prog::FromPod => "in",
+            Prog::ToPod => "out",
+        }
+    }
+}
+
+/// The subdirectories a loader creates.
+pub(crate) const PIN_SUBDIRS: [&str; 3] = ["maps", "progs", "links"];
+
+pub(crate) fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("maps").join(name)
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+/// The pin of `prog`'s link on interface `ifindex`.
+pub(crate) fn link_path(pin_dir: &Path, ifindex: u32, prog: Prog) -> PathBuf {
+    links_dir(pin_dir).join(format!("{ifindex}-{}", prog.link_tag()))
+}
+
+/// (ifindex, program) of a link pin's file name; None for anything else.
+fn parse_link_pin(name: &str) -> Option<(u32, Prog)> {
+    let (idx, tag) = name.split_once('-')?;
+    let prog = Prog::ALL.into_iter().find(|p| p.link_tag() == tag)?;
+    Some((idx.parse().ok()?, prog))
+}
+
+/// Every link pin under `pin_dir`: (ifindex, program, path).
+pub fn link_pins(pin_dir: &Path) -> Result<Vec<(u32, Prog, PathBuf)>> {
+    let dir = links_dir(pin_dir);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("read", dir)(e)),
+    };
+    let mut pins = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err("read", &dir))?;
+        if let Some((ifindex, prog)) = entry.file_name().to_str().and_then(parse_link_pin) {
+            pins.push((ifindex, prog, entry.path()));
+        }
+    }
+    Ok(pins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_round_trip() {
+        let dir = Path::new("/sys/fs/bpf/ferry");
+        for prog in Prog::ALL {
+            let path = link_path(dir, 42, prog);
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(parse_link_pin(name), Some((42, prog)), "{name}");
+        }
+        // (file name, parsed)
+        let rows = [("7-in", Some((7, Prog::FromPod))), ("7-x", None), ("in", None), ("x-out", None)];
+        for (name, want) in rows {
+            assert_eq!(parse_link_pin(name), want, "{name}");
+        }
+    }
+}
