@@ -26,6 +26,11 @@ pub fn unique(tag: &str) -> String {
 
 /// Runs a command with a time limit (coreutils `timeout` sends SIGKILL), and
 /// returns its output. Panics if it cannot start.
+///
+/// It re-creates `cmd` around `timeout`, so only program, arguments and
+/// environment carry over: a `pre_exec` hook ([`in_netns`], joining a
+/// cgroup) would be silently lost and the command would run in the test's
+/// own namespace. Such commands are built on [`timeout_command`] instead.
 pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let prog = cmd.get_program().to_os_string();
     let mut wrapped = Command::new("timeout");
@@ -45,6 +50,15 @@ pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {prog:?}: {e}"))
+}
+
+/// `timeout -s KILL <limit> <program>`: a command bounded in time that
+/// `pre_exec` hooks (namespace, cgroup) can be added to, as they apply to
+/// `timeout` and are inherited by the program it runs.
+pub fn timeout_command(limit: Duration, program: &str) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("-s").arg("KILL").arg(format!("{}", limit.as_secs().max(1))).arg(program).stdin(Stdio::null());
+    cmd
 }
 
 /// Runs `args` (e.g. `["ip", "-n", ns, "link"]`), panicking with its stderr on failure.

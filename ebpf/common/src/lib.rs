@@ -29,12 +29,21 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "FERRY_ENDPOINTS";
     pub const PORTS: &str = "FERRY_PORTS";
     pub const NEXTHOPS: &str = "FERRY_NEXTHOPS";
+    pub const SOCK_REVNAT: &str = "FERRY_SOCK_REVNAT";
 }
 
 /// Names of the programs (ELF symbol names and pin names under `<pin>/progs`).
 pub mod prog_names {
     pub const FROM_POD: &str = "ferry_from_pod";
     pub const TO_POD: &str = "ferry_to_pod";
+    pub const SOCK_CONNECT4: &str = "ferry_sock_connect4";
+    pub const SOCK_CONNECT6: &str = "ferry_sock_connect6";
+    pub const SOCK_SENDMSG4: &str = "ferry_sock_sendmsg4";
+    pub const SOCK_SENDMSG6: &str = "ferry_sock_sendmsg6";
+    pub const SOCK_RECVMSG4: &str = "ferry_sock_recvmsg4";
+    pub const SOCK_RECVMSG6: &str = "ferry_sock_recvmsg6";
+    pub const SOCK_GETPEERNAME4: &str = "ferry_sock_getpeername4";
+    pub const SOCK_GETPEERNAME6: &str = "ferry_sock_getpeername6";
 }
 
 /// Default map capacities. The Maglev array holds `MAX_TABLES * MAGLEV_SIZE`
@@ -261,6 +270,35 @@ pub struct NextHop {
     pub smac: [u8; 6],
 }
 
+/// Key of `FERRY_SOCK_REVNAT` (LRU): a socket the socket LB translated
+/// (its cookie) and the backend it was pointed at. recvmsg and getpeername
+/// find the VIP to show the application here, so a UDP reply comes from
+/// the VIP and `getpeername` names the VIP, as with packet NAT. Keyed by
+/// backend too, because one unconnected UDP socket may send to several.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    /// `bpf_get_socket_cookie`.
+    pub cookie: u64,
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    pub _pad2: u32,
+}
+
+/// Value of `FERRY_SOCK_REVNAT`: the frontend the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue {
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+}
+
 /// Per-CPU packet/byte counters per frontend id (`FERRY_SVC_STATS`, an array).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -290,12 +328,18 @@ pub enum GlobalCounter {
     /// Translated packets whose FIB next hop is a pod behind one of this
     /// node's attached veths (`FERRY_PORTS`), handed straight into it.
     LearnedPeer = 7,
+    /// connect / sendmsg calls to a frontend the socket LB pointed at a
+    /// backend (no per-packet NAT for those flows).
+    SockTranslated = 8,
+    /// connect / sendmsg calls to a frontend with no endpoints, refused
+    /// with ECONNREFUSED.
+    SockRefused = 9,
 }
 
 impl GlobalCounter {
     /// Length of `FERRY_GLOBAL` (room to append without resizing a pinned map).
     pub const MAX: u32 = 16;
-    pub const ALL: [GlobalCounter; 8] = [
+    pub const ALL: [GlobalCounter; 10] = [
         GlobalCounter::CtCreated,
         GlobalCounter::CtInsertFailed,
         GlobalCounter::NoEndpointsRejected,
@@ -304,6 +348,8 @@ impl GlobalCounter {
         GlobalCounter::RedirectPeer,
         GlobalCounter::FibRedirect,
         GlobalCounter::LearnedPeer,
+        GlobalCounter::SockTranslated,
+        GlobalCounter::SockRefused,
     ];
 
     /// The counter's name: `ferryctl stats` row, and the metric
@@ -318,6 +364,8 @@ impl GlobalCounter {
             GlobalCounter::RedirectPeer => "redirect_peer_packets",
             GlobalCounter::FibRedirect => "fib_redirect_packets",
             GlobalCounter::LearnedPeer => "learned_peer_packets",
+            GlobalCounter::SockTranslated => "sock_translated",
+            GlobalCounter::SockRefused => "sock_refused",
         }
     }
 
@@ -334,6 +382,8 @@ impl GlobalCounter {
             GlobalCounter::LearnedPeer => {
                 "Translated packets whose FIB next hop is a pod behind an attached veth, handed straight into it"
             }
+            GlobalCounter::SockTranslated => "connect/sendmsg calls to a frontend pointed at a backend by the socket LB",
+            GlobalCounter::SockRefused => "connect/sendmsg calls to a frontend without endpoints, refused (ECONNREFUSED)",
         }
     }
 }
@@ -364,6 +414,11 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub struct Config {
     pub maglev_size: u32,
     pub max_tables: u32,
+    /// The network namespace the socket LB serves (the node's: the
+    /// loader's own, `SO_NETNS_COOKIE`). Sockets of other namespaces (pods,
+    /// whose processes sit in child cgroups of the node's root cgroup) are
+    /// left to the packet path at their veth. 0: every namespace.
+    pub sock_netns_cookie: u64,
 }
 
 /// Why a packet was dropped: the eBPF error type, the index of `FERRY_DROPS`
@@ -429,7 +484,9 @@ const _: () = assert!(core::mem::size_of::<RevNatValue>() == 40);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
 const _: () = assert!(core::mem::size_of::<MaglevPair>() == 8);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
 const _: () = assert!(core::mem::size_of::<EndpointValue>() == 12);
@@ -466,6 +523,8 @@ mod pod {
         PortKey,
         PortValue,
         NextHop,
+        SockRevKey,
+        SockRevValue,
     );
 }
 
@@ -479,7 +538,7 @@ mod tests {
     #[test]
     fn sizes_and_alignment() {
         // (type, size, sum of field sizes, alignment)
-        let rows: [(&str, usize, usize, usize); 16] = [
+        let rows: [(&str, usize, usize, usize); 18] = [
             ("ServiceKey", size_of::<ServiceKey>(), 16 + 2 + 1 + 1, align_of::<ServiceKey>()),
             ("ServiceValue", size_of::<ServiceValue>(), 6 * 4, align_of::<ServiceValue>()),
             ("BackendValue", size_of::<BackendValue>(), 16 + 2 + 1 + 1 + 4 + 1 + 3, align_of::<BackendValue>()),
@@ -489,7 +548,9 @@ mod tests {
             ("AffinityKey", size_of::<AffinityKey>(), 16 + 4 + 1 + 3, align_of::<AffinityKey>()),
             ("AffinityValue", size_of::<AffinityValue>(), 4 + 4 + 8, align_of::<AffinityValue>()),
             ("Counter", size_of::<Counter>(), 8 + 8, align_of::<Counter>()),
-            ("Config", size_of::<Config>(), 4 + 4, align_of::<Config>()),
+            ("Config", size_of::<Config>(), 4 + 4 + 8, align_of::<Config>()),
+            ("SockRevKey", size_of::<SockRevKey>(), 8 + 16 + 2 + 1 + 1 + 4, align_of::<SockRevKey>()),
+            ("SockRevValue", size_of::<SockRevValue>(), 16 + 2 + 2 + 4, align_of::<SockRevValue>()),
             ("MaglevPair", size_of::<MaglevPair>(), 4 + 4, align_of::<MaglevPair>()),
             ("EndpointKey", size_of::<EndpointKey>(), 16 + 1 + 3, align_of::<EndpointKey>()),
             ("EndpointValue", size_of::<EndpointValue>(), 4 + 6 + 2, align_of::<EndpointValue>()),

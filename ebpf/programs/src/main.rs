@@ -1,4 +1,5 @@
-//! Ferry's tc programs, attached (tcx) to the host side of every pod veth.
+//! Ferry's programs: tc (tcx) on the host side of every pod veth, and the
+//! socket LB's cgroup hooks (sock.rs).
 //!
 //! Entry points only: each wraps a `try_*` function whose error is a
 //! [`DropReason`]; this file is the one place where an error becomes a
@@ -17,9 +18,14 @@ mod maps;
 mod nat;
 mod parse;
 mod select;
+mod sock;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
-use ferry_common::DropReason;
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
+use ferry_common::{DropReason, AF_INET, AF_INET6};
 
 /// tcx ingress of the pod's host veth: packets leaving the pod.
 #[classifier]
@@ -31,6 +37,50 @@ pub fn ferry_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn ferry_to_pod(ctx: TcContext) -> i32 {
     verdict(nat::try_to_pod(&ctx))
+}
+
+/// cgroup connect4: a TCP/UDP/SCTP connect to a frontend goes to a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn ferry_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::verdict(sock::try_translate(&ctx, AF_INET))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn ferry_sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::verdict(sock::try_translate(&ctx, AF_INET6))
+}
+
+/// cgroup sendmsg4: an unconnected UDP datagram to a frontend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn ferry_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::verdict(sock::try_translate(&ctx, AF_INET))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn ferry_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::verdict(sock::try_translate(&ctx, AF_INET6))
+}
+
+/// cgroup recvmsg4: a datagram from a backend shows the frontend as source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn ferry_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, AF_INET)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn ferry_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, AF_INET6)
+}
+
+/// cgroup getpeername4: the peer of a translated socket is the frontend.
+#[cgroup_sock_addr(getpeername4)]
+pub fn ferry_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, AF_INET)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn ferry_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, AF_INET6)
 }
 
 #[inline(always)]

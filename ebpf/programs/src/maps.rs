@@ -8,7 +8,7 @@ use aya_ebpf::{
 use ferry_common::{
     AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason,
     EndpointKey, EndpointValue, MaglevPair, NextHop, PortKey, PortValue, BPF_F_MMAPABLE, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_PORTS,
-    RevNatKey, RevNatValue, ServiceKey, ServiceValue, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE,
+    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
 };
 
@@ -53,6 +53,10 @@ pub static FERRY_ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
 
 #[map]
 pub static FERRY_PORTS: LruHashMap<PortKey, PortValue> = LruHashMap::with_max_entries(DEFAULT_MAX_PORTS, 0);
+
+/// Sockets the socket LB translated: (cookie, backend) -> frontend.
+#[map]
+pub static FERRY_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);
 
 #[map]
 pub static FERRY_NEXTHOPS: LruHashMap<EndpointKey, NextHop> = LruHashMap::with_max_entries(DEFAULT_MAX_PORTS, 0);

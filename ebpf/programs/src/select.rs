@@ -115,7 +115,7 @@ fn mix(h: u32, v: u32) -> u32 {
 }
 
 #[inline(always)]
-fn fmix(mut h: u32) -> u32 {
+pub fn fmix(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

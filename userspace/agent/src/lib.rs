@@ -45,6 +45,14 @@ pub struct Args {
     /// (the CNI plugin attaches at pod creation).
     #[arg(long)]
     pub iface_pattern: Option<String>,
+    /// cgroup v2 directory the socket LB attaches to (cgroup connect, sendmsg,
+    /// recvmsg, getpeername): its host-network processes (and their
+    /// descendants') reach Services translated at connect(), with no
+    /// per-packet NAT. In a cluster: the node's root cgroup (the cgroup2
+    /// mount). Unset: no socket LB, and one an earlier run attached is
+    /// detached.
+    #[arg(long, env = "FERRY_SOCKET_LB_CGROUP")]
+    pub socket_lb_cgroup: Option<PathBuf>,
     /// Slots per Maglev table (prime).
     #[arg(long, default_value_t = ferry_common::DEFAULT_MAGLEV_SIZE)]
     pub maglev_size: u32,
@@ -158,6 +166,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         links_updated = dp.links_updated,
         "data path ready"
     );
+    match &args.socket_lb_cgroup {
+        Some(cgroup) => {
+            let created = ferry_datapath::attach_cgroup(&args.pin_dir, cgroup)
+                .with_context(|| format!("attaching the socket LB to {}", cgroup.display()))?;
+            info!(cgroup = %cgroup.display(), created, "socket LB attached");
+        }
+        None => {
+            if ferry_datapath::detach_cgroup(&args.pin_dir)? {
+                info!("socket LB detached (no --socket-lb-cgroup)");
+            }
+        }
+    }
     if let Some(pattern) = &args.iface_pattern {
         let pattern = IfacePattern::new(pattern)?;
         start_attach(args.pin_dir.clone(), args.netns.as_deref().map(netns_path), pattern)?;

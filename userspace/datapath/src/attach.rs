@@ -9,13 +9,13 @@ use std::{
 use aya::programs::{
     links::FdLink,
     tc::TcAttachOptions,
-    LinkOrder, ProgramError, SchedClassifier,
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier,
 };
 use tracing::debug;
 
 use crate::{
     io_err,
-    prog::{link_path, link_pins, Prog},
+    prog::{cgroup_link_path, link_path, link_pins, Hook, Prog},
     sys, Error, Result,
 };
 
@@ -69,7 +69,7 @@ pub struct Attachment {
 pub fn attach<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachment> {
     let (ifname, ifindex) = iface.into().resolve()?;
     let mut created = false;
-    for prog in Prog::ALL {
+    for prog in Prog::TC {
         let path = link_path(pin_dir, ifindex, prog);
         if path.exists() {
             if matches!(sys::link_ifindex(&path), Ok(i) if i == ifindex) {
@@ -88,7 +88,7 @@ pub fn attach<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachm
         let program_err = |source| Error::Program { name: prog.name().to_owned(), source };
         let id = match program.attach_with_options(
             &ifname,
-            prog.hook().tc_attach_type(),
+            prog.tc_attach_type().expect("Prog::TC are tcx programs"),
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         ) {
             Ok(id) => id,
@@ -139,8 +139,68 @@ fn wait_for_pin(path: &Path, ifindex: u32) -> bool {
 /// pins (the pins are the links' only owners). Returns whether any existed.
 pub fn detach(pin_dir: &Path, ifindex: u32) -> Result<bool> {
     let mut any = false;
-    for prog in Prog::ALL {
+    for prog in Prog::TC {
         let path = link_path(pin_dir, ifindex, prog);
+        match fs::remove_file(&path) {
+            Ok(()) => any = true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove link pin", path)(e)),
+        }
+    }
+    Ok(any)
+}
+
+/// Attaches the socket LB (cgroup connect, sendmsg, recvmsg and getpeername,
+/// IPv4 and IPv6) to the cgroup v2 directory `cgroup`, for every process in
+/// it and its descendants, and pins the links under
+/// `<pin_dir>/links/cgroup-<hook>` so they outlive the agent. Idempotent: a
+/// pinned link on this cgroup is kept (a load replaces its program in
+/// place); one on another cgroup is detached first. Links are multi-attach,
+/// so other programs on the cgroup (systemd's, another tool's) keep running.
+/// Returns how many links were created.
+pub fn attach_cgroup(pin_dir: &Path, cgroup: &Path) -> Result<usize> {
+    let dir = fs::File::open(cgroup).map_err(io_err("open cgroup", cgroup))?;
+    let id = std::os::unix::fs::MetadataExt::ino(&dir.metadata().map_err(io_err("stat cgroup", cgroup))?);
+    let mut created = 0;
+    for prog in Prog::SOCK {
+        let path = cgroup_link_path(pin_dir, prog);
+        if path.exists() {
+            if matches!(sys::link_cgroup_id(&path), Ok(i) if i == id) {
+                continue;
+            }
+            fs::remove_file(&path).map_err(io_err("remove link pin of another cgroup", &path))?;
+        }
+        let Hook::Cgroup(attach_type) = prog.hook() else {
+            unreachable!("Prog::SOCK are cgroup programs")
+        };
+        let prog_path = prog.pin_path(pin_dir);
+        if !prog_path.exists() {
+            return Err(Error::NotLoaded(prog_path));
+        }
+        let program_err = |source| Error::Program { name: prog.name().to_owned(), source };
+        let mut program = CgroupSockAddr::from_pin(&prog_path, attach_type).map_err(program_err)?;
+        // A bpf_link on a cgroup is always multi-attach; the kernel refuses
+        // any flag with it (kernel/bpf/cgroup.c, cgroup_bpf_link_attach), so
+        // the mode must be the flagless one.
+        let link_id = program.attach(&dir, CgroupAttachMode::Single).map_err(program_err)?;
+        let link: FdLink = program
+            .take_link(link_id)
+            .map_err(program_err)?
+            .try_into()
+            .map_err(|source| Error::Link { path: path.clone(), source })?;
+        link.pin(&path).map_err(|source| Error::Pin { path: path.clone(), source })?;
+        created += 1;
+    }
+    debug!(cgroup = %cgroup.display(), created, "socket LB attached");
+    Ok(created)
+}
+
+/// Detaches the socket LB from its cgroup (removes the link pins, the
+/// links' only owners). Returns whether any was attached.
+pub fn detach_cgroup(pin_dir: &Path) -> Result<bool> {
+    let mut any = false;
+    for prog in Prog::SOCK {
+        let path = cgroup_link_path(pin_dir, prog);
         match fs::remove_file(&path) {
             Ok(()) => any = true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -57,7 +57,7 @@ mod watch;
 use std::{io, path::PathBuf};
 
 pub use attach::{
-    attach, attach_matching, detach, gc_links, Attachment, Iface, IfacePattern,
+    attach, attach_cgroup, attach_matching, detach, detach_cgroup, gc_links, Attachment, Iface, IfacePattern,
 };
 pub use endpoints::{endpoint_key, forget_ports, register_endpoint, unregister_endpoints};
 pub use ferry_common as common;

@@ -1,12 +1,16 @@
 //! Loading, adopting and opening the pinned data path.
 use std::{
     fs,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{links::FdLink, links::PinnedLink, tc::SchedClassifierLink, SchedClassifier, TestRun, TestRunOptions},
+    programs::{
+        links::FdLink, links::PinnedLink, tc::SchedClassifierLink, CgroupSockAddr, Program, SchedClassifier, TestRun,
+        TestRunOptions,
+    },
     EbpfLoader,
 };
 use ferry_common::{
@@ -18,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::{
     io_err,
     maglev::MaglevTables,
-    prog::{link_pins, map_pin, Prog, PIN_SUBDIRS},
+    prog::{cgroup_link_path, link_pins, map_pin, Hook, Prog, PIN_SUBDIRS},
     Error, Result, ELF,
 };
 
@@ -89,7 +93,7 @@ impl DatapathConfig {
     }
 
     /// `max_entries` of every map, by name.
-    fn map_sizes(&self) -> Result<[(&'static str, u32); 13]> {
+    fn map_sizes(&self) -> Result<[(&'static str, u32); 14]> {
         Ok([
             (map_names::SERVICES, self.max_services),
             (map_names::BACKENDS, self.max_backends),
@@ -104,6 +108,7 @@ impl DatapathConfig {
             (map_names::ENDPOINTS, ferry_common::DEFAULT_MAX_ENDPOINTS),
             (map_names::PORTS, ferry_common::DEFAULT_MAX_PORTS),
             (map_names::NEXTHOPS, ferry_common::DEFAULT_MAX_PORTS),
+            (map_names::SOCK_REVNAT, self.ct_size),
         ])
     }
 }
@@ -230,16 +235,21 @@ pub fn load_or_adopt(pin_dir: &Path, config: &DatapathConfig) -> Result<Datapath
     let mut links_updated = 0;
     for prog in Prog::ALL {
         let name = prog.name();
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::Program {
-                name: name.to_owned(),
-                source: aya::programs::ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| Error::Program { name: name.to_owned(), source })?;
-        program.load().map_err(|source| Error::Program { name: name.to_owned(), source })?;
-        links_updated += replace_in_links(pin_dir, prog, program)?;
+        let err = |source| Error::Program { name: name.to_owned(), source };
+        let program = ebpf.program_mut(name).ok_or_else(|| err(aya::programs::ProgramError::NotLoaded))?;
+        match prog.hook() {
+            Hook::TcxIngress | Hook::TcxEgress => {
+                let program: &mut SchedClassifier = program.try_into().map_err(err)?;
+                program.load().map_err(err)?;
+                links_updated += replace_in_links(pin_dir, prog, program)?;
+            }
+            Hook::Cgroup(_) => {
+                let program: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+                program.load().map_err(err)?;
+                links_updated += replace_in_cgroup_link(pin_dir, prog, program)?;
+            }
+        }
+        let program = ebpf.program_mut(name).ok_or_else(|| err(aya::programs::ProgramError::NotLoaded))?;
         pin_program(pin_dir, prog, program)?;
     }
 
@@ -254,6 +264,8 @@ pub fn load_or_adopt(pin_dir: &Path, config: &DatapathConfig) -> Result<Datapath
     let geometry = Config {
         maglev_size: config.maglev_size,
         max_tables: config.max_tables,
+        // The socket LB serves the loader's own namespace: the node's.
+        sock_netns_cookie: crate::sys::netns_cookie().map_err(io_err("SO_NETNS_COOKIE", pin_dir))?,
     };
     maps.config.set(0, geometry, 0).map_err(|source| Error::Map {
         name: map_names::CONFIG,
@@ -271,7 +283,7 @@ pub fn load_or_adopt(pin_dir: &Path, config: &DatapathConfig) -> Result<Datapath
 
 /// Pins `program` at its final path without a moment where the path is
 /// missing: pin under a temporary name, then rename over the old pin.
-fn pin_program(pin_dir: &Path, prog: Prog, program: &mut SchedClassifier) -> Result<()> {
+fn pin_program(pin_dir: &Path, prog: Prog, program: &mut Program) -> Result<()> {
     let path = prog.pin_path(pin_dir);
     // bpffs refuses names with a dot.
     let tmp = pin_dir
@@ -317,6 +329,25 @@ fn replace_in_links(pin_dir: &Path, prog: Prog, program: &mut SchedClassifier) -
         }
     }
     Ok(updated)
+}
+
+/// Switches the pinned cgroup link of a socket-LB program (if any) to the
+/// new `program` with `BPF_LINK_UPDATE`: no connect() in between goes
+/// untranslated.
+fn replace_in_cgroup_link(pin_dir: &Path, prog: Prog, program: &CgroupSockAddr) -> Result<usize> {
+    let path = cgroup_link_path(pin_dir, prog);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let fd = program.fd().map_err(|source| Error::Program { name: prog.name().to_owned(), source })?;
+    match crate::sys::link_update(&path, fd.as_fd()) {
+        Ok(()) => Ok(1),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "could not replace program in cgroup link; re-attaching");
+            let _ = fs::remove_file(&path);
+            Ok(0)
+        }
+    }
 }
 
 /// Typed handles on the maps pinned under `pin_dir` (for the agent after a

@@ -7,36 +7,28 @@
 //! <pin_dir>/maps/<MAP NAME>           every map (ferry_common::map_names)
 //! <pin_dir>/progs/<program name>      every program (ferry_common::prog_names)
 //! <pin_dir>/links/<ifindex>-<tag>     one tcx link per (interface, program)
+//! <pin_dir>/links/cgroup-<tag>        one cgroup link per socket-LB program
 //! ```
 use std::{
     fs, io,
     path::{Path, PathBuf},
 };
 
-use aya::programs::tc::TcAttachType;
+use aya::programs::{tc::TcAttachType, CgroupSockAddrAttachType};
 use ferry_common::prog_names;
 
 use crate::{io_err, Result};
 
-/// Where a program attaches. Only tcx today; the socket hooks (cgroup) and
-/// the uplink's XDP program join this list, and everything that loads,
-/// pins or attaches matches on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Where a program attaches; everything that loads, pins or attaches
+/// matches on it (the uplink's XDP program will join this list).
+#[derive(Clone, Copy, Debug)]
 pub enum Hook {
     /// tcx ingress of an interface (on a pod's host veth: packets leaving the pod).
     TcxIngress,
     /// tcx egress of an interface (on a pod's host veth: packets entering the pod).
     TcxEgress,
-}
-
-impl Hook {
-    /// The tc attach point, for the tcx hooks.
-    pub(crate) fn tc_attach_type(self) -> TcAttachType {
-        match self {
-            Hook::TcxIngress => TcAttachType::Ingress,
-            Hook::TcxEgress => TcAttachType::Egress,
-        }
-    }
+    /// A cgroup socket-address hook (the socket LB), on one cgroup.
+    Cgroup(CgroupSockAddrAttachType),
 }
 
 /// The programs.
@@ -46,25 +38,84 @@ pub enum Prog {
     FromPod,
     /// tcx egress of a pod's host veth (packets entering the pod).
     ToPod,
+    /// The socket LB, one per cgroup hook.
+    SockConnect4,
+    SockConnect6,
+    SockSendmsg4,
+    SockSendmsg6,
+    SockRecvmsg4,
+    SockRecvmsg6,
+    SockGetpeername4,
+    SockGetpeername6,
 }
 
 impl Prog {
-    /// In attach order: reverse NAT first, so that no flow is translated
-    /// before its replies can be.
-    pub const ALL: [Prog; 2] = [Prog::ToPod, Prog::FromPod];
+    /// The pod-veth programs, in attach order: reverse NAT first, so that
+    /// no flow is translated before its replies can be.
+    pub const TC: [Prog; 2] = [Prog::ToPod, Prog::FromPod];
+    /// The socket LB, in attach order: the reverse hooks first, so no
+    /// translated socket ever shows the application a backend's address.
+    pub const SOCK: [Prog; 8] = [
+        Prog::SockRecvmsg4,
+        Prog::SockRecvmsg6,
+        Prog::SockGetpeername4,
+        Prog::SockGetpeername6,
+        Prog::SockConnect4,
+        Prog::SockConnect6,
+        Prog::SockSendmsg4,
+        Prog::SockSendmsg6,
+    ];
+    pub const ALL: [Prog; 10] = [
+        Prog::ToPod,
+        Prog::FromPod,
+        Prog::SockRecvmsg4,
+        Prog::SockRecvmsg6,
+        Prog::SockGetpeername4,
+        Prog::SockGetpeername6,
+        Prog::SockConnect4,
+        Prog::SockConnect6,
+        Prog::SockSendmsg4,
+        Prog::SockSendmsg6,
+    ];
 
     /// The ELF symbol, which is also the pin name.
     pub fn name(self) -> &'static str {
         match self {
             Prog::FromPod => prog_names::FROM_POD,
             Prog::ToPod => prog_names::TO_POD,
+            Prog::SockConnect4 => prog_names::SOCK_CONNECT4,
+            Prog::SockConnect6 => prog_names::SOCK_CONNECT6,
+            Prog::SockSendmsg4 => prog_names::SOCK_SENDMSG4,
+            Prog::SockSendmsg6 => prog_names::SOCK_SENDMSG6,
+            Prog::SockRecvmsg4 => prog_names::SOCK_RECVMSG4,
+            Prog::SockRecvmsg6 => prog_names::SOCK_RECVMSG6,
+            Prog::SockGetpeername4 => prog_names::SOCK_GETPEERNAME4,
+            Prog::SockGetpeername6 => prog_names::SOCK_GETPEERNAME6,
         }
     }
 
     pub fn hook(self) -> Hook {
+        use CgroupSockAddrAttachType as C;
         match self {
             Prog::FromPod => Hook::TcxIngress,
             Prog::ToPod => Hook::TcxEgress,
+            Prog::SockConnect4 => Hook::Cgroup(C::Connect4),
+            Prog::SockConnect6 => Hook::Cgroup(C::Connect6),
+            Prog::SockSendmsg4 => Hook::Cgroup(C::UDPSendMsg4),
+            Prog::SockSendmsg6 => Hook::Cgroup(C::UDPSendMsg6),
+            Prog::SockRecvmsg4 => Hook::Cgroup(C::UDPRecvMsg4),
+            Prog::SockRecvmsg6 => Hook::Cgroup(C::UDPRecvMsg6),
+            Prog::SockGetpeername4 => Hook::Cgroup(C::GetPeerName4),
+            Prog::SockGetpeername6 => Hook::Cgroup(C::GetPeerName6),
+        }
+    }
+
+    /// The tc attach point of the tcx programs.
+    pub(crate) fn tc_attach_type(self) -> Option<TcAttachType> {
+        match self.hook() {
+            Hook::TcxIngress => Some(TcAttachType::Ingress),
+            Hook::TcxEgress => Some(TcAttachType::Egress),
+            Hook::Cgroup(_) => None,
         }
     }
 
@@ -72,11 +123,20 @@ impl Prog {
         pin_dir.join("progs").join(self.name())
     }
 
-    /// The tag of this program's link pins (`<ifindex>-<tag>`).
+    /// The tag of this program's link pins (`<ifindex>-<tag>`,
+    /// `cgroup-<tag>`).
     fn link_tag(self) -> &'static str {
         match self {
             Prog::FromPod => "in",
             Prog::ToPod => "out",
+            Prog::SockConnect4 => "connect4",
+            Prog::SockConnect6 => "connect6",
+            Prog::SockSendmsg4 => "sendmsg4",
+            Prog::SockSendmsg6 => "sendmsg6",
+            Prog::SockRecvmsg4 => "recvmsg4",
+            Prog::SockRecvmsg6 => "recvmsg6",
+            Prog::SockGetpeername4 => "getpeername4",
+            Prog::SockGetpeername6 => "getpeername6",
         }
     }
 }
@@ -97,10 +157,15 @@ pub(crate) fn link_path(pin_dir: &Path, ifindex: u32, prog: Prog) -> PathBuf {
     links_dir(pin_dir).join(format!("{ifindex}-{}", prog.link_tag()))
 }
 
-/// (ifindex, program) of a link pin's file name; None for anything else.
+/// The pin of the socket-LB program `prog`'s cgroup link.
+pub(crate) fn cgroup_link_path(pin_dir: &Path, prog: Prog) -> PathBuf {
+    links_dir(pin_dir).join(format!("cgroup-{}", prog.link_tag()))
+}
+
+/// (ifindex, program) of a tcx link pin's file name; None for anything else.
 fn parse_link_pin(name: &str) -> Option<(u32, Prog)> {
     let (idx, tag) = name.split_once('-')?;
-    let prog = Prog::ALL.into_iter().find(|p| p.link_tag() == tag)?;
+    let prog = Prog::TC.into_iter().find(|p| p.link_tag() == tag)?;
     Some((idx.parse().ok()?, prog))
 }
 
@@ -129,13 +194,20 @@ mod tests {
     #[test]
     fn link_pin_names_round_trip() {
         let dir = Path::new("/sys/fs/bpf/ferry");
-        for prog in Prog::ALL {
+        for prog in Prog::TC {
             let path = link_path(dir, 42, prog);
             let name = path.file_name().unwrap().to_str().unwrap();
             assert_eq!(parse_link_pin(name), Some((42, prog)), "{name}");
         }
         // (file name, parsed)
-        let rows = [("7-in", Some((7, Prog::FromPod))), ("7-x", None), ("in", None), ("x-out", None)];
+        let rows = [
+            ("7-in", Some((7, Prog::FromPod))),
+            ("7-x", None),
+            ("in", None),
+            ("x-out", None),
+            // a cgroup link is not a tcx link
+            ("cgroup-connect4", None),
+        ];
         for (name, want) in rows {
             assert_eq!(parse_link_pin(name), want, "{name}");
         }

@@ -55,3 +55,80 @@ pub fn link_ifindex(path: &Path) -> io::Result<u32> {
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a tcx link"))
 }
+
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// BPF_LINK_UPDATE: the pinned link at `path` runs `prog` from now on,
+/// atomically (aya 0.14 has this for tcx links only).
+pub fn link_update(path: &Path, prog: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let link = obj_get(path)?;
+    let attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr outlives the call and is sized as passed; both fds are
+    // open for its duration.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            &attr as *const LinkUpdateAttr,
+            std::mem::size_of::<LinkUpdateAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The cgroup id a pinned cgroup link is attached to (its fdinfo), 0 once
+/// the cgroup is gone.
+pub fn link_cgroup_id(path: &Path) -> io::Result<u64> {
+    let fd = obj_get(path)?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("cgroup_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a cgroup link"))
+}
+
+/// The calling thread's network namespace cookie (`SO_NETNS_COOKIE`, the
+/// value `bpf_get_netns_cookie` returns for sockets of that namespace).
+pub fn netns_cookie() -> io::Result<u64> {
+    // An unbound socket: binding needs an address, and a fresh namespace's
+    // loopback may be down.
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd returned by the kernel.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
