@@ -3,8 +3,9 @@
 //!
 //! One frontend per (Service, port, VIP): the ClusterIPs (one per family for
 //! dual-stack), ExternalIPs and LoadBalancer ingress IPs. Backends come from
-//! the Service's EndpointSlices of the VIP's family, with the EndpointSlice
-//! conditions applied the way kube-proxy applies them
+//! the Service's EndpointSlices of the VIP's family, each at the port its own
+//! slice gives for the Service port ([`EndpointSlice::port_for`]), with the
+//! EndpointSlice conditions applied the way kube-proxy applies them
 //! (pkg/proxy/topology.go, `CategorizeEndpoints`):
 //! - ready endpoints take new flows;
 //! - serving-and-terminating endpoints take new flows only when no endpoint
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ferry_state::{AddressType, Catalog, EndpointSlice, ObjectKey, Protocol, Service, ServicePort, ServiceType, TargetPort};
+use ferry_state::{AddressType, Catalog, EndpointSlice, ObjectKey, Protocol, Service, ServicePort, ServiceType};
 
 /// The key of a frontend, in host order; `Ord` so that syncs walk frontends
 /// deterministically.
@@ -178,7 +179,8 @@ fn backends_for(
     // slices during a rollover) counts as ready if either says so.
     let mut ready: BTreeMap<BackendAddr, bool> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == want) {
-        let Some(target) = resolve_port(port, slice) else {
+        // A slice without this port contributes no endpoints to it.
+        let Some(target) = slice.port_for(port) else {
             continue;
         };
         for ep in &slice.endpoints {
@@ -212,34 +214,10 @@ fn backends_for(
         .collect()
 }
 
-/// The port a slice's endpoints listen on for this Service port.
-/// The EndpointSlice controller names each slice port after the Service port
-/// and puts the per-pod resolved number in it, so that is looked up first;
-/// a hand-written slice may instead name the target port itself. A numeric
-/// targetPort with no matching slice port is used as is. A named targetPort
-/// the slice cannot resolve skips the slice's endpoints: guessing a number
-/// would send traffic to a port nothing listens on.
-fn resolve_port(port: &ServicePort, slice: &EndpointSlice) -> Option<u16> {
-    let by_name = |name: &str| {
-        slice
-            .ports
-            .iter()
-            .find(|p| p.name == name && p.protocol == port.protocol)
-            .map(|p| p.port)
-    };
-    if let Some(p) = by_name(&port.name) {
-        return Some(p);
-    }
-    match &port.target_port {
-        TargetPort::Number(n) => Some(*n),
-        TargetPort::Name(name) => by_name(name),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_state::{Endpoint, EndpointPort};
+    use ferry_state::{Endpoint, EndpointPort, TargetPort};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -274,14 +252,23 @@ mod tests {
     /// (address, ready, serving, terminating, node)
     type Ep<'a> = (&'a str, bool, bool, bool, &'a str);
 
+    /// A slice whose ports are all TCP: (name, number).
     fn slice(svc: &str, family: AddressType, ports: &[(&str, u16)], eps: &[Ep<'_>]) -> EndpointSlice {
+        let ports: Vec<(&str, Protocol, u16)> = ports.iter().map(|(n, p)| (*n, TCP, *p)).collect();
+        slice_proto(svc, family, &ports, eps)
+    }
+
+    /// A slice with ports (name, protocol, number), as the EndpointSlice
+    /// controller writes them: the Service port's name and protocol, the
+    /// number resolved for this slice's pods.
+    fn slice_proto(svc: &str, family: AddressType, ports: &[(&str, Protocol, u16)], eps: &[Ep<'_>]) -> EndpointSlice {
         EndpointSlice {
             key: ObjectKey::new("default", format!("{svc}-x")),
             service: ObjectKey::new("default", svc),
             address_type: family,
             ports: ports
                 .iter()
-                .map(|(n, p)| EndpointPort { name: n.to_string(), protocol: Protocol::Tcp, port: *p })
+                .map(|(n, proto, p)| EndpointPort { name: n.to_string(), protocol: *proto, port: *p })
                 .collect(),
             endpoints: eps
                 .iter()
@@ -315,21 +302,34 @@ mod tests {
     }
 
     const TCP: Protocol = Protocol::Tcp;
+    const UDP: Protocol = Protocol::Udp;
     const V4: AddressType = AddressType::IPv4;
     const V6: AddressType = AddressType::IPv6;
 
-    #[test]
-    fn endpoint_conditions_and_ports() {
-        let http = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(8080))]);
-        let named = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Name("web".into()))]);
-        struct Case<'a> {
-            what: &'a str,
-            svc: Service,
-            slices: Vec<EndpointSlice>,
-            node: Option<&'a str>,
-            want: Vec<(&'a str, Vec<&'a str>)>,
+    struct Case<'a> {
+        what: &'a str,
+        svc: Service,
+        slices: Vec<EndpointSlice>,
+        node: Option<&'a str>,
+        want: Vec<(&'a str, Vec<&'a str>)>,
+    }
+
+    fn check(cases: Vec<Case<'_>>) {
+        for c in cases {
+            let got = run(&c.svc, &c.slices, c.node);
+            let want: Vec<(String, Vec<String>)> = c
+                .want
+                .iter()
+                .map(|(f, b)| (f.to_string(), b.iter().map(|s| s.to_string()).collect()))
+                .collect();
+            assert_eq!(got, want, "case: {}", c.what);
         }
-        let cases = vec![
+    }
+
+    #[test]
+    fn endpoint_conditions() {
+        let http = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(8080))]);
+        check(vec![
             // Plain: ready endpoints, slice port named after the Service port.
             Case {
                 what: "ready endpoints take new flows",
@@ -380,45 +380,6 @@ mod tests {
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec![])],
             },
-            // Named targetPort, resolved per slice: the slice port carries the
-            // Service port's name, each slice its own number.
-            Case {
-                what: "named target port resolved per slice",
-                svc: named(),
-                slices: vec![
-                    slice("web", V4, &[("http", 8080)], &[("10.244.0.2", true, true, false, "")]),
-                    slice("web", V4, &[("http", 9090)], &[("10.244.0.3", true, true, false, "")]),
-                ],
-                node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.3:9090 A"])],
-            },
-            // Hand-written slice naming the target port instead.
-            Case {
-                what: "named target port matched by target name",
-                svc: named(),
-                slices: vec![slice("web", V4, &[("web", 7070)], &[("10.244.0.2", true, true, false, "")])],
-                node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:7070 A"])],
-            },
-            // A slice that cannot resolve the name: its endpoints are skipped.
-            Case {
-                what: "unresolvable named port skips the slice",
-                svc: named(),
-                slices: vec![
-                    slice("web", V4, &[("metrics", 9100)], &[("10.244.0.2", true, true, false, "")]),
-                    slice("web", V4, &[("http", 8080)], &[("10.244.0.3", true, true, false, "")]),
-                ],
-                node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 A"])],
-            },
-            // Numeric targetPort with a port-less slice: the number is used.
-            Case {
-                what: "numeric target port without slice ports",
-                svc: http(),
-                slices: vec![slice("web", V4, &[], &[("10.244.0.2", true, true, false, "")])],
-                node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
-            },
             // IPv6 slices do not feed an IPv4 VIP.
             Case {
                 what: "family must match",
@@ -452,16 +413,180 @@ mod tests {
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
             },
-        ];
-        for c in cases {
-            let got = run(&c.svc, &c.slices, c.node);
-            let want: Vec<(String, Vec<String>)> = c
-                .want
-                .iter()
-                .map(|(f, b)| (f.to_string(), b.iter().map(|s| s.to_string()).collect()))
-                .collect();
-            assert_eq!(got, want, "case: {}", c.what);
-        }
+            // internalTrafficPolicy: Local categorises the local endpoints
+            // alone: a local serving-terminating one is used although a
+            // remote one is ready (CategorizeEndpoints' localEndpoints).
+            Case {
+                what: "local policy falls back to local serving-terminating",
+                svc: {
+                    let mut s = http();
+                    s.internal_traffic_local = true;
+                    s
+                },
+                slices: vec![slice("web", V4, &[("http", 8080)], &[
+                    ("10.244.0.2", false, true, true, "node-a"),
+                    ("10.244.1.2", true, true, false, "node-b"),
+                ])],
+                node: Some("node-a"),
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
+            },
+        ]);
+    }
+
+    /// Ports come from the slice that holds the endpoint, matched by the
+    /// Service port's name and protocol (pkg/proxy/endpointslicecache.go,
+    /// `endpointInfoByServicePort`), never from `targetPort`.
+    #[test]
+    fn ports_per_endpoint_slice() {
+        let ready = |a| (a, true, true, false, "");
+        let two_ports = || {
+            svc("example-custom-endpoints", &["10.96.0.10"], &[
+                ("port80", TCP, 80, TargetPort::Number(80)),
+                ("port81", TCP, 81, TargetPort::Number(81)),
+            ])
+        };
+        let named = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Name("http".into()))]);
+        let numeric = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(8080))]);
+        check(vec![
+            // test/e2e/network/endpointslice.go "should support a Service with
+            // multiple ports specified in multiple EndpointSlices": one pod,
+            // one slice per Service port, each with its own number. Port 80
+            // reaches 8090 only and port 81 9090 only (a numeric-targetPort
+            // fallback put 10.244.0.2:80 and :81 beside them).
+            Case {
+                what: "e2e: multiple ports in multiple slices",
+                svc: two_ports(),
+                slices: vec![
+                    slice("example-custom-endpoints", V4, &[("port80", 8090)], &[ready("10.244.0.2")]),
+                    slice("example-custom-endpoints", V4, &[("port81", 9090)], &[ready("10.244.0.2")]),
+                ],
+                node: None,
+                want: vec![
+                    ("10.96.0.10:80/tcp", vec!["10.244.0.2:8090 A"]),
+                    ("10.96.0.10:81/tcp", vec!["10.244.0.2:9090 A"]),
+                ],
+            },
+            // endpointslice.go "should support a Service with multiple
+            // endpoint IPs specified in multiple EndpointSlices": two pods,
+            // each in the slice of one Service port, both on 8090. Each
+            // Service port reaches its own pod only.
+            Case {
+                what: "e2e: multiple IPs in multiple slices",
+                svc: two_ports(),
+                slices: vec![
+                    slice("example-custom-endpoints", V4, &[("port80", 8090)], &[ready("10.244.0.2")]),
+                    slice("example-custom-endpoints", V4, &[("port81", 8090)], &[ready("10.244.0.3")]),
+                ],
+                node: None,
+                want: vec![
+                    ("10.96.0.10:80/tcp", vec!["10.244.0.2:8090 A"]),
+                    ("10.96.0.10:81/tcp", vec!["10.244.0.3:8090 A"]),
+                ],
+            },
+            // A rolling update that changed the pods' container port (named
+            // targetPort "http": 8080 before, 9090 after). The controller
+            // puts old and new pods in separate slices, each with its number;
+            // every pod is reached on its own port, the old terminating one
+            // keeps its flows.
+            Case {
+                what: "rolling update: container port changed",
+                svc: named(),
+                slices: vec![
+                    slice("web", V4, &[("http", 8080)], &[
+                        ready("10.244.0.2"),
+                        ("10.244.0.3", false, true, true, ""),
+                    ]),
+                    slice("web", V4, &[("http", 9090)], &[ready("10.244.0.4")]),
+                ],
+                node: None,
+                want: vec![(
+                    "10.96.0.10:80/tcp",
+                    vec!["10.244.0.2:8080 A", "10.244.0.3:8080 T", "10.244.0.4:9090 A"],
+                )],
+            },
+            // A numeric targetPort edited from 8080 to 9090 while a slice
+            // still says 8080: the slice is what kube-proxy follows until
+            // the controller rewrites it, and so does Ferry.
+            Case {
+                what: "rolling update: numeric targetPort changed",
+                svc: svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(9090))]),
+                slices: vec![
+                    slice("web", V4, &[("http", 8080)], &[ready("10.244.0.2")]),
+                    slice("web", V4, &[("http", 9090)], &[ready("10.244.0.4")]),
+                ],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.4:9090 A"])],
+            },
+            // One pod listed in both slices of a rollover with two numbers:
+            // two backends (kube-proxy keys endpoints by IP:port).
+            Case {
+                what: "same pod, two port numbers",
+                svc: named(),
+                slices: vec![
+                    slice("web", V4, &[("http", 8080)], &[ready("10.244.0.2")]),
+                    slice("web", V4, &[("http", 9090)], &[ready("10.244.0.2")]),
+                ],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.2:9090 A"])],
+            },
+            // A slice without any ports contributes nothing, whatever the
+            // numeric targetPort says.
+            Case {
+                what: "slice without ports: no endpoints",
+                svc: numeric(),
+                slices: vec![slice("web", V4, &[], &[ready("10.244.0.2")])],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec![])],
+            },
+            // A slice port named after the container port instead of the
+            // Service port does not match (kube-proxy keys by Service port
+            // name).
+            Case {
+                what: "slice port named after the target port: no match",
+                svc: svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Name("web".into()))]),
+                slices: vec![slice("web", V4, &[("web", 7070)], &[ready("10.244.0.2")])],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec![])],
+            },
+            // A slice that lacks this port skips its endpoints; another
+            // slice's still count.
+            Case {
+                what: "slice without this port is skipped",
+                svc: named(),
+                slices: vec![
+                    slice("web", V4, &[("metrics", 9100)], &[ready("10.244.0.2")]),
+                    slice("web", V4, &[("http", 8080)], &[ready("10.244.0.3")]),
+                ],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 A"])],
+            },
+            // Name and protocol both: a TCP slice port named like a UDP
+            // Service port is not its port.
+            Case {
+                what: "protocol must match",
+                svc: svc("dns", &["10.96.0.53"], &[
+                    ("dns", UDP, 53, TargetPort::Number(53)),
+                    ("dns-tcp", TCP, 53, TargetPort::Number(53)),
+                ]),
+                slices: vec![
+                    slice_proto("dns", V4, &[("dns", TCP, 5300)], &[ready("10.244.0.2")]),
+                    slice_proto("dns", V4, &[("dns", UDP, 5353), ("dns-tcp", TCP, 5354)], &[ready("10.244.0.3")]),
+                ],
+                node: None,
+                want: vec![
+                    ("10.96.0.53:53/udp", vec!["10.244.0.3:5353 A"]),
+                    ("10.96.0.53:53/tcp", vec!["10.244.0.3:5354 A"]),
+                ],
+            },
+            // A single unnamed Service port: the controller writes name "".
+            Case {
+                what: "unnamed port",
+                svc: svc("web", &["10.96.0.10"], &[("", TCP, 80, TargetPort::Number(8080))]),
+                slices: vec![slice("web", V4, &[("", 8080)], &[ready("10.244.0.2")])],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
+            },
+        ]);
     }
 
     #[test]

@@ -298,7 +298,7 @@ pub async fn run_loop(
 mod tests {
     use super::*;
     use crate::diff::Op;
-    use ferry_state::{Endpoint, EndpointSlice, Protocol, Service, ServicePort, ServiceType, TargetPort, AddressType};
+    use ferry_state::{Endpoint, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, ServiceType, TargetPort, AddressType};
 
     /// Records applied ops; can be told to fail once.
     #[derive(Default)]
@@ -340,7 +340,9 @@ mod tests {
                 key: ObjectKey::new("default", format!("svc{i}-a")),
                 service: key,
                 address_type: AddressType::IPv4,
-                ports: vec![],
+                // As the EndpointSlice controller writes it: the Service
+                // port's name and protocol, the resolved target port.
+                ports: vec![EndpointPort { name: String::new(), protocol: Protocol::Tcp, port: 8080 }],
                 endpoints: eps.iter().map(|a| Endpoint {
                     addresses: vec![a.parse().unwrap()],
                     ready: true, serving: true, terminating: false,

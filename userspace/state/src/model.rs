@@ -63,8 +63,10 @@ pub enum ServiceType {
     ExternalName,
 }
 
-/// `targetPort` of a Service port: a number, or the name of a container port
-/// resolved per endpoint through the EndpointSlice's ports.
+/// `targetPort` of a Service port: a number, or the name of a container port.
+/// Either way the EndpointSlice controller resolves it per pod into the slice
+/// ports; the data path takes backend ports from there
+/// ([`EndpointSlice::port_for`]), never from this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetPort {
     Number(u16),
@@ -245,25 +247,26 @@ impl Catalog {
 }
 
 impl EndpointSlice {
-    /// The backend port of this slice's endpoints for `port` of the Service.
+    /// The backend port of this slice's endpoints for `port` of the Service,
+    /// or `None` when this slice contributes no endpoints to that port.
     ///
-    /// The EndpointSlice controller names each slice port after the Service
-    /// port and sets its number to the resolved target port (numeric or named
-    /// container port), so matching is by name and protocol. A hand-written
-    /// slice without ports falls back to a numeric `targetPort`; a named
-    /// target port that no slice port matches has no backend port (`None`).
+    /// The one definition of this lookup (the agent's translation uses it).
+    /// kube-proxy takes an endpoint's port only from the slice that holds
+    /// it, keyed by the slice port's name and protocol
+    /// (pkg/proxy/endpointslicecache.go, `endpointInfoByServicePort`: the
+    /// key is `ServicePortName{service, port.Name, port.Protocol}`). The
+    /// EndpointSlice controller names each slice port after the Service port
+    /// and sets its number to the target port it resolved for the pods of
+    /// that slice, so pods whose container port differs (a rolling update)
+    /// sit in different slices with different numbers. Neither a numeric
+    /// `targetPort` nor the name of a named one is consulted: a slice that
+    /// lacks the port has no endpoints for it, and guessing a number would
+    /// send traffic where nothing listens.
     pub fn port_for(&self, port: &ServicePort) -> Option<u16> {
-        if let Some(p) = self
-            .ports
+        self.ports
             .iter()
             .find(|p| p.name == port.name && p.protocol == port.protocol)
-        {
-            return Some(p.port);
-        }
-        match (&port.target_port, self.ports.is_empty()) {
-            (TargetPort::Number(n), true) => Some(*n),
-            _ => None,
-        }
+            .map(|p| p.port)
     }
 }
 
