@@ -2,22 +2,28 @@
 //! touching them.
 //!
 //! One frontend per (Service, port, VIP): the ClusterIPs (one per family for
-//! dual-stack), ExternalIPs and LoadBalancer ingress IPs. Backends come from
-//! the Service's EndpointSlices of the VIP's family, each at the port its own
+//! dual-stack), ExternalIPs and LoadBalancer ingress IPs. Backends come from the
+//! Service's EndpointSlices of the VIP's family, each at the port its own
 //! slice gives for the Service port ([`EndpointSlice::port_for`]), with the
 //! EndpointSlice conditions applied the way kube-proxy applies them
-//! (pkg/proxy/topology.go, `CategorizeEndpoints`):
-//! - ready endpoints take new flows;
-//! - serving-and-terminating endpoints take new flows only when no endpoint
-//!   is ready, and otherwise stay in the map (state TERMINATING) so the flows
-//!   they already have keep their backend;
-//! - endpoints that are not serving are gone.
+//! (pkg/proxy/topology.go, `CategorizeEndpoints`; the conditions as
+//! pkg/proxy/endpoint.go `IsReady` / `IsServing` / `IsTerminating` report
+//! them, straight from the slice):
+//! - `ready` endpoints take new flows, whatever `serving` and `terminating`
+//!   say (with `publishNotReadyAddresses` the EndpointSlice controller sets
+//!   `ready` on unready and terminating pods, and kube-proxy uses them);
+//! - when no endpoint is ready, the `serving && terminating` ones take new
+//!   flows instead (KEP-1669, "ProxyTerminatingEndpoints");
+//! - every other endpoint that is still serving or terminating takes no new
+//!   flow but stays in the map (state TERMINATING), so the flows it already
+//!   has keep their backend, as conntrack keeps them for kube-proxy;
+//! - an endpoint neither ready, serving nor terminating is gone.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ferry_state::{AddressType, Catalog, EndpointSlice, ObjectKey, Protocol, Service, ServicePort, ServiceType};
+use ferry_state::{AddressType, Catalog, Endpoint, EndpointSlice, ObjectKey, Protocol, Service, ServicePort, ServiceType};
 
 /// The key of a frontend, in host order; `Ord` so that syncs walk frontends
 /// deterministically.
@@ -167,6 +173,37 @@ pub fn service_frontends(
     out
 }
 
+/// How kube-proxy's `CategorizeEndpoints` (pkg/proxy/topology.go) sees one
+/// endpoint; ordered worst to best, so that the best of several listings of
+/// one backend wins (`max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Category {
+    /// Serving or terminating but not ready, and not both: kube-proxy never
+    /// sends it new flows, not even as a fallback. Kept for the flows it
+    /// already has.
+    KeepOnly,
+    /// `serving && terminating`: takes new flows only when no endpoint is
+    /// ready.
+    ServingTerminating,
+    /// `ready`: takes new flows.
+    Ready,
+}
+
+/// `None`: not in the maps at all (neither ready, serving nor terminating).
+fn category(ep: &Endpoint) -> Option<Category> {
+    if ep.ready {
+        // kube-proxy's first filter is `ep.IsReady()` alone: serving and
+        // terminating do not matter for a ready endpoint.
+        Some(Category::Ready)
+    } else if ep.serving && ep.terminating {
+        Some(Category::ServingTerminating)
+    } else if ep.serving || ep.terminating {
+        Some(Category::KeepOnly)
+    } else {
+        None
+    }
+}
+
 fn backends_for(
     svc: &Service,
     port: &ServicePort,
@@ -175,41 +212,47 @@ fn backends_for(
     node: &NodeContext,
 ) -> BTreeMap<BackendAddr, BackendState> {
     let want = if v6 { AddressType::IPv6 } else { AddressType::IPv4 };
-    // Candidates and whether each is ready; a backend listed twice (two
-    // slices during a rollover) counts as ready if either says so.
-    let mut ready: BTreeMap<BackendAddr, bool> = BTreeMap::new();
+    // Candidates by (address, port), as kube-proxy keys endpoints
+    // (`IP:port`, endpointslicecache.go `addEndpoints`): the same pod in two
+    // slices with two port numbers (a rolling update that changed the
+    // container port) is two backends. The same (address, port) listed by
+    // two slices (a pod moving between slices) is one backend in the best
+    // category either listing gives it; kube-proxy keeps whichever slice it
+    // happens to read first, which is not a rule worth copying.
+    let mut cands: BTreeMap<BackendAddr, Category> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == want) {
         // A slice without this port contributes no endpoints to it.
         let Some(target) = slice.port_for(port) else {
             continue;
         };
         for ep in &slice.endpoints {
-            if !ep.serving {
+            let Some(cat) = category(ep) else {
                 continue;
-            }
+            };
+            // internalTrafficPolicy: Local applies the same categorisation
+            // to the local endpoints alone (CategorizeEndpoints'
+            // localEndpoints: local ready, else local serving-terminating).
             if svc.internal_traffic_local
                 && (node.node_name.is_none() || ep.node_name != node.node_name)
             {
                 continue;
             }
-            // A ready endpoint is serving; a serving one that is neither
-            // ready nor terminating (publishNotReadyAddresses aside) is not
-            // used for new flows either, but keeps its existing ones.
-            let usable_now = ep.ready && !ep.terminating;
             for ip in ep.addresses.iter().filter(|ip| ip.is_ipv6() == v6) {
-                let r = ready.entry(BackendAddr { ip: *ip, port: target }).or_insert(false);
-                *r |= usable_now;
+                let c = cands.entry(BackendAddr { ip: *ip, port: target }).or_insert(cat);
+                *c = (*c).max(cat);
             }
         }
     }
-    let any_ready = ready.values().any(|r| *r);
-    ready
+    let any_ready = cands.values().any(|c| *c == Category::Ready);
+    cands
         .into_iter()
-        .map(|(addr, r)| {
-            // No ready endpoint at all: fall back to the serving-terminating
-            // ones for new flows (KEP-1669 "ProxyTerminatingEndpoints").
-            let state = if r || !any_ready { BackendState::Active } else { BackendState::Terminating };
-            (addr, state)
+        .map(|(addr, c)| {
+            let active = match c {
+                Category::Ready => true,
+                Category::ServingTerminating => !any_ready,
+                Category::KeepOnly => false,
+            };
+            (addr, if active { BackendState::Active } else { BackendState::Terminating })
         })
         .collect()
 }
@@ -353,24 +396,52 @@ mod tests {
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.3:8080 T"])],
             },
-            // Nothing ready: serving-terminating endpoints take new flows.
+            // Nothing ready: serving-terminating endpoints take new flows; a
+            // terminating one that stopped serving only drains.
             Case {
-                what: "terminating used when none is ready",
+                what: "serving-terminating used when none is ready",
                 svc: http(),
                 slices: vec![slice("web", V4, &[("http", 8080)], &[
                     ("10.244.0.3", false, true, true, ""),
                     ("10.244.0.4", false, false, true, ""),
                 ])],
                 node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 A"])],
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 A", "10.244.0.4:8080 T"])],
             },
-            // Not serving: removed from the maps entirely.
+            // Nothing ready and nothing terminating: a serving-but-unready
+            // endpoint is no fallback (kube-proxy rejects), it only keeps
+            // its flows; the frontend has no active backend (RST).
             Case {
-                what: "not serving is gone",
+                what: "serving but not ready nor terminating is no fallback",
+                svc: http(),
+                slices: vec![slice("web", V4, &[("http", 8080)], &[("10.244.0.3", false, true, false, "")])],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 T"])],
+            },
+            // Not ready, not serving, not terminating: removed entirely.
+            Case {
+                what: "unready is gone",
                 svc: http(),
                 slices: vec![slice("web", V4, &[("http", 8080)], &[("10.244.0.5", false, false, false, "")])],
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec![])],
+            },
+            // publishNotReadyAddresses: the controller says ready on an
+            // unready pod (serving false) and a terminating one; both take
+            // new flows (kube-proxy filters on IsReady alone).
+            Case {
+                what: "ready wins over serving false and terminating",
+                svc: http(),
+                slices: vec![slice("web", V4, &[("http", 8080)], &[
+                    ("10.244.0.6", true, false, false, ""),
+                    ("10.244.0.7", true, false, true, ""),
+                    ("10.244.0.8", true, true, true, ""),
+                ])],
+                node: None,
+                want: vec![(
+                    "10.96.0.10:80/tcp",
+                    vec!["10.244.0.6:8080 A", "10.244.0.7:8080 A", "10.244.0.8:8080 A"],
+                )],
             },
             // No slices at all: the frontend exists with no backends (reject).
             Case {
@@ -402,7 +473,8 @@ mod tests {
                     ("fd00:96::10:80/tcp", vec!["[fd00::2]:8080 A"]),
                 ],
             },
-            // The same endpoint in two slices (rollover) appears once.
+            // The same endpoint in two slices (rollover) appears once, in the
+            // better of its two categories.
             Case {
                 what: "duplicate endpoint across slices",
                 svc: http(),
@@ -431,6 +503,131 @@ mod tests {
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
             },
         ]);
+    }
+
+    /// Every combination of the three conditions, each true, false or
+    /// absent, through the YAML conversion (so the API's defaults for absent
+    /// values are part of what is tested), against kube-proxy's
+    /// categorisation (pkg/proxy/topology.go `CategorizeEndpoints`, with the
+    /// conditions read as pkg/proxy/endpointslicecache.go
+    /// `newEndpointSliceInfo` does: ready and serving absent = true,
+    /// terminating absent = false):
+    /// - `IsReady()`: new flows (A);
+    /// - else `IsServing() && IsTerminating()`: new flows only when nothing
+    ///   is ready (A alone, T beside a ready peer);
+    /// - else serving or terminating: no new flows, existing ones kept (T);
+    /// - else gone (-).
+    ///
+    /// Each row: (ready, serving, terminating), the endpoint's state beside a
+    /// ready peer, its state alone.
+    #[test]
+    fn every_condition_combination_follows_kube_proxy() {
+        const T_: Option<bool> = Some(true);
+        const F_: Option<bool> = Some(false);
+        const N_: Option<bool> = None;
+        type Row = (Option<bool>, Option<bool>, Option<bool>, &'static str, &'static str);
+        let rows: &[Row] = &[
+            // ready: true. kube-proxy's first filter is IsReady() alone, so
+            // serving and terminating never matter.
+            // A ready, serving, running pod: the normal case.
+            (T_, T_, F_, "A", "A"),
+            // publishNotReadyAddresses on an unready pod (the controller sets
+            // ready: true, serving: false): used, as kube-proxy does.
+            (T_, F_, F_, "A", "A"),
+            // publishNotReadyAddresses on a terminating pod that still serves.
+            (T_, T_, T_, "A", "A"),
+            // publishNotReadyAddresses on a terminating pod that stopped
+            // serving: still ready, still used.
+            (T_, F_, T_, "A", "A"),
+            // ready and serving given, terminating absent (= false).
+            (T_, T_, N_, "A", "A"),
+            // ready, serving false, terminating absent.
+            (T_, F_, N_, "A", "A"),
+            // ready, serving absent (= true), running.
+            (T_, N_, F_, "A", "A"),
+            // ready, serving absent, terminating.
+            (T_, N_, T_, "A", "A"),
+            // only ready given: serving true, terminating false.
+            (T_, N_, N_, "A", "A"),
+            // ready absent (= true): each of the above again.
+            // no conditions at all: a ready endpoint (API default).
+            (N_, N_, N_, "A", "A"),
+            // ready absent, serving true, running.
+            (N_, T_, F_, "A", "A"),
+            // ready absent, serving false, running: ready still wins.
+            (N_, F_, F_, "A", "A"),
+            // ready absent, serving, terminating.
+            (N_, T_, T_, "A", "A"),
+            // ready absent, not serving, terminating.
+            (N_, F_, T_, "A", "A"),
+            // ready absent, serving true, terminating absent.
+            (N_, T_, N_, "A", "A"),
+            // ready absent, serving false, terminating absent.
+            (N_, F_, N_, "A", "A"),
+            // ready absent, serving absent, running.
+            (N_, N_, F_, "A", "A"),
+            // ready absent, serving absent, terminating.
+            (N_, N_, T_, "A", "A"),
+            // ready: false.
+            // Graceful termination: serving and terminating. A fallback for
+            // new flows only when nothing is ready (KEP-1669).
+            (F_, T_, T_, "T", "A"),
+            // Serving, terminating absent (= false): not ready, not a
+            // fallback; kept for its flows only.
+            (F_, T_, N_, "T", "T"),
+            // Serving, explicitly not terminating: the same.
+            (F_, T_, F_, "T", "T"),
+            // Terminating and no longer serving: drains its flows, never new
+            // ones.
+            (F_, F_, T_, "T", "T"),
+            // An unready running pod: gone.
+            (F_, F_, F_, "-", "-"),
+            // Unready, not serving, terminating absent: gone.
+            (F_, F_, N_, "-", "-"),
+            // Serving absent (= true) and terminating: a fallback.
+            (F_, N_, T_, "T", "A"),
+            // Serving absent (= true), running: kept for its flows only.
+            (F_, N_, F_, "T", "T"),
+            // `conditions: {ready: false}` alone: serving defaults to true,
+            // so it is kept for its flows, never a fallback.
+            (F_, N_, N_, "T", "T"),
+        ];
+        assert_eq!(rows.len(), 27, "3 x 3 x 3 combinations");
+        let cond = |r: Option<bool>, s: Option<bool>, t: Option<bool>| {
+            let parts: Vec<String> = [("ready", r), ("serving", s), ("terminating", t)]
+                .iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
+                .collect();
+            if parts.is_empty() { String::new() } else { format!("\n  conditions: {{{}}}", parts.join(", ")) }
+        };
+        let state = |r, s, t, peer: bool| -> String {
+            let mut yaml = String::from(
+                "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
+                 spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\n\
+                 addressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}]\nendpoints:\n",
+            );
+            yaml.push_str(&format!("- addresses: [10.244.0.2]{}\n", cond(r, s, t)));
+            if peer {
+                yaml.push_str("- addresses: [10.244.0.9]\n  conditions: {ready: true}\n");
+            }
+            let cat = Catalog::from_yaml(&yaml).expect("fixture");
+            let (fes, _) = desired(&cat, &NodeContext::default());
+            let fe = fes.values().next().expect("one frontend");
+            let me = BackendAddr { ip: ip("10.244.0.2"), port: 8080 };
+            match fe.backends.get(&me) {
+                Some(BackendState::Active) => "A",
+                Some(BackendState::Terminating) => "T",
+                None => "-",
+            }
+            .to_string()
+        };
+        for (r, s, t, beside_ready, alone) in rows {
+            let what = format!("ready {r:?}, serving {s:?}, terminating {t:?}");
+            assert_eq!(state(*r, *s, *t, true), *beside_ready, "{what}, beside a ready endpoint");
+            assert_eq!(state(*r, *s, *t, false), *alone, "{what}, alone");
+        }
     }
 
     /// Ports come from the slice that holds the endpoint, matched by the

@@ -445,8 +445,11 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
             ips
         };
         let cond = ep.conditions.clone().unwrap_or_default();
-        // API semantics: ready absent = true; serving absent = ready;
-        // terminating absent = false.
+        // As kube-proxy reads them (pkg/proxy/endpointslicecache.go,
+        // `newEndpointSliceInfo`) and the discovery/v1 API defines them:
+        // ready absent = true; serving absent = true; terminating absent =
+        // false. (Older API text let serving "defer to ready"; kube-proxy
+        // never did.)
         let ready = cond.ready.unwrap_or(true);
         let hostname = ep.hostname.clone().filter(|h| !h.is_empty());
         if let Some(h) = &hostname {
@@ -455,7 +458,7 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
         endpoints.push(Endpoint {
             addresses,
             ready,
-            serving: cond.serving.unwrap_or(ready),
+            serving: cond.serving.unwrap_or(true),
             terminating: cond.terminating.unwrap_or(false),
             hostname,
             node_name: ep.node_name.clone().filter(|n| !n.is_empty()),

@@ -225,17 +225,19 @@ fn slice_defaults() {
         ("service label", one(""), &|s| {
             s.service == ObjectKey::new("shop", "web") && s.key == ObjectKey::new("shop", "web-abc")
         }),
-        // ready absent -> true; serving absent -> ready; terminating absent -> false
+        // ready absent -> true; serving absent -> true; terminating absent -> false
         ("conditions absent", one(""), &|s| {
             let e = &s.endpoints[0];
             e.ready && e.serving && !e.terminating
         }),
+        // serving absent is true even when ready is false: kube-proxy reads
+        // it so (endpointslicecache.go `newEndpointSliceInfo`), not as "ready"
         (
-            "ready false, serving follows",
+            "ready false, serving absent",
             one(", conditions: {ready: false}"),
             &|s| {
                 let e = &s.endpoints[0];
-                !e.ready && !e.serving && !e.terminating
+                !e.ready && e.serving && !e.terminating
             },
         ),
         (

@@ -116,9 +116,14 @@ pub struct EndpointPort {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
-    /// `conditions.ready`; absent means true (per the EndpointSlice API).
+    /// `conditions.ready`; absent means true (discovery/v1 API). This is the
+    /// condition new flows follow: with `publishNotReadyAddresses` the
+    /// EndpointSlice controller sets it on unready and terminating pods too.
     pub ready: bool,
-    /// `conditions.serving`; absent means the value of `ready`.
+    /// `conditions.serving`; absent means true, as kube-proxy reads it
+    /// (pkg/proxy/endpointslicecache.go, `newEndpointSliceInfo`) and as the
+    /// discovery/v1 API documents it ("A nil value should be interpreted as
+    /// true").
     pub serving: bool,
     /// `conditions.terminating`; absent means false.
     pub terminating: bool,
