@@ -2,7 +2,8 @@
 //! touching them.
 //!
 //! One frontend per (Service, port, VIP): the ClusterIPs (one per family for
-//! dual-stack), ExternalIPs and LoadBalancer ingress IPs. Backends come from the
+//! dual-stack), ExternalIPs and LoadBalancer ingress IPs. Services handed to
+//! another proxy by label get none ([`is_ours`]). Backends come from the
 //! Service's EndpointSlices of the VIP's family, each at the port its own
 //! slice gives for the Service port ([`EndpointSlice::port_for`]), with the
 //! EndpointSlice conditions applied the way kube-proxy applies them
@@ -90,7 +91,7 @@ impl DesiredFrontend {
     }
 }
 
-/// What the translation needs to know about this node.
+/// What the translation needs to know about this node and this agent.
 #[derive(Debug, Clone, Default)]
 pub struct NodeContext {
     /// `--node-name`: endpoints whose `nodeName` equals it are local.
@@ -98,6 +99,36 @@ pub struct NodeContext {
     /// backends here (the Kubernetes behaviour for a node without local
     /// endpoints) rather than silently becoming Cluster.
     pub node_name: Option<String>,
+    /// `--service-proxy-name`: the `service.kubernetes.io/service-proxy-name`
+    /// value this agent answers to. See [`is_ours`].
+    pub service_proxy_name: Option<String>,
+}
+
+/// Whether this agent programs `svc`, by the labels that hand a Service to
+/// someone else (kubernetes docs/dev/sig-network/service-proxy.md, "Ignored
+/// Services/Endpoints"):
+/// - `service.kubernetes.io/headless` present: never. kube-proxy's informers
+///   select `!service.kubernetes.io/headless` (cmd/kube-proxy/app/server.go).
+/// - `service.kubernetes.io/service-proxy-name` present: only when its value
+///   is this agent's `--service-proxy-name`. kube-proxy has no such flag and
+///   selects `!service.kubernetes.io/service-proxy-name`, which is the
+///   behaviour without the flag. With the flag, Ferry serves only the
+///   Services labelled with its name, as Cilium's `k8s-service-proxy-name`
+///   does (pkg/k8s/utils/utils.go, `GetServiceAndEndpointListOptionsModifier`:
+///   label `= name` instead of `!label`), so that several proxies can split
+///   a cluster's Services between them.
+///
+/// An empty `--service-proxy-name` counts as unset (an empty environment
+/// variable from a ConfigMap means "no name", not "the empty name").
+/// DNS is not concerned: it answers for these Services as CoreDNS does.
+pub fn is_ours(svc: &Service, service_proxy_name: Option<&str>) -> bool {
+    if svc.headless_label {
+        return false;
+    }
+    match (service_proxy_name.filter(|n| !n.is_empty()), svc.proxy_name.as_deref()) {
+        (None, label) => label.is_none(),
+        (Some(mine), label) => label == Some(mine),
+    }
 }
 
 /// A frontend claimed by two Services (the same VIP, port and protocol):
@@ -131,13 +162,17 @@ pub fn desired(catalog: &Catalog, node: &NodeContext) -> (BTreeMap<Frontend, Des
 }
 
 /// The frontends of one Service. Headless and ExternalName Services have
-/// none (DNS serves them); NodePorts are the uplink program's business.
+/// none (DNS serves them), nor have Services labelled for another proxy
+/// ([`is_ours`]); NodePorts are the uplink program's business.
 pub fn service_frontends(
     svc: &Service,
     slices: &[EndpointSlice],
     node: &NodeContext,
 ) -> Vec<(Frontend, DesiredFrontend)> {
-    if svc.headless || svc.service_type == ServiceType::ExternalName {
+    if svc.headless
+        || svc.service_type == ServiceType::ExternalName
+        || !is_ours(svc, node.service_proxy_name.as_deref())
+    {
         return Vec::new();
     }
     let affinity_timeout_s = svc
@@ -289,6 +324,8 @@ mod tests {
             internal_traffic_local: false,
             external_traffic_local: false,
             publish_not_ready_addresses: false,
+            proxy_name: None,
+            headless_label: false,
         }
     }
 
@@ -337,7 +374,7 @@ mod tests {
     }
 
     fn run(s: &Service, slices: &[EndpointSlice], node: Option<&str>) -> Vec<(String, Vec<String>)> {
-        let ctx = NodeContext { node_name: node.map(str::to_string) };
+        let ctx = NodeContext { node_name: node.map(str::to_string), ..NodeContext::default() };
         service_frontends(s, slices, &ctx)
             .into_iter()
             .map(|(fe, d)| (format!("{}:{}/{}", fe.vip, fe.port, fe.proto.as_str()), backends(&d)))
@@ -784,6 +821,61 @@ mod tests {
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
             },
         ]);
+    }
+
+    /// Labels that hand a Service to someone else, through the YAML
+    /// conversion: which Services get frontends, per `--service-proxy-name`.
+    /// The Service stays in the catalog either way (DNS answers for it).
+    #[test]
+    fn labels_that_hand_a_service_elsewhere() {
+        // (labels, --service-proxy-name, programmed)
+        let rows: &[(&str, Option<&str>, bool)] = &[
+            // No label, no flag: an ordinary Service.
+            ("", None, true),
+            // Another proxy's Service: kube-proxy's `!service-proxy-name`.
+            ("service.kubernetes.io/service-proxy-name: other", None, false),
+            // The label with an empty value is still the label.
+            ("service.kubernetes.io/service-proxy-name: ''", None, false),
+            // Without the flag Ferry has no name, so even "ferry" is not it.
+            ("service.kubernetes.io/service-proxy-name: ferry", None, false),
+            // The flag names Ferry: its Services are programmed...
+            ("service.kubernetes.io/service-proxy-name: ferry", Some("ferry"), true),
+            // ...another proxy's are not...
+            ("service.kubernetes.io/service-proxy-name: other", Some("ferry"), false),
+            // ...and neither are unlabelled ones (label = name, as Cilium's
+            // k8s-service-proxy-name).
+            ("", Some("ferry"), false),
+            // An empty flag (empty env var) is no flag.
+            ("", Some(""), true),
+            ("service.kubernetes.io/service-proxy-name: ''", Some(""), false),
+            // service.kubernetes.io/headless: never programmed.
+            ("service.kubernetes.io/headless: ''", None, false),
+            // Any value of it.
+            ("service.kubernetes.io/headless: 'true'", None, false),
+            // Not even when it is also labelled with Ferry's name.
+            ("{service.kubernetes.io/headless: '', service.kubernetes.io/service-proxy-name: ferry}", Some("ferry"), false),
+            // Unrelated labels change nothing.
+            ("app: web", None, true),
+        ];
+        for (labels, flag, want) in rows {
+            let labels = match *labels {
+                "" => String::new(),
+                l if l.starts_with('{') => format!(", labels: {l}"),
+                l => format!(", labels: {{{l}}}"),
+            };
+            let yaml = format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default{labels}}}\n\
+                 spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, protocol: TCP, port: 80}}]\nendpoints: [{{addresses: [10.244.0.2]}}]\n"
+            );
+            let cat = Catalog::from_yaml(&yaml).expect("fixture");
+            assert!(cat.service("default", "web").is_some(), "{labels}: still in the catalog for DNS");
+            let ctx = NodeContext { service_proxy_name: flag.map(str::to_string), ..NodeContext::default() };
+            let (fes, _) = desired(&cat, &ctx);
+            assert_eq!(!fes.is_empty(), *want, "labels {labels:?}, --service-proxy-name {flag:?}");
+        }
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub struct Args {
     /// This node's name: endpoints with this nodeName are local (internalTrafficPolicy: Local).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// The `service.kubernetes.io/service-proxy-name` value that is this agent's: only
+    /// Services labelled with it are programmed. Unset (or empty): every Service without
+    /// that label, as kube-proxy. Services labelled `service.kubernetes.io/headless` are
+    /// never programmed.
+    #[arg(long, env = "FERRY_SERVICE_PROXY_NAME")]
+    pub service_proxy_name: Option<String>,
     /// Network namespace (a name under /run/netns or a path) holding the pod veths;
     /// attach work happens there. Default: the agent's own.
     #[arg(long)]
@@ -168,7 +174,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new(Some(collector)));
     let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
 
-    let rec = sync::Reconciler::new(NodeContext { node_name: args.node_name.clone() }, programmed);
+    let node = NodeContext { node_name: args.node_name.clone(), service_proxy_name: args.service_proxy_name.clone() };
+    let rec = sync::Reconciler::new(node, programmed);
     let sync_task = tokio::spawn(sync::run_loop(rx, rec, maps, metrics, names_file));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -104,6 +104,17 @@ pub struct Service {
     /// `externalTrafficPolicy: Local`.
     pub external_traffic_local: bool,
     pub publish_not_ready_addresses: bool,
+    /// Value of the `service.kubernetes.io/service-proxy-name` label, if the
+    /// label is present (even empty): the Service is handed to the proxy of
+    /// that name, and a service proxy that is not it leaves it alone
+    /// (kubernetes docs/dev/sig-network/service-proxy.md, "Ignored
+    /// Services/Endpoints"). DNS still answers for it.
+    pub proxy_name: Option<String>,
+    /// The `service.kubernetes.io/headless` label is present (any value):
+    /// kube-proxy's informers select `!service.kubernetes.io/headless`
+    /// (cmd/kube-proxy/app/server.go), so a labelled Service is never
+    /// proxied. DNS still answers for it.
+    pub headless_label: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
