@@ -4,3 +4,4 @@ mod cni;
 mod datapath;
 mod dns;
 mod lb;
+mod semantics;
