@@ -54,10 +54,8 @@ impl World {
         let agent = Agent::start_with(&node, pin, agent_args);
         let client = node.add_pod("client");
         let pods: Vec<Pod> = (1..=n).map(|i| node.add_pod(&format!("b{i}"))).collect();
-        let veths: Vec<String> = std::iter::once(&client)
-            .chain(&pods)
-            .map(|p| p.host_veth.clone().expect("host veth"))
-            .collect();
+        let veths: Vec<String> =
+            std::iter::once(&client).chain(&pods).map(|p| p.host_veth.clone().expect("host veth")).collect();
         let refs: Vec<&str> = veths.iter().map(String::as_str).collect();
         agent.wait_attached(&refs);
         World { agent, client, pods, servers: Vec::new(), _node: node }
@@ -262,7 +260,10 @@ fn semantics_rolling_update_that_changed_the_container_port() {
     assert_eq!(both.keys().collect::<Vec<_>>(), ["b1:8080", "b2:9090"], "{both:?}");
 
     // The old pod terminates (still serving): no new flows, its flow goes on.
-    w.agent.write("web-old.yaml", &slice("web-old", "web", &[("http", "TCP", 8080)], &[Ep::terminating(w.pods[0].ipv4())]));
+    w.agent.write(
+        "web-old.yaml",
+        &slice("web-old", "web", &[("http", "TCP", 8080)], &[Ep::terminating(w.pods[0].ipv4())]),
+    );
     w.wait_backends(&format!("{VIP}:80"), 1, 2);
     assert_eq!(spread(&w.client, sa(VIP, 80), 20), all("b2:9090", 20));
     held = w.client.run(move || {
@@ -295,7 +296,11 @@ fn semantics_ready_is_the_contract() {
     w.agent.write("web-eps.yaml", &eps(w.ep_with(0, true, false, false)));
     w.agent.write("web-svc.yaml", &service("web", &[VIP], &[("http", "TCP", 80, "8080")], pnra));
     w.wait_programmed(&format!("{VIP}:80"));
-    assert_eq!(spread(&w.client, sa(VIP, 80), 10), all("b1:8080", 10), "unready pod of a publishNotReadyAddresses Service");
+    assert_eq!(
+        spread(&w.client, sa(VIP, 80), 10),
+        all("b1:8080", 10),
+        "unready pod of a publishNotReadyAddresses Service"
+    );
     w.wait_backends(&format!("{VIP}:80"), 1, 1);
 
     // From here each step changes what ferryctl shows (active, all
@@ -329,10 +334,7 @@ fn semantics_ready_is_the_contract() {
 /// route for it; not Ferry's RST either, which would mean a frontend).
 fn assert_not_served(w: &World, vip_port: &str, addr: SocketAddr) {
     let r = connect_once(&w.client, addr);
-    assert!(
-        matches!(&r, Err(k) if *k != ErrorKind::ConnectionRefused),
-        "{addr}: expected no answer, got {r:?}"
-    );
+    assert!(matches!(&r, Err(k) if *k != ErrorKind::ConnectionRefused), "{addr}: expected no answer, got {r:?}");
     assert_eq!(w.row(vip_port), None, "{vip_port} programmed:\n{}", w.agent.ferryctl(&["service", "list"]));
 }
 
