@@ -187,3 +187,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// `--service-proxy-name` reaches the translation's context, and the
+    /// DaemonSet can set it through `FERRY_SERVICE_PROXY_NAME` instead.
+    #[test]
+    fn service_proxy_name_flag_and_env() {
+        let args = Args::try_parse_from(["ferry-agent", "--yaml-dir", "d", "--service-proxy-name", "ferry"]).unwrap();
+        assert_eq!(args.service_proxy_name.as_deref(), Some("ferry"));
+        let cmd = Args::command();
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "service_proxy_name").expect("the flag");
+        assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some("FERRY_SERVICE_PROXY_NAME"));
+    }
+}
