@@ -417,7 +417,7 @@ fn dns_forwards_to_upstream_with_cache_and_tcp_fallback() {
 
 fn headless_yaml(name: &str, n: usize) -> String {
     let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: None, ports: [{{name: p, port: 1}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-a, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints:\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: None, ports: [{{name: p, port: 1}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-a, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: p, port: 1, protocol: TCP}}]\nendpoints:\n"
     );
     for i in 0..n {
         y.push_str(&format!("- addresses: [10.244.9.{i}]\n  hostname: h-{i}\n"));

@@ -4,4 +4,5 @@ mod cni;
 mod datapath;
 mod dns;
 mod lb;
+mod semantics;
 mod socklb;

@@ -388,6 +388,54 @@ fn publish_not_ready_addresses() {
     assert_eq!(addrs(&m), ips(&["10.244.1.1"]));
 }
 
+/// The labels that hand a Service to another service proxy
+/// (`service.kubernetes.io/service-proxy-name`, `service.kubernetes.io/headless`)
+/// concern the proxy only: CoreDNS answers for such Services as for any
+/// other, and so does ferry-dns (the agent is what skips them).
+#[test]
+fn proxy_labels_do_not_change_dns() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: other
+  namespace: default
+  labels: {service.kubernetes.io/service-proxy-name: foo-bar}
+spec: {clusterIP: 10.96.0.40, ports: [{name: http, port: 80, protocol: TCP}]}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: hl
+  namespace: default
+  labels: {service.kubernetes.io/headless: ""}
+spec: {clusterIP: None, ports: [{name: http, port: 80, protocol: TCP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hl-a
+  namespace: default
+  labels: {kubernetes.io/service-name: hl, service.kubernetes.io/headless: ""}
+addressType: IPv4
+ports: [{name: http, port: 80, protocol: TCP}]
+endpoints:
+- addresses: [10.244.3.1]
+  hostname: hl-0
+"#;
+    let cat = Catalog::from_yaml(yaml).expect("fixture parses");
+    let cfg = ZoneConfig { zone: "cluster.local".into(), ttl: 5, pods_insecure: false };
+    let z = Zone::build(&cat, cfg).expect("zone builds");
+    let m = ask(&z, "other.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(addrs(&m), ips(&["10.96.0.40"]));
+    let m = ask(&z, "_http._tcp.other.default.svc.cluster.local.", RecordType::SRV);
+    assert_eq!(srv(&m).len(), 1);
+    let m = ask(&z, "hl.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(addrs(&m), ips(&["10.244.3.1"]));
+    let m = ask(&z, "hl-0.hl.default.svc.cluster.local.", RecordType::A);
+    assert_eq!(addrs(&m), ips(&["10.244.3.1"]));
+}
+
 #[test]
 fn external_name_cname() {
     let z = fixture_zone(false);
@@ -506,7 +554,7 @@ fn servfail_before_ready() {
 /// A headless Service `name` with `n` ready endpoints `h-<i>`.
 fn headless_yaml(name: &str, n: usize, net: u8) -> String {
     let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: None, ports: [{{name: p, port: 1}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-a, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints:\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: None, ports: [{{name: p, port: 1}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-a, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: p, port: 1, protocol: TCP}}]\nendpoints:\n"
     );
     for i in 0..n {
         y.push_str(&format!(

@@ -2,21 +2,29 @@
 //! touching them.
 //!
 //! One frontend per (Service, port, VIP): the ClusterIPs (one per family for
-//! dual-stack), ExternalIPs and LoadBalancer ingress IPs. Backends come from
-//! the Service's EndpointSlices of the VIP's family, with the EndpointSlice
-//! conditions applied the way kube-proxy applies them
-//! (pkg/proxy/topology.go, `CategorizeEndpoints`):
-//! - ready endpoints take new flows;
-//! - serving-and-terminating endpoints take new flows only when no endpoint
-//!   is ready, and otherwise stay in the map (state TERMINATING) so the flows
-//!   they already have keep their backend;
-//! - endpoints that are not serving are gone.
+//! dual-stack), ExternalIPs and LoadBalancer ingress IPs. Services handed to
+//! another proxy by label get none ([`is_ours`]). Backends come from the
+//! Service's EndpointSlices of the VIP's family, each at the port its own
+//! slice gives for the Service port ([`EndpointSlice::port_for`]), with the
+//! EndpointSlice conditions applied the way kube-proxy applies them
+//! (pkg/proxy/topology.go, `CategorizeEndpoints`; the conditions as
+//! pkg/proxy/endpoint.go `IsReady` / `IsServing` / `IsTerminating` report
+//! them, straight from the slice):
+//! - `ready` endpoints take new flows, whatever `serving` and `terminating`
+//!   say (with `publishNotReadyAddresses` the EndpointSlice controller sets
+//!   `ready` on unready and terminating pods, and kube-proxy uses them);
+//! - when no endpoint is ready, the `serving && terminating` ones take new
+//!   flows instead (KEP-1669, "ProxyTerminatingEndpoints");
+//! - every other endpoint that is still serving or terminating takes no new
+//!   flow but stays in the map (state TERMINATING), so the flows it already
+//!   has keep their backend, as conntrack keeps them for kube-proxy;
+//! - an endpoint neither ready, serving nor terminating is gone.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ferry_state::{AddressType, Catalog, EndpointSlice, ObjectKey, Protocol, Service, ServicePort, ServiceType, TargetPort};
+use ferry_state::{AddressType, Catalog, Endpoint, EndpointSlice, ObjectKey, Protocol, Service, ServicePort, ServiceType};
 
 /// The key of a frontend, in host order; `Ord` so that syncs walk frontends
 /// deterministically.
@@ -83,7 +91,7 @@ impl DesiredFrontend {
     }
 }
 
-/// What the translation needs to know about this node.
+/// What the translation needs to know about this node and this agent.
 #[derive(Debug, Clone, Default)]
 pub struct NodeContext {
     /// `--node-name`: endpoints whose `nodeName` equals it are local.
@@ -91,6 +99,36 @@ pub struct NodeContext {
     /// backends here (the Kubernetes behaviour for a node without local
     /// endpoints) rather than silently becoming Cluster.
     pub node_name: Option<String>,
+    /// `--service-proxy-name`: the `service.kubernetes.io/service-proxy-name`
+    /// value this agent answers to. See [`is_ours`].
+    pub service_proxy_name: Option<String>,
+}
+
+/// Whether this agent programs `svc`, by the labels that hand a Service to
+/// someone else (kubernetes docs/dev/sig-network/service-proxy.md, "Ignored
+/// Services/Endpoints"):
+/// - `service.kubernetes.io/headless` present: never. kube-proxy's informers
+///   select `!service.kubernetes.io/headless` (cmd/kube-proxy/app/server.go).
+/// - `service.kubernetes.io/service-proxy-name` present: only when its value
+///   is this agent's `--service-proxy-name`. kube-proxy has no such flag and
+///   selects `!service.kubernetes.io/service-proxy-name`, which is the
+///   behaviour without the flag. With the flag, Ferry serves only the
+///   Services labelled with its name, as Cilium's `k8s-service-proxy-name`
+///   does (pkg/k8s/utils/utils.go, `GetServiceAndEndpointListOptionsModifier`:
+///   label `= name` instead of `!label`), so that several proxies can split
+///   a cluster's Services between them.
+///
+/// An empty `--service-proxy-name` counts as unset (an empty environment
+/// variable from a ConfigMap means "no name", not "the empty name").
+/// DNS is not concerned: it answers for these Services as CoreDNS does.
+pub fn is_ours(svc: &Service, service_proxy_name: Option<&str>) -> bool {
+    if svc.headless_label {
+        return false;
+    }
+    match (service_proxy_name.filter(|n| !n.is_empty()), svc.proxy_name.as_deref()) {
+        (None, label) => label.is_none(),
+        (Some(mine), label) => label == Some(mine),
+    }
 }
 
 /// A frontend claimed by two Services (the same VIP, port and protocol):
@@ -124,13 +162,17 @@ pub fn desired(catalog: &Catalog, node: &NodeContext) -> (BTreeMap<Frontend, Des
 }
 
 /// The frontends of one Service. Headless and ExternalName Services have
-/// none (DNS serves them); NodePorts are the uplink program's business.
+/// none (DNS serves them), nor have Services labelled for another proxy
+/// ([`is_ours`]); NodePorts are the uplink program's business.
 pub fn service_frontends(
     svc: &Service,
     slices: &[EndpointSlice],
     node: &NodeContext,
 ) -> Vec<(Frontend, DesiredFrontend)> {
-    if svc.headless || svc.service_type == ServiceType::ExternalName {
+    if svc.headless
+        || svc.service_type == ServiceType::ExternalName
+        || !is_ours(svc, node.service_proxy_name.as_deref())
+    {
         return Vec::new();
     }
     let affinity_timeout_s = svc
@@ -166,6 +208,37 @@ pub fn service_frontends(
     out
 }
 
+/// How kube-proxy's `CategorizeEndpoints` (pkg/proxy/topology.go) sees one
+/// endpoint; ordered worst to best, so that the best of several listings of
+/// one backend wins (`max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Category {
+    /// Serving or terminating but not ready, and not both: kube-proxy never
+    /// sends it new flows, not even as a fallback. Kept for the flows it
+    /// already has.
+    KeepOnly,
+    /// `serving && terminating`: takes new flows only when no endpoint is
+    /// ready.
+    ServingTerminating,
+    /// `ready`: takes new flows.
+    Ready,
+}
+
+/// `None`: not in the maps at all (neither ready, serving nor terminating).
+fn category(ep: &Endpoint) -> Option<Category> {
+    if ep.ready {
+        // kube-proxy's first filter is `ep.IsReady()` alone: serving and
+        // terminating do not matter for a ready endpoint.
+        Some(Category::Ready)
+    } else if ep.serving && ep.terminating {
+        Some(Category::ServingTerminating)
+    } else if ep.serving || ep.terminating {
+        Some(Category::KeepOnly)
+    } else {
+        None
+    }
+}
+
 fn backends_for(
     svc: &Service,
     port: &ServicePort,
@@ -174,72 +247,55 @@ fn backends_for(
     node: &NodeContext,
 ) -> BTreeMap<BackendAddr, BackendState> {
     let want = if v6 { AddressType::IPv6 } else { AddressType::IPv4 };
-    // Candidates and whether each is ready; a backend listed twice (two
-    // slices during a rollover) counts as ready if either says so.
-    let mut ready: BTreeMap<BackendAddr, bool> = BTreeMap::new();
+    // Candidates by (address, port), as kube-proxy keys endpoints
+    // (`IP:port`, endpointslicecache.go `addEndpoints`): the same pod in two
+    // slices with two port numbers (a rolling update that changed the
+    // container port) is two backends. The same (address, port) listed by
+    // two slices (a pod moving between slices) is one backend in the best
+    // category either listing gives it; kube-proxy keeps whichever slice it
+    // happens to read first, which is not a rule worth copying.
+    let mut cands: BTreeMap<BackendAddr, Category> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == want) {
-        let Some(target) = resolve_port(port, slice) else {
+        // A slice without this port contributes no endpoints to it.
+        let Some(target) = slice.port_for(port) else {
             continue;
         };
         for ep in &slice.endpoints {
-            if !ep.serving {
+            let Some(cat) = category(ep) else {
                 continue;
-            }
+            };
+            // internalTrafficPolicy: Local applies the same categorisation
+            // to the local endpoints alone (CategorizeEndpoints'
+            // localEndpoints: local ready, else local serving-terminating).
             if svc.internal_traffic_local
                 && (node.node_name.is_none() || ep.node_name != node.node_name)
             {
                 continue;
             }
-            // A ready endpoint is serving; a serving one that is neither
-            // ready nor terminating (publishNotReadyAddresses aside) is not
-            // used for new flows either, but keeps its existing ones.
-            let usable_now = ep.ready && !ep.terminating;
             for ip in ep.addresses.iter().filter(|ip| ip.is_ipv6() == v6) {
-                let r = ready.entry(BackendAddr { ip: *ip, port: target }).or_insert(false);
-                *r |= usable_now;
+                let c = cands.entry(BackendAddr { ip: *ip, port: target }).or_insert(cat);
+                *c = (*c).max(cat);
             }
         }
     }
-    let any_ready = ready.values().any(|r| *r);
-    ready
+    let any_ready = cands.values().any(|c| *c == Category::Ready);
+    cands
         .into_iter()
-        .map(|(addr, r)| {
-            // No ready endpoint at all: fall back to the serving-terminating
-            // ones for new flows (KEP-1669 "ProxyTerminatingEndpoints").
-            let state = if r || !any_ready { BackendState::Active } else { BackendState::Terminating };
-            (addr, state)
+        .map(|(addr, c)| {
+            let active = match c {
+                Category::Ready => true,
+                Category::ServingTerminating => !any_ready,
+                Category::KeepOnly => false,
+            };
+            (addr, if active { BackendState::Active } else { BackendState::Terminating })
         })
         .collect()
-}
-
-/// The port a slice's endpoints listen on for this Service port.
-/// The EndpointSlice controller names each slice port after the Service port
-/// and puts the per-pod resolved number in it, so that is looked up first;
-/// a hand-written slice may instead name the target port itself. A numeric
-/// targetPort with no matching slice port is used as is. A named targetPort
-/// the slice cannot resolve skips the slice's endpoints: guessing a number
-/// would send traffic to a port nothing listens on.
-fn resolve_port(port: &ServicePort, slice: &EndpointSlice) -> Option<u16> {
-    let by_name = |name: &str| {
-        slice
-            .ports
-            .iter()
-            .find(|p| p.name == name && p.protocol == port.protocol)
-            .map(|p| p.port)
-    };
-    if let Some(p) = by_name(&port.name) {
-        return Some(p);
-    }
-    match &port.target_port {
-        TargetPort::Number(n) => Some(*n),
-        TargetPort::Name(name) => by_name(name),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_state::{Endpoint, EndpointPort};
+    use ferry_state::{Endpoint, EndpointPort, TargetPort};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -268,20 +324,31 @@ mod tests {
             internal_traffic_local: false,
             external_traffic_local: false,
             publish_not_ready_addresses: false,
+            proxy_name: None,
+            headless_label: false,
         }
     }
 
     /// (address, ready, serving, terminating, node)
     type Ep<'a> = (&'a str, bool, bool, bool, &'a str);
 
+    /// A slice whose ports are all TCP: (name, number).
     fn slice(svc: &str, family: AddressType, ports: &[(&str, u16)], eps: &[Ep<'_>]) -> EndpointSlice {
+        let ports: Vec<(&str, Protocol, u16)> = ports.iter().map(|(n, p)| (*n, TCP, *p)).collect();
+        slice_proto(svc, family, &ports, eps)
+    }
+
+    /// A slice with ports (name, protocol, number), as the EndpointSlice
+    /// controller writes them: the Service port's name and protocol, the
+    /// number resolved for this slice's pods.
+    fn slice_proto(svc: &str, family: AddressType, ports: &[(&str, Protocol, u16)], eps: &[Ep<'_>]) -> EndpointSlice {
         EndpointSlice {
             key: ObjectKey::new("default", format!("{svc}-x")),
             service: ObjectKey::new("default", svc),
             address_type: family,
             ports: ports
                 .iter()
-                .map(|(n, p)| EndpointPort { name: n.to_string(), protocol: Protocol::Tcp, port: *p })
+                .map(|(n, proto, p)| EndpointPort { name: n.to_string(), protocol: *proto, port: *p })
                 .collect(),
             endpoints: eps
                 .iter()
@@ -307,7 +374,7 @@ mod tests {
     }
 
     fn run(s: &Service, slices: &[EndpointSlice], node: Option<&str>) -> Vec<(String, Vec<String>)> {
-        let ctx = NodeContext { node_name: node.map(str::to_string) };
+        let ctx = NodeContext { node_name: node.map(str::to_string), ..NodeContext::default() };
         service_frontends(s, slices, &ctx)
             .into_iter()
             .map(|(fe, d)| (format!("{}:{}/{}", fe.vip, fe.port, fe.proto.as_str()), backends(&d)))
@@ -315,21 +382,34 @@ mod tests {
     }
 
     const TCP: Protocol = Protocol::Tcp;
+    const UDP: Protocol = Protocol::Udp;
     const V4: AddressType = AddressType::IPv4;
     const V6: AddressType = AddressType::IPv6;
 
-    #[test]
-    fn endpoint_conditions_and_ports() {
-        let http = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(8080))]);
-        let named = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Name("web".into()))]);
-        struct Case<'a> {
-            what: &'a str,
-            svc: Service,
-            slices: Vec<EndpointSlice>,
-            node: Option<&'a str>,
-            want: Vec<(&'a str, Vec<&'a str>)>,
+    struct Case<'a> {
+        what: &'a str,
+        svc: Service,
+        slices: Vec<EndpointSlice>,
+        node: Option<&'a str>,
+        want: Vec<(&'a str, Vec<&'a str>)>,
+    }
+
+    fn check(cases: Vec<Case<'_>>) {
+        for c in cases {
+            let got = run(&c.svc, &c.slices, c.node);
+            let want: Vec<(String, Vec<String>)> = c
+                .want
+                .iter()
+                .map(|(f, b)| (f.to_string(), b.iter().map(|s| s.to_string()).collect()))
+                .collect();
+            assert_eq!(got, want, "case: {}", c.what);
         }
-        let cases = vec![
+    }
+
+    #[test]
+    fn endpoint_conditions() {
+        let http = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(8080))]);
+        check(vec![
             // Plain: ready endpoints, slice port named after the Service port.
             Case {
                 what: "ready endpoints take new flows",
@@ -353,24 +433,52 @@ mod tests {
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.3:8080 T"])],
             },
-            // Nothing ready: serving-terminating endpoints take new flows.
+            // Nothing ready: serving-terminating endpoints take new flows; a
+            // terminating one that stopped serving only drains.
             Case {
-                what: "terminating used when none is ready",
+                what: "serving-terminating used when none is ready",
                 svc: http(),
                 slices: vec![slice("web", V4, &[("http", 8080)], &[
                     ("10.244.0.3", false, true, true, ""),
                     ("10.244.0.4", false, false, true, ""),
                 ])],
                 node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 A"])],
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 A", "10.244.0.4:8080 T"])],
             },
-            // Not serving: removed from the maps entirely.
+            // Nothing ready and nothing terminating: a serving-but-unready
+            // endpoint is no fallback (kube-proxy rejects), it only keeps
+            // its flows; the frontend has no active backend (RST).
             Case {
-                what: "not serving is gone",
+                what: "serving but not ready nor terminating is no fallback",
+                svc: http(),
+                slices: vec![slice("web", V4, &[("http", 8080)], &[("10.244.0.3", false, true, false, "")])],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 T"])],
+            },
+            // Not ready, not serving, not terminating: removed entirely.
+            Case {
+                what: "unready is gone",
                 svc: http(),
                 slices: vec![slice("web", V4, &[("http", 8080)], &[("10.244.0.5", false, false, false, "")])],
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec![])],
+            },
+            // publishNotReadyAddresses: the controller says ready on an
+            // unready pod (serving false) and a terminating one; both take
+            // new flows (kube-proxy filters on IsReady alone).
+            Case {
+                what: "ready wins over serving false and terminating",
+                svc: http(),
+                slices: vec![slice("web", V4, &[("http", 8080)], &[
+                    ("10.244.0.6", true, false, false, ""),
+                    ("10.244.0.7", true, false, true, ""),
+                    ("10.244.0.8", true, true, true, ""),
+                ])],
+                node: None,
+                want: vec![(
+                    "10.96.0.10:80/tcp",
+                    vec!["10.244.0.6:8080 A", "10.244.0.7:8080 A", "10.244.0.8:8080 A"],
+                )],
             },
             // No slices at all: the frontend exists with no backends (reject).
             Case {
@@ -379,45 +487,6 @@ mod tests {
                 slices: vec![],
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec![])],
-            },
-            // Named targetPort, resolved per slice: the slice port carries the
-            // Service port's name, each slice its own number.
-            Case {
-                what: "named target port resolved per slice",
-                svc: named(),
-                slices: vec![
-                    slice("web", V4, &[("http", 8080)], &[("10.244.0.2", true, true, false, "")]),
-                    slice("web", V4, &[("http", 9090)], &[("10.244.0.3", true, true, false, "")]),
-                ],
-                node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.3:9090 A"])],
-            },
-            // Hand-written slice naming the target port instead.
-            Case {
-                what: "named target port matched by target name",
-                svc: named(),
-                slices: vec![slice("web", V4, &[("web", 7070)], &[("10.244.0.2", true, true, false, "")])],
-                node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:7070 A"])],
-            },
-            // A slice that cannot resolve the name: its endpoints are skipped.
-            Case {
-                what: "unresolvable named port skips the slice",
-                svc: named(),
-                slices: vec![
-                    slice("web", V4, &[("metrics", 9100)], &[("10.244.0.2", true, true, false, "")]),
-                    slice("web", V4, &[("http", 8080)], &[("10.244.0.3", true, true, false, "")]),
-                ],
-                node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 A"])],
-            },
-            // Numeric targetPort with a port-less slice: the number is used.
-            Case {
-                what: "numeric target port without slice ports",
-                svc: http(),
-                slices: vec![slice("web", V4, &[], &[("10.244.0.2", true, true, false, "")])],
-                node: None,
-                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
             },
             // IPv6 slices do not feed an IPv4 VIP.
             Case {
@@ -441,7 +510,8 @@ mod tests {
                     ("fd00:96::10:80/tcp", vec!["[fd00::2]:8080 A"]),
                 ],
             },
-            // The same endpoint in two slices (rollover) appears once.
+            // The same endpoint in two slices (rollover) appears once, in the
+            // better of its two categories.
             Case {
                 what: "duplicate endpoint across slices",
                 svc: http(),
@@ -452,15 +522,359 @@ mod tests {
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
             },
+            // internalTrafficPolicy: Local categorises the local endpoints
+            // alone: a local serving-terminating one is used although a
+            // remote one is ready (CategorizeEndpoints' localEndpoints).
+            Case {
+                what: "local policy falls back to local serving-terminating",
+                svc: {
+                    let mut s = http();
+                    s.internal_traffic_local = true;
+                    s
+                },
+                slices: vec![slice("web", V4, &[("http", 8080)], &[
+                    ("10.244.0.2", false, true, true, "node-a"),
+                    ("10.244.1.2", true, true, false, "node-b"),
+                ])],
+                node: Some("node-a"),
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
+            },
+        ]);
+    }
+
+    /// Every combination of the three conditions, each true, false or
+    /// absent, through the YAML conversion (so the API's defaults for absent
+    /// values are part of what is tested), against kube-proxy's
+    /// categorisation (pkg/proxy/topology.go `CategorizeEndpoints`, with the
+    /// conditions read as pkg/proxy/endpointslicecache.go
+    /// `newEndpointSliceInfo` does: ready and serving absent = true,
+    /// terminating absent = false):
+    /// - `IsReady()`: new flows (A);
+    /// - else `IsServing() && IsTerminating()`: new flows only when nothing
+    ///   is ready (A alone, T beside a ready peer);
+    /// - else serving or terminating: no new flows, existing ones kept (T);
+    /// - else gone (-).
+    ///
+    /// Each row: (ready, serving, terminating), the endpoint's state beside a
+    /// ready peer, its state alone.
+    #[test]
+    fn every_condition_combination_follows_kube_proxy() {
+        const T_: Option<bool> = Some(true);
+        const F_: Option<bool> = Some(false);
+        const N_: Option<bool> = None;
+        type Row = (Option<bool>, Option<bool>, Option<bool>, &'static str, &'static str);
+        let rows: &[Row] = &[
+            // ready: true. kube-proxy's first filter is IsReady() alone, so
+            // serving and terminating never matter.
+            // A ready, serving, running pod: the normal case.
+            (T_, T_, F_, "A", "A"),
+            // publishNotReadyAddresses on an unready pod (the controller sets
+            // ready: true, serving: false): used, as kube-proxy does.
+            (T_, F_, F_, "A", "A"),
+            // publishNotReadyAddresses on a terminating pod that still serves.
+            (T_, T_, T_, "A", "A"),
+            // publishNotReadyAddresses on a terminating pod that stopped
+            // serving: still ready, still used.
+            (T_, F_, T_, "A", "A"),
+            // ready and serving given, terminating absent (= false).
+            (T_, T_, N_, "A", "A"),
+            // ready, serving false, terminating absent.
+            (T_, F_, N_, "A", "A"),
+            // ready, serving absent (= true), running.
+            (T_, N_, F_, "A", "A"),
+            // ready, serving absent, terminating.
+            (T_, N_, T_, "A", "A"),
+            // only ready given: serving true, terminating false.
+            (T_, N_, N_, "A", "A"),
+            // ready absent (= true): each of the above again.
+            // no conditions at all: a ready endpoint (API default).
+            (N_, N_, N_, "A", "A"),
+            // ready absent, serving true, running.
+            (N_, T_, F_, "A", "A"),
+            // ready absent, serving false, running: ready still wins.
+            (N_, F_, F_, "A", "A"),
+            // ready absent, serving, terminating.
+            (N_, T_, T_, "A", "A"),
+            // ready absent, not serving, terminating.
+            (N_, F_, T_, "A", "A"),
+            // ready absent, serving true, terminating absent.
+            (N_, T_, N_, "A", "A"),
+            // ready absent, serving false, terminating absent.
+            (N_, F_, N_, "A", "A"),
+            // ready absent, serving absent, running.
+            (N_, N_, F_, "A", "A"),
+            // ready absent, serving absent, terminating.
+            (N_, N_, T_, "A", "A"),
+            // ready: false.
+            // Graceful termination: serving and terminating. A fallback for
+            // new flows only when nothing is ready (KEP-1669).
+            (F_, T_, T_, "T", "A"),
+            // Serving, terminating absent (= false): not ready, not a
+            // fallback; kept for its flows only.
+            (F_, T_, N_, "T", "T"),
+            // Serving, explicitly not terminating: the same.
+            (F_, T_, F_, "T", "T"),
+            // Terminating and no longer serving: drains its flows, never new
+            // ones.
+            (F_, F_, T_, "T", "T"),
+            // An unready running pod: gone.
+            (F_, F_, F_, "-", "-"),
+            // Unready, not serving, terminating absent: gone.
+            (F_, F_, N_, "-", "-"),
+            // Serving absent (= true) and terminating: a fallback.
+            (F_, N_, T_, "T", "A"),
+            // Serving absent (= true), running: kept for its flows only.
+            (F_, N_, F_, "T", "T"),
+            // `conditions: {ready: false}` alone: serving defaults to true,
+            // so it is kept for its flows, never a fallback.
+            (F_, N_, N_, "T", "T"),
         ];
-        for c in cases {
-            let got = run(&c.svc, &c.slices, c.node);
-            let want: Vec<(String, Vec<String>)> = c
-                .want
+        assert_eq!(rows.len(), 27, "3 x 3 x 3 combinations");
+        let cond = |r: Option<bool>, s: Option<bool>, t: Option<bool>| {
+            let parts: Vec<String> = [("ready", r), ("serving", s), ("terminating", t)]
                 .iter()
-                .map(|(f, b)| (f.to_string(), b.iter().map(|s| s.to_string()).collect()))
+                .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
                 .collect();
-            assert_eq!(got, want, "case: {}", c.what);
+            if parts.is_empty() { String::new() } else { format!("\n  conditions: {{{}}}", parts.join(", ")) }
+        };
+        let state = |r, s, t, peer: bool| -> String {
+            let mut yaml = String::from(
+                "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
+                 spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\n\
+                 addressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}]\nendpoints:\n",
+            );
+            yaml.push_str(&format!("- addresses: [10.244.0.2]{}\n", cond(r, s, t)));
+            if peer {
+                yaml.push_str("- addresses: [10.244.0.9]\n  conditions: {ready: true}\n");
+            }
+            let cat = Catalog::from_yaml(&yaml).expect("fixture");
+            let (fes, _) = desired(&cat, &NodeContext::default());
+            let fe = fes.values().next().expect("one frontend");
+            let me = BackendAddr { ip: ip("10.244.0.2"), port: 8080 };
+            match fe.backends.get(&me) {
+                Some(BackendState::Active) => "A",
+                Some(BackendState::Terminating) => "T",
+                None => "-",
+            }
+            .to_string()
+        };
+        for (r, s, t, beside_ready, alone) in rows {
+            let what = format!("ready {r:?}, serving {s:?}, terminating {t:?}");
+            assert_eq!(state(*r, *s, *t, true), *beside_ready, "{what}, beside a ready endpoint");
+            assert_eq!(state(*r, *s, *t, false), *alone, "{what}, alone");
+        }
+    }
+
+    /// Ports come from the slice that holds the endpoint, matched by the
+    /// Service port's name and protocol (pkg/proxy/endpointslicecache.go,
+    /// `endpointInfoByServicePort`), never from `targetPort`.
+    #[test]
+    fn ports_per_endpoint_slice() {
+        let ready = |a| (a, true, true, false, "");
+        let two_ports = || {
+            svc("example-custom-endpoints", &["10.96.0.10"], &[
+                ("port80", TCP, 80, TargetPort::Number(80)),
+                ("port81", TCP, 81, TargetPort::Number(81)),
+            ])
+        };
+        let named = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Name("http".into()))]);
+        let numeric = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(8080))]);
+        check(vec![
+            // test/e2e/network/endpointslice.go "should support a Service with
+            // multiple ports specified in multiple EndpointSlices": one pod,
+            // one slice per Service port, each with its own number. Port 80
+            // reaches 8090 only and port 81 9090 only (a numeric-targetPort
+            // fallback put 10.244.0.2:80 and :81 beside them).
+            Case {
+                what: "e2e: multiple ports in multiple slices",
+                svc: two_ports(),
+                slices: vec![
+                    slice("example-custom-endpoints", V4, &[("port80", 8090)], &[ready("10.244.0.2")]),
+                    slice("example-custom-endpoints", V4, &[("port81", 9090)], &[ready("10.244.0.2")]),
+                ],
+                node: None,
+                want: vec![
+                    ("10.96.0.10:80/tcp", vec!["10.244.0.2:8090 A"]),
+                    ("10.96.0.10:81/tcp", vec!["10.244.0.2:9090 A"]),
+                ],
+            },
+            // endpointslice.go "should support a Service with multiple
+            // endpoint IPs specified in multiple EndpointSlices": two pods,
+            // each in the slice of one Service port, both on 8090. Each
+            // Service port reaches its own pod only.
+            Case {
+                what: "e2e: multiple IPs in multiple slices",
+                svc: two_ports(),
+                slices: vec![
+                    slice("example-custom-endpoints", V4, &[("port80", 8090)], &[ready("10.244.0.2")]),
+                    slice("example-custom-endpoints", V4, &[("port81", 8090)], &[ready("10.244.0.3")]),
+                ],
+                node: None,
+                want: vec![
+                    ("10.96.0.10:80/tcp", vec!["10.244.0.2:8090 A"]),
+                    ("10.96.0.10:81/tcp", vec!["10.244.0.3:8090 A"]),
+                ],
+            },
+            // A rolling update that changed the pods' container port (named
+            // targetPort "http": 8080 before, 9090 after). The controller
+            // puts old and new pods in separate slices, each with its number;
+            // every pod is reached on its own port, the old terminating one
+            // keeps its flows.
+            Case {
+                what: "rolling update: container port changed",
+                svc: named(),
+                slices: vec![
+                    slice("web", V4, &[("http", 8080)], &[
+                        ready("10.244.0.2"),
+                        ("10.244.0.3", false, true, true, ""),
+                    ]),
+                    slice("web", V4, &[("http", 9090)], &[ready("10.244.0.4")]),
+                ],
+                node: None,
+                want: vec![(
+                    "10.96.0.10:80/tcp",
+                    vec!["10.244.0.2:8080 A", "10.244.0.3:8080 T", "10.244.0.4:9090 A"],
+                )],
+            },
+            // A numeric targetPort edited from 8080 to 9090 while a slice
+            // still says 8080: the slice is what kube-proxy follows until
+            // the controller rewrites it, and so does Ferry.
+            Case {
+                what: "rolling update: numeric targetPort changed",
+                svc: svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(9090))]),
+                slices: vec![
+                    slice("web", V4, &[("http", 8080)], &[ready("10.244.0.2")]),
+                    slice("web", V4, &[("http", 9090)], &[ready("10.244.0.4")]),
+                ],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.4:9090 A"])],
+            },
+            // One pod listed in both slices of a rollover with two numbers:
+            // two backends (kube-proxy keys endpoints by IP:port).
+            Case {
+                what: "same pod, two port numbers",
+                svc: named(),
+                slices: vec![
+                    slice("web", V4, &[("http", 8080)], &[ready("10.244.0.2")]),
+                    slice("web", V4, &[("http", 9090)], &[ready("10.244.0.2")]),
+                ],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.2:9090 A"])],
+            },
+            // A slice without any ports contributes nothing, whatever the
+            // numeric targetPort says.
+            Case {
+                what: "slice without ports: no endpoints",
+                svc: numeric(),
+                slices: vec![slice("web", V4, &[], &[ready("10.244.0.2")])],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec![])],
+            },
+            // A slice port named after the container port instead of the
+            // Service port does not match (kube-proxy keys by Service port
+            // name).
+            Case {
+                what: "slice port named after the target port: no match",
+                svc: svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Name("web".into()))]),
+                slices: vec![slice("web", V4, &[("web", 7070)], &[ready("10.244.0.2")])],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec![])],
+            },
+            // A slice that lacks this port skips its endpoints; another
+            // slice's still count.
+            Case {
+                what: "slice without this port is skipped",
+                svc: named(),
+                slices: vec![
+                    slice("web", V4, &[("metrics", 9100)], &[ready("10.244.0.2")]),
+                    slice("web", V4, &[("http", 8080)], &[ready("10.244.0.3")]),
+                ],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 A"])],
+            },
+            // Name and protocol both: a TCP slice port named like a UDP
+            // Service port is not its port.
+            Case {
+                what: "protocol must match",
+                svc: svc("dns", &["10.96.0.53"], &[
+                    ("dns", UDP, 53, TargetPort::Number(53)),
+                    ("dns-tcp", TCP, 53, TargetPort::Number(53)),
+                ]),
+                slices: vec![
+                    slice_proto("dns", V4, &[("dns", TCP, 5300)], &[ready("10.244.0.2")]),
+                    slice_proto("dns", V4, &[("dns", UDP, 5353), ("dns-tcp", TCP, 5354)], &[ready("10.244.0.3")]),
+                ],
+                node: None,
+                want: vec![
+                    ("10.96.0.53:53/udp", vec!["10.244.0.3:5353 A"]),
+                    ("10.96.0.53:53/tcp", vec!["10.244.0.3:5354 A"]),
+                ],
+            },
+            // A single unnamed Service port: the controller writes name "".
+            Case {
+                what: "unnamed port",
+                svc: svc("web", &["10.96.0.10"], &[("", TCP, 80, TargetPort::Number(8080))]),
+                slices: vec![slice("web", V4, &[("", 8080)], &[ready("10.244.0.2")])],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
+            },
+        ]);
+    }
+
+    /// Labels that hand a Service to someone else, through the YAML
+    /// conversion: which Services get frontends, per `--service-proxy-name`.
+    /// The Service stays in the catalog either way (DNS answers for it).
+    #[test]
+    fn labels_that_hand_a_service_elsewhere() {
+        // (labels, --service-proxy-name, programmed)
+        let rows: &[(&str, Option<&str>, bool)] = &[
+            // No label, no flag: an ordinary Service.
+            ("", None, true),
+            // Another proxy's Service: kube-proxy's `!service-proxy-name`.
+            ("service.kubernetes.io/service-proxy-name: other", None, false),
+            // The label with an empty value is still the label.
+            ("service.kubernetes.io/service-proxy-name: ''", None, false),
+            // Without the flag Ferry has no name, so even "ferry" is not it.
+            ("service.kubernetes.io/service-proxy-name: ferry", None, false),
+            // The flag names Ferry: its Services are programmed...
+            ("service.kubernetes.io/service-proxy-name: ferry", Some("ferry"), true),
+            // ...another proxy's are not...
+            ("service.kubernetes.io/service-proxy-name: other", Some("ferry"), false),
+            // ...and neither are unlabelled ones (label = name, as Cilium's
+            // k8s-service-proxy-name).
+            ("", Some("ferry"), false),
+            // An empty flag (empty env var) is no flag.
+            ("", Some(""), true),
+            ("service.kubernetes.io/service-proxy-name: ''", Some(""), false),
+            // service.kubernetes.io/headless: never programmed.
+            ("service.kubernetes.io/headless: ''", None, false),
+            // Any value of it.
+            ("service.kubernetes.io/headless: 'true'", None, false),
+            // Not even when it is also labelled with Ferry's name.
+            ("{service.kubernetes.io/headless: '', service.kubernetes.io/service-proxy-name: ferry}", Some("ferry"), false),
+            // Unrelated labels change nothing.
+            ("app: web", None, true),
+        ];
+        for (labels, flag, want) in rows {
+            let labels = match *labels {
+                "" => String::new(),
+                l if l.starts_with('{') => format!(", labels: {l}"),
+                l => format!(", labels: {{{l}}}"),
+            };
+            let yaml = format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default{labels}}}\n\
+                 spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, protocol: TCP, port: 80}}]\nendpoints: [{{addresses: [10.244.0.2]}}]\n"
+            );
+            let cat = Catalog::from_yaml(&yaml).expect("fixture");
+            assert!(cat.service("default", "web").is_some(), "{labels}: still in the catalog for DNS");
+            let ctx = NodeContext { service_proxy_name: flag.map(str::to_string), ..NodeContext::default() };
+            let (fes, _) = desired(&cat, &ctx);
+            assert_eq!(!fes.is_empty(), *want, "labels {labels:?}, --service-proxy-name {flag:?}");
         }
     }
 

@@ -37,6 +37,12 @@ pub struct Args {
     /// This node's name: endpoints with this nodeName are local (internalTrafficPolicy: Local).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// The `service.kubernetes.io/service-proxy-name` value that is this agent's: only
+    /// Services labelled with it are programmed. Unset (or empty): every Service without
+    /// that label, as kube-proxy. Services labelled `service.kubernetes.io/headless` are
+    /// never programmed.
+    #[arg(long, env = "FERRY_SERVICE_PROXY_NAME")]
+    pub service_proxy_name: Option<String>,
     /// Network namespace (a name under /run/netns or a path) holding the pod veths;
     /// attach work happens there. Default: the agent's own.
     #[arg(long)]
@@ -188,7 +194,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new(Some(collector)));
     let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
 
-    let rec = sync::Reconciler::new(NodeContext { node_name: args.node_name.clone() }, programmed);
+    let node = NodeContext { node_name: args.node_name.clone(), service_proxy_name: args.service_proxy_name.clone() };
+    let rec = sync::Reconciler::new(node, programmed);
     let sync_task = tokio::spawn(sync::run_loop(rx, rec, maps, metrics, names_file));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -199,4 +206,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ = sync_task => anyhow::bail!("sync loop ended"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// `--service-proxy-name` reaches the translation's context, and the
+    /// DaemonSet can set it through `FERRY_SERVICE_PROXY_NAME` instead.
+    #[test]
+    fn service_proxy_name_flag_and_env() {
+        let args = Args::try_parse_from(["ferry-agent", "--yaml-dir", "d", "--service-proxy-name", "ferry"]).unwrap();
+        assert_eq!(args.service_proxy_name.as_deref(), Some("ferry"));
+        let cmd = Args::command();
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "service_proxy_name").expect("the flag");
+        assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some("FERRY_SERVICE_PROXY_NAME"));
+    }
 }

@@ -298,7 +298,7 @@ pub async fn run_loop(
 mod tests {
     use super::*;
     use crate::diff::Op;
-    use ferry_state::{Endpoint, EndpointSlice, Protocol, Service, ServicePort, ServiceType, TargetPort, AddressType};
+    use ferry_state::{Endpoint, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, ServiceType, TargetPort, AddressType};
 
     /// Records applied ops; can be told to fail once.
     #[derive(Default)]
@@ -330,6 +330,8 @@ mod tests {
                 internal_traffic_local: false,
                 external_traffic_local: false,
                 publish_not_ready_addresses: false,
+                proxy_name: None,
+                headless_label: false,
             });
             let eps: Vec<String> = if i == 0 {
                 endpoints_of_first.iter().map(|s| s.to_string()).collect()
@@ -340,7 +342,9 @@ mod tests {
                 key: ObjectKey::new("default", format!("svc{i}-a")),
                 service: key,
                 address_type: AddressType::IPv4,
-                ports: vec![],
+                // As the EndpointSlice controller writes it: the Service
+                // port's name and protocol, the resolved target port.
+                ports: vec![EndpointPort { name: String::new(), protocol: Protocol::Tcp, port: 8080 }],
                 endpoints: eps.iter().map(|a| Endpoint {
                     addresses: vec![a.parse().unwrap()],
                     ready: true, serving: true, terminating: false,
@@ -391,5 +395,28 @@ mod tests {
         assert_eq!(rec.programmed().frontends.len(), 19);
         assert_eq!(rec.names().len(), 19);
         assert_eq!(rec.names().values().next().unwrap().service, "default/svc0");
+    }
+
+    /// A Service labelled for another proxy after it was programmed loses
+    /// its frontends in an incremental sync (its object changed), and gets
+    /// them back when the label goes.
+    #[test]
+    fn a_service_proxy_name_label_toggles_its_frontends() {
+        let mut rec = Reconciler::new(NodeContext::default(), Programmed::new(LIMITS));
+        let mut w = Recorder::default();
+        let first = catalog(3, &["10.0.0.1"]);
+        rec.sync(&first, &mut w).unwrap();
+        assert_eq!(rec.programmed().frontends.len(), 3);
+        let svc0 = ObjectKey::new("default", "svc0");
+        let mut c = (*first).clone();
+        c.services.get_mut(&svc0).unwrap().proxy_name = Some("other".into());
+        let r = rec.sync(&Arc::new(c.clone()), &mut w).unwrap();
+        assert!(!r.full && r.frontends_changed);
+        assert_eq!(rec.programmed().frontends.len(), 2);
+        assert!(rec.names().values().all(|n| n.service != "default/svc0"));
+        c.services.get_mut(&svc0).unwrap().proxy_name = None;
+        let r = rec.sync(&Arc::new(c), &mut w).unwrap();
+        assert!(!r.full && r.frontends_changed);
+        assert_eq!(rec.programmed().frontends.len(), 3);
     }
 }

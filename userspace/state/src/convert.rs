@@ -21,6 +21,14 @@ use crate::model::*;
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// A Service carrying this label belongs to the service proxy it names
+/// (`apis.LabelServiceProxyName`, kubernetes pkg/proxy/apis/well_known_labels.go).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// `v1.IsHeadlessService`: set by the controllers on the EndpointSlices of
+/// headless Services; kube-proxy selects it out of Services and slices alike.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` default (3 hours) and
 /// maximum (1 day), per the core/v1 API.
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
@@ -188,7 +196,15 @@ pub fn service(svc: &core::Service) -> Result<Service, ConvertError> {
             spec.external_traffic_policy.as_deref(),
         )?,
         publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+        // Presence is what counts (kube-proxy's selectors are DoesNotExist
+        // requirements), so an empty value is still a label.
+        proxy_name: label(&svc.metadata, SERVICE_PROXY_NAME_LABEL).map(str::to_string),
+        headless_label: label(&svc.metadata, HEADLESS_LABEL).is_some(),
     })
+}
+
+fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
 /// `clusterIPs` (dual-stack, primary first) falling back to the older
@@ -445,8 +461,11 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
             ips
         };
         let cond = ep.conditions.clone().unwrap_or_default();
-        // API semantics: ready absent = true; serving absent = ready;
-        // terminating absent = false.
+        // As kube-proxy reads them (pkg/proxy/endpointslicecache.go,
+        // `newEndpointSliceInfo`) and the discovery/v1 API defines them:
+        // ready absent = true; serving absent = true; terminating absent =
+        // false. (Older API text let serving "defer to ready"; kube-proxy
+        // never did.)
         let ready = cond.ready.unwrap_or(true);
         let hostname = ep.hostname.clone().filter(|h| !h.is_empty());
         if let Some(h) = &hostname {
@@ -455,7 +474,7 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
         endpoints.push(Endpoint {
             addresses,
             ready,
-            serving: cond.serving.unwrap_or(ready),
+            serving: cond.serving.unwrap_or(true),
             terminating: cond.terminating.unwrap_or(false),
             hostname,
             node_name: ep.node_name.clone().filter(|n| !n.is_empty()),

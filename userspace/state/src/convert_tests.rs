@@ -15,6 +15,13 @@ fn svc(spec: &str) -> Result<Service, ConvertError> {
     ))
 }
 
+/// A ClusterIP Service with one label (`key: value` YAML).
+fn svc_labelled(label: &str) -> Result<Service, ConvertError> {
+    svc_doc(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  labels: {{{label}}}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{{port: 80}}]\n"
+    ))
+}
+
 fn svc_doc(doc: &str) -> Result<Service, ConvertError> {
     let raw: core::Service = serde_yaml::from_str(doc).expect("test YAML parses");
     service(&raw)
@@ -137,6 +144,22 @@ fn service_defaults() {
         // publishNotReadyAddresses default false
         ("pnra default", svc(PORT), &|s| !s.publish_not_ready_addresses),
         ("pnra", svc("publishNotReadyAddresses: true"), &|s| s.publish_not_ready_addresses),
+        // proxy-handing labels: absent by default
+        ("no proxy labels", svc(PORT), &|s| s.proxy_name.is_none() && !s.headless_label),
+        // service-proxy-name: its value is kept (the agent compares it to its flag)
+        ("proxy name", svc_labelled("service.kubernetes.io/service-proxy-name: other"), &|s| {
+            s.proxy_name.as_deref() == Some("other")
+        }),
+        // an empty value is still the label (kube-proxy selects on existence)
+        ("proxy name empty", svc_labelled("service.kubernetes.io/service-proxy-name: ''"), &|s| {
+            s.proxy_name.as_deref() == Some("")
+        }),
+        // service.kubernetes.io/headless: presence, any value
+        ("headless label", svc_labelled("service.kubernetes.io/headless: ''"), &|s| {
+            s.headless_label && s.proxy_name.is_none() && !s.headless
+        }),
+        // other labels change nothing
+        ("other labels", svc_labelled("app: web"), &|s| s.proxy_name.is_none() && !s.headless_label),
         // externalIPs
         ("externalIPs", svc("externalIPs: [192.0.2.1, '2001:db8::1']"), &|s| s.external_ips == [ip("192.0.2.1"), ip("2001:db8::1")]),
         // ipFamilies alone (headless dual-stack) is fine
@@ -225,17 +248,19 @@ fn slice_defaults() {
         ("service label", one(""), &|s| {
             s.service == ObjectKey::new("shop", "web") && s.key == ObjectKey::new("shop", "web-abc")
         }),
-        // ready absent -> true; serving absent -> ready; terminating absent -> false
+        // ready absent -> true; serving absent -> true; terminating absent -> false
         ("conditions absent", one(""), &|s| {
             let e = &s.endpoints[0];
             e.ready && e.serving && !e.terminating
         }),
+        // serving absent is true even when ready is false: kube-proxy reads
+        // it so (endpointslicecache.go `newEndpointSliceInfo`), not as "ready"
         (
-            "ready false, serving follows",
+            "ready false, serving absent",
             one(", conditions: {ready: false}"),
             &|s| {
                 let e = &s.endpoints[0];
-                !e.ready && !e.serving && !e.terminating
+                !e.ready && e.serving && !e.terminating
             },
         ),
         (

@@ -63,8 +63,10 @@ pub enum ServiceType {
     ExternalName,
 }
 
-/// `targetPort` of a Service port: a number, or the name of a container port
-/// resolved per endpoint through the EndpointSlice's ports.
+/// `targetPort` of a Service port: a number, or the name of a container port.
+/// Either way the EndpointSlice controller resolves it per pod into the slice
+/// ports; the data path takes backend ports from there
+/// ([`EndpointSlice::port_for`]), never from this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetPort {
     Number(u16),
@@ -102,6 +104,17 @@ pub struct Service {
     /// `externalTrafficPolicy: Local`.
     pub external_traffic_local: bool,
     pub publish_not_ready_addresses: bool,
+    /// Value of the `service.kubernetes.io/service-proxy-name` label, if the
+    /// label is present (even empty): the Service is handed to the proxy of
+    /// that name, and a service proxy that is not it leaves it alone
+    /// (kubernetes docs/dev/sig-network/service-proxy.md, "Ignored
+    /// Services/Endpoints"). DNS still answers for it.
+    pub proxy_name: Option<String>,
+    /// The `service.kubernetes.io/headless` label is present (any value):
+    /// kube-proxy's informers select `!service.kubernetes.io/headless`
+    /// (cmd/kube-proxy/app/server.go), so a labelled Service is never
+    /// proxied. DNS still answers for it.
+    pub headless_label: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,9 +127,14 @@ pub struct EndpointPort {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
-    /// `conditions.ready`; absent means true (per the EndpointSlice API).
+    /// `conditions.ready`; absent means true (discovery/v1 API). This is the
+    /// condition new flows follow: with `publishNotReadyAddresses` the
+    /// EndpointSlice controller sets it on unready and terminating pods too.
     pub ready: bool,
-    /// `conditions.serving`; absent means the value of `ready`.
+    /// `conditions.serving`; absent means true, as kube-proxy reads it
+    /// (pkg/proxy/endpointslicecache.go, `newEndpointSliceInfo`) and as the
+    /// discovery/v1 API documents it ("A nil value should be interpreted as
+    /// true").
     pub serving: bool,
     /// `conditions.terminating`; absent means false.
     pub terminating: bool,
@@ -245,25 +263,26 @@ impl Catalog {
 }
 
 impl EndpointSlice {
-    /// The backend port of this slice's endpoints for `port` of the Service.
+    /// The backend port of this slice's endpoints for `port` of the Service,
+    /// or `None` when this slice contributes no endpoints to that port.
     ///
-    /// The EndpointSlice controller names each slice port after the Service
-    /// port and sets its number to the resolved target port (numeric or named
-    /// container port), so matching is by name and protocol. A hand-written
-    /// slice without ports falls back to a numeric `targetPort`; a named
-    /// target port that no slice port matches has no backend port (`None`).
+    /// The one definition of this lookup (the agent's translation uses it).
+    /// kube-proxy takes an endpoint's port only from the slice that holds
+    /// it, keyed by the slice port's name and protocol
+    /// (pkg/proxy/endpointslicecache.go, `endpointInfoByServicePort`: the
+    /// key is `ServicePortName{service, port.Name, port.Protocol}`). The
+    /// EndpointSlice controller names each slice port after the Service port
+    /// and sets its number to the target port it resolved for the pods of
+    /// that slice, so pods whose container port differs (a rolling update)
+    /// sit in different slices with different numbers. Neither a numeric
+    /// `targetPort` nor the name of a named one is consulted: a slice that
+    /// lacks the port has no endpoints for it, and guessing a number would
+    /// send traffic where nothing listens.
     pub fn port_for(&self, port: &ServicePort) -> Option<u16> {
-        if let Some(p) = self
-            .ports
+        self.ports
             .iter()
             .find(|p| p.name == port.name && p.protocol == port.protocol)
-        {
-            return Some(p.port);
-        }
-        match (&port.target_port, self.ports.is_empty()) {
-            (TargetPort::Number(n), true) => Some(*n),
-            _ => None,
-        }
+            .map(|p| p.port)
     }
 }
 

@@ -330,7 +330,7 @@ mod tests {
         let text = format!(
             "---\n{SVC_A}\n---\n# a comment-only document\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ignored}}\n---\n\
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: a-1, namespace: x, labels: {{kubernetes.io/service-name: a}}}}\n\
-             addressType: IPv4\nendpoints: [{{addresses: [10.0.0.1]}}]\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n---\n"
+             addressType: IPv4\nports: [{{name: '', port: 80, protocol: TCP}}]\nendpoints: [{{addresses: [10.0.0.1]}}]\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n---\n"
         );
         let (objs, errs) = parse_documents(&text, "f.yaml");
         assert!(errs.is_empty(), "{errs:?}");
