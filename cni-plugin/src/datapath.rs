@@ -10,7 +10,7 @@
 
 use std::{net::IpAddr, path::Path};
 
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 
 /// Attaches to the pod's host veth `ifindex` (of this process's namespace,
 /// the node's) and registers the pod's addresses and MAC as a local

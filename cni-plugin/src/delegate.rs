@@ -21,7 +21,7 @@ use std::process::{Command as Process, Stdio};
 use serde_json::Value;
 
 use crate::env::{Command, Env};
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 use crate::result::{CniResult, Version, SUPPORTED_VERSIONS};
 
 /// One delegated plugin, resolved and version-negotiated for this invocation.
@@ -86,7 +86,11 @@ impl Delegate {
                     Code::IncompatibleVersion,
                     format!("ipam plugin {plugin} shares no CNI version with ferry up to {requested}"),
                 )
-                .with_details(format!("{plugin} supports {}; ferry supports {}", theirs.join(", "), SUPPORTED_VERSIONS.join(", ")))
+                .with_details(format!(
+                    "{plugin} supports {}; ferry supports {}",
+                    theirs.join(", "),
+                    SUPPORTED_VERSIONS.join(", ")
+                ))
             })?,
         };
         let stdin = if version == requested_v { raw.to_vec() } else { reshape(raw, version)? };
@@ -117,11 +121,12 @@ impl Delegate {
 /// The runtime's config with `cniVersion` set to `to`, and its prevResult
 /// (if any) shaped for that version.
 fn reshape(raw: &[u8], to: Version) -> Result<Vec<u8>> {
-    let mut v: Value =
-        serde_json::from_slice(raw).map_err(|e| CniError::new(Code::Decode, "network configuration is not valid JSON").with_details(e))?;
+    let mut v: Value = serde_json::from_slice(raw)
+        .map_err(|e| CniError::new(Code::Decode, "network configuration is not valid JSON").with_details(e))?;
     let Version(a, b, c) = to;
     let to_s = format!("{a}.{b}.{c}");
-    let o = v.as_object_mut().ok_or_else(|| CniError::new(Code::Decode, "network configuration must be a JSON object"))?;
+    let o =
+        v.as_object_mut().ok_or_else(|| CniError::new(Code::Decode, "network configuration must be a JSON object"))?;
     o.remove("cniVersions");
     if let Some(prev) = o.get("prevResult").filter(|p| !p.is_null()) {
         let shaped = CniResult::from_value(prev)?.to_json(&to_s);
@@ -206,7 +211,8 @@ mod tests {
             "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "mtu": 1400}],
                            "ips": [{"address": "10.0.0.2/24", "interface": 0}]},
         });
-        let out: Value = serde_json::from_slice(&reshape(&serde_json::to_vec(&raw).unwrap(), Version::V0_4_0).unwrap()).unwrap();
+        let out: Value =
+            serde_json::from_slice(&reshape(&serde_json::to_vec(&raw).unwrap(), Version::V0_4_0).unwrap()).unwrap();
         assert_eq!(out["cniVersion"], "0.4.0");
         assert_eq!(out["prevResult"]["cniVersion"], "0.4.0");
         assert_eq!(out["prevResult"]["ips"][0]["version"], "4", "0.4.0 results name the IP version");

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 
 /// The operations of the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,9 +24,7 @@ impl Command {
             "STATUS" => Command::Status,
             "GC" => Command::Gc,
             "VERSION" => Command::Version,
-            other => {
-                return Err(CniError::new(Code::InvalidEnv, format!("unknown CNI_COMMAND {other:?}")))
-            }
+            other => return Err(CniError::new(Code::InvalidEnv, format!("unknown CNI_COMMAND {other:?}"))),
         })
     }
 
@@ -60,7 +58,9 @@ impl Env {
         let need = |k: &str, required: bool| -> Result<String> {
             match get(k).filter(|v| !v.is_empty()) {
                 Some(v) => Ok(v),
-                None if required => Err(CniError::new(Code::InvalidEnv, format!("required environment variable {k} is missing"))),
+                None if required => {
+                    Err(CniError::new(Code::InvalidEnv, format!("required environment variable {k} is missing")))
+                }
                 None => Ok(String::new()),
             }
         };
@@ -75,7 +75,8 @@ impl Env {
             validate_container_id(&container_id)?;
         }
         if !ifname.is_empty() {
-            validate_ifname(&ifname).map_err(|m| CniError::new(Code::InvalidEnv, format!("CNI_IFNAME {ifname:?}: {m}")))?;
+            validate_ifname(&ifname)
+                .map_err(|m| CniError::new(Code::InvalidEnv, format!("CNI_IFNAME {ifname:?}: {m}")))?;
         }
         let args = parse_args(&get("CNI_ARGS").unwrap_or_default())?;
         Ok(Env {

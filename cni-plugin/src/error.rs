@@ -53,11 +53,7 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: Code, msg: impl Into<String>) -> Self {
-        Self {
-            code: code as u32,
-            msg: msg.into(),
-            details: String::new(),
-        }
+        Self { code: code as u32, msg: msg.into(), details: String::new() }
     }
 
     pub fn with_details(mut self, details: impl fmt::Display) -> Self {

@@ -16,4 +16,4 @@ pub mod netconf;
 pub mod result;
 
 pub use cmd::run;
-pub use error::{Code, CniError};
+pub use error::{CniError, Code};

@@ -7,21 +7,20 @@ use std::process::ExitCode;
 
 use ferry_cni::netconf::peek_version;
 use ferry_cni::result::LATEST;
-use ferry_cni::{Code, CniError};
+use ferry_cni::{CniError, Code};
 
 fn main() -> ExitCode {
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Err(e) => Err(CniError::new(Code::Io, "reading stdin").with_details(e)),
-        Ok(_) => std::panic::catch_unwind(|| ferry_cni::run(&|k| std::env::var(k).ok(), &stdin))
-            .unwrap_or_else(|p| {
-                let what = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(CniError::new(Code::Internal, "internal error (panic)").with_details(what))
-            }),
+        Ok(_) => std::panic::catch_unwind(|| ferry_cni::run(&|k| std::env::var(k).ok(), &stdin)).unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(CniError::new(Code::Internal, "internal error (panic)").with_details(what))
+        }),
     };
     let mut out = std::io::stdout().lock();
     match outcome {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::env::validate_ifname;
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 use crate::ipam::{self, IpamConfig};
 use crate::result::Dns;
 
@@ -155,7 +155,9 @@ impl Config {
         let version = match value.get("cniVersion") {
             Some(Value::String(v)) => v.clone(),
             None | Some(Value::Null) => String::new(),
-            Some(other) => return Err(CniError::new(Code::IncompatibleVersion, format!("cniVersion {other} is not a string"))),
+            Some(other) => {
+                return Err(CniError::new(Code::IncompatibleVersion, format!("cniVersion {other} is not a string")))
+            }
         };
         let version = if version.is_empty() {
             // 1.1.0's `cniVersions`: use the highest one we support.
@@ -174,23 +176,22 @@ impl Config {
             version
         };
         crate::result::check_version(&version)?;
-        let conf: NetConf = serde_json::from_value(value)
-            .map_err(|e| invalid("invalid network configuration").with_details(e))?;
+        let conf: NetConf =
+            serde_json::from_value(value).map_err(|e| invalid("invalid network configuration").with_details(e))?;
         validate_network_name(&conf.name)?;
         validate_ifname(&conf.bridge).map_err(|m| invalid(format!("bridge name {:?}: {m}", conf.bridge)))?;
         let mtu = conf.mtu.unwrap_or(1500);
         if !(68..=65535).contains(&mtu) {
             return Err(invalid(format!("mtu {mtu} is outside 68..65535")));
         }
-        let ipam_value = conf
-            .ipam
-            .as_ref()
-            .filter(|v| v.is_object())
-            .ok_or_else(|| invalid("\"ipam\" must be an object"))?;
+        let ipam_value =
+            conf.ipam.as_ref().filter(|v| v.is_object()).ok_or_else(|| invalid("\"ipam\" must be an object"))?;
         let ipam = match ipam_value.get("type").and_then(Value::as_str) {
             None | Some(ipam::BUILTIN) => {
                 let mut v = ipam_value.clone();
-                if let Some(ranges) = conf.runtime_config.ip_ranges.as_ref().filter(|r| r.as_array().is_some_and(|a| !a.is_empty())) {
+                if let Some(ranges) =
+                    conf.runtime_config.ip_ranges.as_ref().filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+                {
                     let o = v.as_object_mut().expect("checked object");
                     for k in ["subnet", "rangeStart", "rangeEnd", "gateway"] {
                         o.remove(k);
@@ -200,16 +201,12 @@ impl Config {
                 Ipam::Builtin(IpamConfig::parse(&v)?)
             }
             Some("") => return Err(invalid("ipam.type must not be empty")),
-            Some(t) if t.contains('/') => return Err(invalid(format!("ipam.type {t:?} must be a plugin name, not a path"))),
+            Some(t) if t.contains('/') => {
+                return Err(invalid(format!("ipam.type {t:?} must be a plugin name, not a path")))
+            }
             Some(t) => Ipam::Delegated(t.to_string()),
         };
-        Ok(Config {
-            conf,
-            version,
-            ipam,
-            mtu,
-            raw: stdin.to_vec(),
-        })
+        Ok(Config { conf, version, ipam, mtu, raw: stdin.to_vec() })
     }
 
     /// Addresses the runtime asked for: CNI_ARGS `IP=a,b`, the `ips`

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 pub const LATEST: &str = "1.1.0";
@@ -41,11 +41,8 @@ pub fn check_version(v: &str) -> Result<Version> {
             return Ok(p);
         }
     }
-    Err(CniError::new(
-        Code::IncompatibleVersion,
-        format!("incompatible CNI version {v:?}"),
-    )
-    .with_details(format!("supported versions: {}", SUPPORTED_VERSIONS.join(", "))))
+    Err(CniError::new(Code::IncompatibleVersion, format!("incompatible CNI version {v:?}"))
+        .with_details(format!("supported versions: {}", SUPPORTED_VERSIONS.join(", "))))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -121,9 +118,8 @@ impl CniResult {
     /// delegated IPAM plugin printed). `ips[].version` is accepted and
     /// dropped: it is derived from the address when shaping.
     pub fn from_value(v: &Value) -> Result<Self> {
-        serde_json::from_value(v.clone()).map_err(|e| {
-            CniError::new(Code::InvalidConfig, "cannot parse a CNI result").with_details(e)
-        })
+        serde_json::from_value(v.clone())
+            .map_err(|e| CniError::new(Code::InvalidConfig, "cannot parse a CNI result").with_details(e))
     }
 
     /// Appends `other` (ours) after `self` (a prevResult), renumbering
@@ -201,7 +197,11 @@ mod tests {
                 IpConfig { address: "10.0.0.2/24".into(), gateway: Some("10.0.0.1".into()), interface: Some(1) },
                 IpConfig { address: "fd00::2/64".into(), gateway: Some("fd00::1".into()), interface: Some(1) },
             ],
-            routes: vec![RouteEntry { dst: "0.0.0.0/0".into(), gw: Some("10.0.0.1".into()), extra: Default::default() }],
+            routes: vec![RouteEntry {
+                dst: "0.0.0.0/0".into(),
+                gw: Some("10.0.0.1".into()),
+                extra: Default::default(),
+            }],
             dns: Dns::default(),
         }
     }

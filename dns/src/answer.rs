@@ -63,13 +63,7 @@ impl Shared {
         query_log: bool,
     ) -> Result<Self, ZoneError> {
         let empty = Arc::new(Zone::empty(zone_config.clone())?);
-        Ok(Self {
-            zone: RwLock::new((empty, false)),
-            zone_config,
-            metrics,
-            forwarder,
-            query_log,
-        })
+        Ok(Self { zone: RwLock::new((empty, false)), zone_config, metrics, forwarder, query_log })
     }
 
     /// The current zone and whether the catalog has completed its first load.
@@ -80,38 +74,24 @@ impl Shared {
     pub fn set_zone(&self, z: Arc<Zone>) {
         self.metrics.zone_names.set(z.len() as i64);
         *self.zone.write().unwrap_or_else(|e| e.into_inner()) = (z, true);
-        self.metrics
-            .ready
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 fn done(q: &Query, rcode: Rcode) -> Fast {
-    Fast::Done {
-        qtype: q.qtype,
-        rcode,
-    }
+    Fast::Done { qtype: q.qtype, rcode }
 }
 
 /// Answer `msg` from the zone if possible. Before the catalog is ready
 /// (`ready` false) `zone` is the empty zone, used only to classify names;
 /// `transport` decides how large an answer may be.
-pub fn answer_fast(
-    zone: &Zone,
-    ready: bool,
-    msg: &[u8],
-    transport: Transport,
-    out: &mut Vec<u8>,
-) -> Fast {
+pub fn answer_fast(zone: &Zone, ready: bool, msg: &[u8], transport: Transport, out: &mut Vec<u8>) -> Fast {
     let q = match parse_query(msg) {
         Ok(q) => q,
         Err(Reject::Drop) => return Fast::Drop,
         Err(Reject::Header(rc)) => {
             wire::header_only(msg, rc, out);
-            return Fast::Done {
-                qtype: 0,
-                rcode: rc,
-            };
+            return Fast::Done { qtype: 0, rcode: rc };
         }
     };
     let limit = transport.limit(&q);
@@ -180,13 +160,7 @@ pub fn answer_fast(
     }
 }
 
-fn send_prebuilt(
-    msg: &[u8],
-    q: &Query,
-    pre: wire::PreRef<'_>,
-    limit: usize,
-    out: &mut Vec<u8>,
-) -> Fast {
+fn send_prebuilt(msg: &[u8], q: &Query, pre: wire::PreRef<'_>, limit: usize, out: &mut Vec<u8>) -> Fast {
     if wire::patch_answer(msg, q, pre, limit, out) {
         return done(q, Rcode::NoError);
     }
@@ -198,12 +172,7 @@ fn send_prebuilt(
 
 /// Finish a query that needs the network: forward it, or chase an
 /// ExternalName's target.
-pub async fn answer_slow(
-    shared: &Shared,
-    msg: &[u8],
-    q: &Query,
-    transport: Transport,
-) -> (Vec<u8>, Rcode) {
+pub async fn answer_slow(shared: &Shared, msg: &[u8], q: &Query, transport: Transport) -> (Vec<u8>, Rcode) {
     let limit = transport.limit(q);
     let mut out = Vec::new();
     let Ok(req) = Message::from_vec(msg) else {
@@ -219,16 +188,11 @@ pub async fn answer_slow(
     resp.metadata.recursion_available = true;
     resp.add_query(hq.clone());
     let (zone, ready) = shared.zone();
-    let cname = zone
-        .get(&q.name_lower)
-        .filter(|_| ready)
-        .and_then(|e| e.cname.clone());
+    let cname = zone.get(&q.name_lower).filter(|_| ready).and_then(|e| e.cname.clone());
     if let Some(alias) = cname {
         let (pre, target) = *alias;
         resp.metadata.authoritative = true;
-        let mut alias = Message::from_vec(&pre.bytes)
-            .map(|m| m.answers)
-            .unwrap_or_default();
+        let mut alias = Message::from_vec(&pre.bytes).map(|m| m.answers).unwrap_or_default();
         for r in &mut alias {
             r.name = hq.name().clone();
         }

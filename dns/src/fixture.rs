@@ -17,10 +17,7 @@ use serde_json::value::RawValue;
 #[derive(Debug, thiserror::Error)]
 pub enum FixtureError {
     #[error("reading fixture {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
 }
 
 #[derive(Deserialize)]
@@ -31,10 +28,7 @@ struct RawList<'a> {
 
 pub fn load_fixture(path: &Path) -> Result<(Catalog, Vec<ObjectError>), FixtureError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| FixtureError::Read {
-        path: origin.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| FixtureError::Read { path: origin.clone(), source })?;
     match serde_json::from_str::<RawList<'_>>(&text) {
         Ok(list) => {
             // Items are folded into the catalog as they are parsed, with the
@@ -110,11 +104,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(from_json, from_yaml);
         assert_eq!(from_json.services.len(), 1);
-        assert_eq!(
-            errors.len(),
-            1,
-            "the bad Service is reported, the good one kept"
-        );
+        assert_eq!(errors.len(), 1, "the bad Service is reported, the good one kept");
         assert!(load_fixture(Path::new("/nonexistent/x.json")).is_err());
     }
 }

@@ -23,24 +23,15 @@ pub enum ForwardError {
     #[error("no upstream resolvers configured")]
     NoUpstreams,
     #[error("all upstreams failed for {name} {qtype}: {last}")]
-    AllFailed {
-        name: String,
-        qtype: RecordType,
-        last: String,
-    },
+    AllFailed { name: String, qtype: RecordType, last: String },
     #[error("reading {path}: {source}")]
-    ResolvConf {
-        path: String,
-        source: std::io::Error,
-    },
+    ResolvConf { path: String, source: std::io::Error },
 }
 
 /// The `nameserver` lines of a resolv.conf, on port 53.
 pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, ForwardError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ForwardError::ResolvConf {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ForwardError::ResolvConf { path: path.display().to_string(), source })?;
     Ok(parse_resolv_conf(&text))
 }
 
@@ -75,12 +66,7 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(
-        upstreams: Vec<SocketAddr>,
-        timeout: Duration,
-        cache_max: usize,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(upstreams: Vec<SocketAddr>, timeout: Duration, cache_max: usize, metrics: Metrics) -> Self {
         Self {
             upstreams,
             timeout,
@@ -116,12 +102,7 @@ impl Forwarder {
         let mut last = String::new();
         for up in &self.upstreams {
             match self.exchange(*up, name, qtype).await {
-                Ok(m)
-                    if matches!(
-                        m.metadata.response_code,
-                        ResponseCode::NoError | ResponseCode::NXDomain
-                    ) =>
-                {
+                Ok(m) if matches!(m.metadata.response_code, ResponseCode::NoError | ResponseCode::NXDomain) => {
                     self.store(key, &m);
                     return Ok(m);
                 }
@@ -131,11 +112,7 @@ impl Forwarder {
             self.metrics.upstream_failures.inc();
             tracing::debug!(upstream = %up, %name, ?qtype, error = %last, "upstream failed");
         }
-        Err(ForwardError::AllFailed {
-            name: name.to_ascii(),
-            qtype,
-            last,
-        })
+        Err(ForwardError::AllFailed { name: name.to_ascii(), qtype, last })
     }
 
     fn cached(&self, key: &(String, u16)) -> Option<Message> {
@@ -147,12 +124,7 @@ impl Forwarder {
         }
         let mut m = e.msg.clone();
         let spent = age.as_secs() as u32;
-        for r in m
-            .answers
-            .iter_mut()
-            .chain(m.authorities.iter_mut())
-            .chain(m.additionals.iter_mut())
-        {
+        for r in m.answers.iter_mut().chain(m.authorities.iter_mut()).chain(m.additionals.iter_mut()) {
             r.ttl = r.ttl.saturating_sub(spent);
         }
         Some(m)
@@ -170,32 +142,16 @@ impl Forwarder {
             // than a perfect LRU.
             cache.retain(|_, e| e.stored.elapsed() < e.ttl);
             if cache.len() >= self.cache_max {
-                let drop: Vec<_> = cache
-                    .keys()
-                    .take(self.cache_max / 10 + 1)
-                    .cloned()
-                    .collect();
+                let drop: Vec<_> = cache.keys().take(self.cache_max / 10 + 1).cloned().collect();
                 for k in drop {
                     cache.remove(&k);
                 }
             }
         }
-        cache.insert(
-            key,
-            CacheEntry {
-                msg: m.clone(),
-                stored: Instant::now(),
-                ttl,
-            },
-        );
+        cache.insert(key, CacheEntry { msg: m.clone(), stored: Instant::now(), ttl });
     }
 
-    async fn exchange(
-        &self,
-        up: SocketAddr,
-        name: &Name,
-        qtype: RecordType,
-    ) -> Result<Message, String> {
+    async fn exchange(&self, up: SocketAddr, name: &Name, qtype: RecordType) -> Result<Message, String> {
         let mut q = Message::new(self.next_id(), MessageType::Query, OpCode::Query);
         q.metadata.recursion_desired = true;
         q.add_query(Query::query(name.clone(), qtype));
@@ -209,15 +165,11 @@ impl Forwarder {
         if !m.metadata.truncation {
             return Ok(m);
         }
-        tokio::time::timeout(self.timeout, tcp(up, &bytes, &q))
-            .await
-            .map_err(|_| "timeout (tcp)".to_string())?
+        tokio::time::timeout(self.timeout, tcp(up, &bytes, &q)).await.map_err(|_| "timeout (tcp)".to_string())?
     }
 
     async fn udp(&self, up: SocketAddr, bytes: &[u8], q: &Message) -> Result<Message, String> {
-        let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .expect("literal");
+        let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
         let sock = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
         sock.connect(up).await.map_err(|e| e.to_string())?;
         sock.send(bytes).await.map_err(|e| e.to_string())?;
@@ -288,39 +240,21 @@ mod tests {
     fn resolv_conf_nameservers() {
         let t = "# comment\nsearch a.b\nnameserver 10.0.0.2\nnameserver fd00::53\nnameserver fe80::1%eth0\noptions ndots:5\n";
         let v = parse_resolv_conf(t);
-        assert_eq!(
-            v,
-            vec![
-                "10.0.0.2:53".parse().unwrap(),
-                "[fd00::53]:53".parse().unwrap()
-            ]
-        );
+        assert_eq!(v, vec!["10.0.0.2:53".parse().unwrap(), "[fd00::53]:53".parse().unwrap()]);
     }
 
     #[test]
     fn ttl_rules() {
         let n = Name::from_ascii("x.example.").unwrap();
         let mut pos = Message::response(1, OpCode::Query);
-        pos.add_answer(Record::from_rdata(
-            n.clone(),
-            300,
-            RData::A(A::new(1, 2, 3, 4)),
-        ));
-        pos.add_answer(Record::from_rdata(
-            n.clone(),
-            60,
-            RData::A(A::new(1, 2, 3, 5)),
-        ));
+        pos.add_answer(Record::from_rdata(n.clone(), 300, RData::A(A::new(1, 2, 3, 4))));
+        pos.add_answer(Record::from_rdata(n.clone(), 60, RData::A(A::new(1, 2, 3, 5))));
         assert_eq!(cache_ttl(&pos), Duration::from_secs(60));
         let mut neg = Message::response(1, OpCode::Query);
         neg.metadata.response_code = ResponseCode::NXDomain;
         assert_eq!(cache_ttl(&neg), Duration::ZERO, "no SOA: not cached");
         let soa = SOA::new(n.clone(), n.clone(), 1, 1, 1, 1, 30);
         neg.add_authority(Record::from_rdata(n, 900, RData::SOA(soa)));
-        assert_eq!(
-            cache_ttl(&neg),
-            Duration::from_secs(30),
-            "min(SOA TTL, MINIMUM)"
-        );
+        assert_eq!(cache_ttl(&neg), Duration::from_secs(30), "min(SOA TTL, MINIMUM)");
     }
 }

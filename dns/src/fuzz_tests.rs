@@ -15,10 +15,7 @@ fn check(msg: &[u8]) {
     for t in [Transport::Udp, Transport::Tcp] {
         let mut out = Vec::new();
         match answer_fast(&zone, true, msg, t, &mut out) {
-            Fast::Drop => assert!(
-                msg.len() < 12 || msg[2] & 0x80 != 0,
-                "only short packets and responses are dropped"
-            ),
+            Fast::Drop => assert!(msg.len() < 12 || msg[2] & 0x80 != 0, "only short packets and responses are dropped"),
             Fast::Slow(_) => {}
             Fast::Done { .. } => {
                 assert!(out.len() >= 12);

@@ -81,9 +81,7 @@ fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
-    let ip: std::net::IpAddr = s
-        .parse()
-        .with_context(|| format!("--upstream {s:?}: not an ip or ip:port"))?;
+    let ip: std::net::IpAddr = s.parse().with_context(|| format!("--upstream {s:?}: not an ip or ip:port"))?;
     Ok(SocketAddr::new(ip, 53))
 }
 
@@ -99,9 +97,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if args.log_json {
         fmt.json().init();
     } else {
@@ -116,10 +112,7 @@ fn main() -> anyhow::Result<()> {
             Vec::new()
         })
     } else {
-        args.upstream
-            .iter()
-            .map(|s| parse_upstream(s))
-            .collect::<anyhow::Result<_>>()?
+        args.upstream.iter().map(|s| parse_upstream(s)).collect::<anyhow::Result<_>>()?
     };
     let limits = Limits {
         tcp_max_connections: args.tcp_max_connections.max(1),
@@ -131,11 +124,7 @@ fn main() -> anyhow::Result<()> {
     let local = udp[0].local_addr()?;
     // Forwarding to ourselves would loop until every query times out.
     upstreams.retain(|u| *u != local);
-    let zone_config = ZoneConfig {
-        zone: args.zone.clone(),
-        ttl: args.ttl,
-        pods_insecure: args.pods_insecure,
-    };
+    let zone_config = ZoneConfig { zone: args.zone.clone(), ttl: args.ttl, pods_insecure: args.pods_insecure };
     let metrics = Metrics::new();
     let forwarder = Forwarder::new(
         upstreams.clone(),
@@ -143,12 +132,7 @@ fn main() -> anyhow::Result<()> {
         args.cache_size.max(1),
         metrics.clone(),
     );
-    let shared = Arc::new(Shared::new(
-        zone_config,
-        metrics.clone(),
-        forwarder,
-        args.query_log,
-    )?);
+    let shared = Arc::new(Shared::new(zone_config, metrics.clone(), forwarder, args.query_log)?);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

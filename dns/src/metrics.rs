@@ -28,15 +28,8 @@ const QTYPES: [(u16, &str); 10] = [
     (qtype::ANY, "ANY"),
     (0, "other"),
 ];
-const RCODES: [Rcode; 7] = [
-    Rcode::NoError,
-    Rcode::FormErr,
-    Rcode::ServFail,
-    Rcode::NxDomain,
-    Rcode::NotImp,
-    Rcode::Refused,
-    Rcode::BadVers,
-];
+const RCODES: [Rcode; 7] =
+    [Rcode::NoError, Rcode::FormErr, Rcode::ServFail, Rcode::NxDomain, Rcode::NotImp, Rcode::Refused, Rcode::BadVers];
 
 type Labels = Vec<(String, String)>;
 
@@ -71,18 +64,11 @@ impl Metrics {
         let mut queries = Vec::new();
         for (_, t) in QTYPES {
             for rc in RCODES {
-                let labels = vec![
-                    ("qtype".to_string(), t.to_string()),
-                    ("rcode".to_string(), rc.label().to_string()),
-                ];
+                let labels = vec![("qtype".to_string(), t.to_string()), ("rcode".to_string(), rc.label().to_string())];
                 queries.push(family.get_or_create_owned(&labels));
             }
         }
-        registry.register(
-            "queries",
-            "DNS queries answered, by query type and response code",
-            family,
-        );
+        registry.register("queries", "DNS queries answered, by query type and response code", family);
         // 10 µs .. ~5 s: the cluster zone answers in microseconds, forwarded
         // names in milliseconds.
         let latency = Histogram::new(exponential_buckets(0.00001, 2.5, 15));
@@ -105,16 +91,8 @@ impl Metrics {
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(Registry::default()),
         };
-        registry.register(
-            "cache_hits",
-            "Forwarded names answered from the cache",
-            m.cache_hits.clone(),
-        );
-        registry.register(
-            "cache_misses",
-            "Forwarded names not in the cache",
-            m.cache_misses.clone(),
-        );
+        registry.register("cache_hits", "Forwarded names answered from the cache", m.cache_hits.clone());
+        registry.register("cache_misses", "Forwarded names not in the cache", m.cache_misses.clone());
         registry.register(
             "upstream_failures",
             "Upstream exchanges that failed or timed out",
@@ -125,38 +103,20 @@ impl Metrics {
             "Packets dropped without an answer (unparseable, or responses)",
             m.dropped.clone(),
         );
-        registry.register(
-            "zone_names",
-            "Names in the cluster zone",
-            m.zone_names.clone(),
-        );
-        registry.register(
-            "zone_rebuilds",
-            "Cluster zone rebuilds from the catalog",
-            m.zone_rebuilds.clone(),
-        );
-        registry.register(
-            "tcp_rejected",
-            "TCP connections refused over the concurrency limit",
-            m.tcp_rejected.clone(),
-        );
+        registry.register("zone_names", "Names in the cluster zone", m.zone_names.clone());
+        registry.register("zone_rebuilds", "Cluster zone rebuilds from the catalog", m.zone_rebuilds.clone());
+        registry.register("tcp_rejected", "TCP connections refused over the concurrency limit", m.tcp_rejected.clone());
         registry.register(
             "udp_grouped_answers",
             "UDP answers sent in one GSO send with others to the same client",
             m.udp_grouped.clone(),
         );
-        Metrics {
-            registry: Arc::new(registry),
-            ..m
-        }
+        Metrics { registry: Arc::new(registry), ..m }
     }
 
     #[inline]
     pub fn count(&self, qt: u16, rc: Rcode) {
-        let ti = QTYPES
-            .iter()
-            .position(|(t, _)| *t == qt)
-            .unwrap_or(QTYPES.len() - 1);
+        let ti = QTYPES.iter().position(|(t, _)| *t == qt).unwrap_or(QTYPES.len() - 1);
         let ri = RCODES.iter().position(|r| *r == rc).unwrap_or(2);
         self.queries[ti * RCODES.len() + ri].inc();
     }
@@ -197,20 +157,12 @@ pub async fn serve_http(listener: TcpListener, metrics: Metrics) {
             let req = String::from_utf8_lossy(&buf);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, ctype, body) = match path {
-                "/metrics" => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics.encode(),
-                ),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "text/plain", "ready\n".to_string())
+                "/metrics" => {
+                    ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
                 }
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "catalog not loaded yet\n".to_string(),
-                ),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_string()),
+                "/readyz" => ("503 Service Unavailable", "text/plain", "catalog not loaded yet\n".to_string()),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
             let head = format!(

@@ -29,11 +29,7 @@ use crate::zone::{ZoneCache, ZoneError};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("binding {proto} {addr}: {source}")]
-    Bind {
-        proto: &'static str,
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    Bind { proto: &'static str, addr: SocketAddr, source: io::Error },
 }
 
 #[derive(Debug, Clone)]
@@ -79,47 +75,22 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// Bind UDP and TCP on the same address. With port 0, the UDP port the
 /// kernel picks is reused for TCP (retrying if TCP has it taken).
-pub fn bind(
-    listen: SocketAddr,
-    workers: usize,
-) -> Result<(Vec<UdpSocket>, StdTcpListener), ServerError> {
+pub fn bind(listen: SocketAddr, workers: usize) -> Result<(Vec<UdpSocket>, StdTcpListener), ServerError> {
     for _ in 0..20 {
-        let first = udp_socket(listen).map_err(|source| ServerError::Bind {
-            proto: "udp",
-            addr: listen,
-            source,
-        })?;
-        let addr = first.local_addr().map_err(|source| ServerError::Bind {
-            proto: "udp",
-            addr: listen,
-            source,
-        })?;
+        let first = udp_socket(listen).map_err(|source| ServerError::Bind { proto: "udp", addr: listen, source })?;
+        let addr = first.local_addr().map_err(|source| ServerError::Bind { proto: "udp", addr: listen, source })?;
         let tcp = match tcp_listener(addr) {
             Ok(t) => t,
             Err(_) if listen.port() == 0 => continue,
-            Err(source) => {
-                return Err(ServerError::Bind {
-                    proto: "tcp",
-                    addr,
-                    source,
-                })
-            }
+            Err(source) => return Err(ServerError::Bind { proto: "tcp", addr, source }),
         };
         let mut socks = vec![first];
         for _ in 1..workers.max(1) {
-            socks.push(udp_socket(addr).map_err(|source| ServerError::Bind {
-                proto: "udp",
-                addr,
-                source,
-            })?);
+            socks.push(udp_socket(addr).map_err(|source| ServerError::Bind { proto: "udp", addr, source })?);
         }
         return Ok((socks, tcp));
     }
-    Err(ServerError::Bind {
-        proto: "tcp",
-        addr: listen,
-        source: io::Error::other("no free port for udp+tcp"),
-    })
+    Err(ServerError::Bind { proto: "tcp", addr: listen, source: io::Error::other("no free port for udp+tcp") })
 }
 
 fn tcp_listener(addr: SocketAddr) -> io::Result<StdTcpListener> {
@@ -137,9 +108,7 @@ pub fn worker_count(limits: &Limits) -> usize {
     }
     // available_parallelism honours the CPU affinity mask, so a server
     // pinned with taskset gets one worker per CPU it may use.
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Adaptive coalescing, as a NIC's adaptive interrupt moderation: while a
@@ -171,12 +140,7 @@ impl Coalescer {
                 libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0);
             }
         }
-        Self {
-            wait,
-            window_start: Instant::now(),
-            window_queries: 0,
-            busy: false,
-        }
+        Self { wait, window_start: Instant::now(), window_queries: 0, busy: false }
     }
 
     /// Called after each receive of `n` queries, at `now`.
@@ -200,12 +164,7 @@ impl Coalescer {
 }
 
 /// The blocking UDP loop of one worker.
-fn udp_worker(
-    sock: Arc<UdpSocket>,
-    shared: Arc<Shared>,
-    slow: mpsc::Sender<SlowJob>,
-    coalesce: Duration,
-) {
+fn udp_worker(sock: Arc<UdpSocket>, shared: Arc<Shared>, slow: mpsc::Sender<SlowJob>, coalesce: Duration) {
     let fd = sock.as_raw_fd();
     let mut inbox = Inbox::default();
     let mut outbox = Outbox::new(true);
@@ -258,13 +217,7 @@ fn udp_worker(
                     let Some(peer) = inbox.peer(i) else {
                         continue;
                     };
-                    let job = SlowJob {
-                        msg: msg.to_vec(),
-                        query,
-                        peer,
-                        socket: sock.clone(),
-                        start,
-                    };
+                    let job = SlowJob { msg: msg.to_vec(), query, peer, socket: sock.clone(), start };
                     // A full queue means the upstreams are far behind: shed
                     // load rather than buffer without bound.
                     if slow.try_send(job).is_err() {
@@ -286,9 +239,7 @@ fn udp_worker(
 }
 
 fn log_query(msg: &[u8], qtype: u16, rcode: crate::wire::Rcode, proto: &str) {
-    let name = crate::wire::parse_query(msg)
-        .map(|q| q.name_ascii())
-        .unwrap_or_default();
+    let name = crate::wire::parse_query(msg).map(|q| q.name_ascii()).unwrap_or_default();
     tracing::info!(target: "ferry_dns::query", %name, qtype, rcode = rcode.label(), proto, "query");
 }
 
@@ -303,10 +254,7 @@ async fn slow_worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<SlowJob>) {
             let (out, rcode) = answer_slow(&shared, &job.msg, &job.query, Transport::Udp).await;
             let _ = job.socket.send_to(&out, job.peer);
             shared.metrics.count(job.query.qtype, rcode);
-            shared
-                .metrics
-                .latency
-                .observe(job.start.elapsed().as_secs_f64());
+            shared.metrics.latency.observe(job.start.elapsed().as_secs_f64());
             if shared.query_log {
                 log_query(&job.msg, job.query.qtype, rcode, "udp");
             }
@@ -367,19 +315,14 @@ async fn tcp_conn(mut s: TcpStream, shared: &Shared, idle: Duration) -> io::Resu
             }
         };
         shared.metrics.count(qtype, rcode);
-        shared
-            .metrics
-            .latency
-            .observe(start.elapsed().as_secs_f64());
+        shared.metrics.latency.observe(start.elapsed().as_secs_f64());
         if shared.query_log {
             log_query(&buf, qtype, rcode, "tcp");
         }
         let mut framed = Vec::with_capacity(out.len() + 2);
         framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
         framed.extend_from_slice(&out);
-        tokio::time::timeout(idle, s.write_all(&framed))
-            .await
-            .map_err(|_| io::ErrorKind::TimedOut)??;
+        tokio::time::timeout(idle, s.write_all(&framed)).await.map_err(|_| io::ErrorKind::TimedOut)??;
     }
 }
 
@@ -449,21 +392,14 @@ pub async fn follow_catalog(
 
 /// Start the listeners on already-bound sockets; returns when the runtime
 /// shuts down (never, in normal operation).
-pub async fn serve(
-    shared: Arc<Shared>,
-    udp: Vec<UdpSocket>,
-    tcp: StdTcpListener,
-    limits: Limits,
-) -> io::Result<()> {
+pub async fn serve(shared: Arc<Shared>, udp: Vec<UdpSocket>, tcp: StdTcpListener, limits: Limits) -> io::Result<()> {
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(slow_worker(shared.clone(), rx));
     let coalesce = limits.udp_coalesce;
     for (i, s) in udp.into_iter().enumerate() {
         let s = Arc::new(s);
         let (shared, tx) = (shared.clone(), tx.clone());
-        std::thread::Builder::new()
-            .name(format!("dns-udp-{i}"))
-            .spawn(move || udp_worker(s, shared, tx, coalesce))?;
+        std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || udp_worker(s, shared, tx, coalesce))?;
     }
     let tcp = TcpListener::from_std(tcp)?;
     tcp_server(tcp, shared, limits).await;

@@ -67,10 +67,7 @@ impl Inbox {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let addr_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         for i in 0..BATCH {
-            self.iovs[i] = libc::iovec {
-                iov_base: self.bufs[i].as_mut_ptr().cast(),
-                iov_len: RECV_BUF,
-            };
+            self.iovs[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: RECV_BUF };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = addr_len;
@@ -83,13 +80,7 @@ impl Inbox {
         // SAFETY: every header points at buffers owned by self, which
         // outlive the call; BATCH matches the vectors' lengths.
         let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
+            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
         };
         self.n = 0;
         if n < 0 {
@@ -192,10 +183,7 @@ impl Outbox {
             let (addr, len) = inbox.peer_raw(self.slot[self.order[first]]);
             for k in first..first + count {
                 let out = &mut self.outs[self.order[k]];
-                self.iovs[k] = libc::iovec {
-                    iov_base: out.as_mut_ptr().cast(),
-                    iov_len: out.len(),
-                };
+                self.iovs[k] = libc::iovec { iov_base: out.as_mut_ptr().cast(), iov_len: out.len() };
             }
             let h = &mut self.hdrs[s].msg_hdr;
             // The peer's address as recvmmsg left it in the inbox, which
@@ -220,15 +208,10 @@ impl Outbox {
             // SAFETY: hdrs[sent..n] point at iovecs, answers and control
             // messages owned by self and at peer addresses in `inbox`, all
             // unchanged until the call returns.
-            let r = unsafe {
-                libc::sendmmsg(fd, self.hdrs[sent..].as_mut_ptr(), (n - sent) as u32, 0)
-            };
+            let r = unsafe { libc::sendmmsg(fd, self.hdrs[sent..].as_mut_ptr(), (n - sent) as u32, 0) };
             if r > 0 {
-                grouped += self.sends[sent..sent + r as usize]
-                    .iter()
-                    .map(|&(_, c)| c)
-                    .filter(|&c| c > 1)
-                    .sum::<usize>();
+                grouped +=
+                    self.sends[sent..sent + r as usize].iter().map(|&(_, c)| c).filter(|&c| c > 1).sum::<usize>();
                 sent += r as usize;
                 continue;
             }
@@ -324,10 +307,7 @@ fn set_segment(h: &mut libc::msghdr, buf: &mut [u64; 4], seg: u16) {
 /// Errors by which the kernel says it cannot do GSO for this send (rather
 /// than that the peer is unreachable).
 fn gso_refused(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
-    )
+    matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP))
 }
 
 fn same_addr(a: &libc::sockaddr_storage, b: &libc::sockaddr_storage, len: libc::socklen_t) -> bool {
@@ -352,15 +332,9 @@ pub fn to_socket_addr(sa: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
-            let v6 =
-                unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let v6 = unsafe { &*(sa as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                ip,
-                u16::from_be(v6.sin6_port),
-                0,
-                v6.sin6_scope_id,
-            )))
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(ip, u16::from_be(v6.sin6_port), 0, v6.sin6_scope_id)))
         }
         _ => None,
     }

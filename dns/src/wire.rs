@@ -148,11 +148,7 @@ pub fn name_to_ascii(wire: &[u8]) -> String {
 /// Lowercased wire form of an ASCII name ("a.b.c" or "a.b.c.").
 pub fn ascii_to_wire(name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 2);
-    for label in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
+    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
         out.push(label.len() as u8);
         out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
     }
@@ -225,21 +221,9 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Reject> {
         if o + 11 + rdlen > msg.len() {
             return Err(Reject::Header(Rcode::FormErr));
         }
-        edns = Some(Edns {
-            payload: be16(msg, o + 3),
-            version: msg[o + 6],
-            dnssec_ok: msg[o + 7] & 0x80 != 0,
-        });
+        edns = Some(Edns { payload: be16(msg, o + 3), version: msg[o + 6], dnssec_ok: msg[o + 7] & 0x80 != 0 });
     }
-    Ok(Query {
-        id,
-        flags,
-        qtype,
-        qclass,
-        name_lower,
-        question_end,
-        edns,
-    })
+    Ok(Query { id, flags, qtype, qclass, name_lower, question_end, edns })
 }
 
 /// The hash ([`crate::zone::name_hash`]) of a query's lowercased question
@@ -353,11 +337,7 @@ pub struct Prebuilt {
 
 impl Prebuilt {
     pub fn as_ref(&self) -> PreRef<'_> {
-        PreRef {
-            bytes: &self.bytes,
-            prefix_len: self.prefix_len,
-            additionals: self.additionals,
-        }
+        PreRef { bytes: &self.bytes, prefix_len: self.prefix_len, additionals: self.additionals }
     }
 }
 
@@ -374,13 +354,7 @@ pub struct PreRef<'a> {
 /// as asked (case and type, for ANY), then answers, the glue if it fits
 /// within `limit`, and OPT. Returns false when even the answers do not fit:
 /// the caller then sends a TC answer.
-pub fn patch_answer(
-    msg: &[u8],
-    q: &Query,
-    pre: PreRef<'_>,
-    limit: usize,
-    out: &mut Vec<u8>,
-) -> bool {
+pub fn patch_answer(msg: &[u8], q: &Query, pre: PreRef<'_>, limit: usize, out: &mut Vec<u8>) -> bool {
     let opt_len = if q.edns.is_some() { 11 } else { 0 };
     let (len, ar) = if pre.bytes.len() + opt_len <= limit {
         (pre.bytes.len(), pre.additionals)
@@ -453,20 +427,14 @@ mod tests {
         assert_eq!(parse_query(&m).unwrap_err(), Reject::Header(Rcode::FormErr));
         // truncated after the name
         let m = query("abc.def.", 1);
-        assert_eq!(
-            parse_query(&m[..m.len() - 3]).unwrap_err(),
-            Reject::Header(Rcode::FormErr)
-        );
+        assert_eq!(parse_query(&m[..m.len() - 3]).unwrap_err(), Reject::Header(Rcode::FormErr));
         // two questions
         let mut m = query("a.", 1);
         m[5] = 2;
         assert_eq!(parse_query(&m).unwrap_err(), Reject::Header(Rcode::FormErr));
         // name longer than 255 bytes
         let long = vec!["a".repeat(63); 5].join(".");
-        assert_eq!(
-            parse_query(&query(&long, 1)).unwrap_err(),
-            Reject::Header(Rcode::FormErr)
-        );
+        assert_eq!(parse_query(&query(&long, 1)).unwrap_err(), Reject::Header(Rcode::FormErr));
     }
 
     #[test]
@@ -484,14 +452,7 @@ mod tests {
         m[11] = 1;
         m.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0x80, 0, 0, 0]);
         let q = parse_query(&m).unwrap();
-        assert_eq!(
-            q.edns,
-            Some(Edns {
-                payload: 4096,
-                version: 0,
-                dnssec_ok: true
-            })
-        );
+        assert_eq!(q.edns, Some(Edns { payload: 4096, version: 0, dnssec_ok: true }));
         assert_eq!(q.udp_limit(), MAX_UDP_PAYLOAD as usize);
     }
 }

@@ -35,11 +35,7 @@ pub struct ZoneConfig {
 
 impl Default for ZoneConfig {
     fn default() -> Self {
-        Self {
-            zone: "cluster.local".into(),
-            ttl: 5,
-            pods_insecure: false,
-        }
+        Self { zone: "cluster.local".into(), ttl: 5, pods_insecure: false }
     }
 }
 
@@ -48,10 +44,7 @@ pub enum ZoneError {
     #[error("the zone build panicked")]
     Panicked,
     #[error("invalid cluster domain {zone:?}: {source}")]
-    BadZone {
-        zone: String,
-        source: hickory_proto::ProtoError,
-    },
+    BadZone { zone: String, source: hickory_proto::ProtoError },
 }
 
 /// What exists at one name.
@@ -141,10 +134,7 @@ pub struct Zone {
 /// RFC 6598; fc00::/7 from RFC 4193). PTR misses there are NXDOMAIN here;
 /// other reverse names fall through to the upstreams.
 fn reverse_apex_names() -> Vec<String> {
-    let mut v = vec![
-        "10.in-addr.arpa".to_string(),
-        "168.192.in-addr.arpa".to_string(),
-    ];
+    let mut v = vec!["10.in-addr.arpa".to_string(), "168.192.in-addr.arpa".to_string()];
     v.extend((16..32).map(|b| format!("{b}.172.in-addr.arpa")));
     v.extend((64..128).map(|b| format!("{b}.100.in-addr.arpa")));
     v.extend(["c.f.ip6.arpa".to_string(), "d.f.ip6.arpa".to_string()]);
@@ -163,12 +153,7 @@ struct Records {
 impl Records {
     fn add(&mut self, name: &Name, rdata: RData, ttl: u32) {
         let t = u16::from(rdata.record_type());
-        let set = self
-            .sets
-            .entry(name.clone())
-            .or_default()
-            .entry(t)
-            .or_default();
+        let set = self.sets.entry(name.clone()).or_default().entry(t).or_default();
         let r = Record::from_rdata(name.clone(), ttl, rdata);
         if !set.iter().any(|x| x.data == r.data) {
             set.push(r);
@@ -188,12 +173,7 @@ fn name(s: &str) -> Option<Name> {
 pub fn generated_hostname(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
-        IpAddr::V6(v6) => v6
-            .segments()
-            .iter()
-            .map(|s| format!("{s:x}"))
-            .collect::<Vec<_>>()
-            .join("-"),
+        IpAddr::V6(v6) => v6.segments().iter().map(|s| format!("{s:x}")).collect::<Vec<_>>().join("-"),
     }
 }
 
@@ -235,14 +215,7 @@ fn srv_owner(port_name: &str, proto: &str, base: &str) -> Option<Name> {
 /// several headless Services, and its PTR RRset then names them all.
 type Ptrs = BTreeMap<String, Vec<Name>>;
 
-fn service_records(
-    cat: &Catalog,
-    svc: &Service,
-    zone: &str,
-    ttl: u32,
-    recs: &mut Records,
-    ptrs: &mut Ptrs,
-) {
+fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mut Records, ptrs: &mut Ptrs) {
     let base_s = format!("{}.{}.svc.{}.", svc.key.name, svc.key.namespace, zone);
     let Some(base) = name(&base_s) else { return };
     if svc.service_type == ServiceType::ExternalName {
@@ -256,20 +229,14 @@ fn service_records(
         // §2.3: A/AAAA per ClusterIP family, SRV per named port, PTR per IP.
         for ip in &svc.cluster_ips {
             recs.add(&base, addr_rdata(*ip), ttl);
-            ptrs.entry(reverse_name(*ip))
-                .or_default()
-                .push(base.clone());
+            ptrs.entry(reverse_name(*ip)).or_default().push(base.clone());
         }
         if svc.cluster_ips.is_empty() {
             return;
         }
         for p in &svc.ports {
             if let Some(owner) = srv_owner(&p.name, p.protocol.as_str(), &base_s) {
-                recs.add(
-                    &owner,
-                    RData::SRV(SRV::new(0, 100, p.port, base.clone())),
-                    ttl,
-                );
+                recs.add(&owner, RData::SRV(SRV::new(0, 100, p.port, base.clone())), ttl);
                 recs.glue.entry(owner).or_default().insert(base.clone());
             }
         }
@@ -288,18 +255,13 @@ fn service_records(
                 continue;
             }
             for ip in &ep.addresses {
-                let host = ep
-                    .hostname
-                    .clone()
-                    .unwrap_or_else(|| generated_hostname(*ip));
+                let host = ep.hostname.clone().unwrap_or_else(|| generated_hostname(*ip));
                 let Some(host_name) = name(&format!("{host}.{base_s}")) else {
                     continue;
                 };
                 recs.add(&base, addr_rdata(*ip), ttl);
                 recs.add(&host_name, addr_rdata(*ip), ttl);
-                ptrs.entry(reverse_name(*ip))
-                    .or_default()
-                    .push(host_name.clone());
+                ptrs.entry(reverse_name(*ip)).or_default().push(host_name.clone());
                 hosts.entry(host_name).or_default().push(*ip);
             }
         }
@@ -315,15 +277,8 @@ fn service_records(
     for p in &svc.ports {
         if let Some(owner) = srv_owner(&p.name, p.protocol.as_str(), &base_s) {
             for host in hosts.keys() {
-                recs.add(
-                    &owner,
-                    RData::SRV(SRV::new(0, weight, p.port, host.clone())),
-                    ttl,
-                );
-                recs.glue
-                    .entry(owner.clone())
-                    .or_default()
-                    .insert(host.clone());
+                recs.add(&owner, RData::SRV(SRV::new(0, weight, p.port, host.clone())), ttl);
+                recs.glue.entry(owner.clone()).or_default().insert(host.clone());
             }
         }
     }
@@ -341,11 +296,7 @@ fn encode(qname: &Name, qt: RecordType, answers: &[Record], glue: &[Record]) -> 
     m.add_additionals(glue.iter().cloned());
     let bytes = m.to_vec().expect("encoding zone answers");
     debug_assert_eq!(bytes[12..prefix.len()], prefix[12..]);
-    Prebuilt {
-        bytes: bytes.into(),
-        prefix_len: prefix.len(),
-        additionals: glue.len() as u16,
-    }
+    Prebuilt { bytes: bytes.into(), prefix_len: prefix.len(), additionals: glue.len() as u16 }
 }
 
 fn soa_tail(apex: &str, ttl: u32) -> Vec<u8> {
@@ -462,10 +413,8 @@ impl ZoneCache {
         let mut config = self.config.clone();
         config.zone = config.zone.trim_end_matches('.').to_ascii_lowercase();
         let zone_s = config.zone.clone();
-        let apex = Name::from_ascii(format!("{zone_s}.")).map_err(|source| ZoneError::BadZone {
-            zone: zone_s.clone(),
-            source,
-        })?;
+        let apex = Name::from_ascii(format!("{zone_s}."))
+            .map_err(|source| ZoneError::BadZone { zone: zone_s.clone(), source })?;
         let ttl = config.ttl;
         let mut recs = Records::default();
         let ns_name = name(&format!("ns.dns.{zone_s}.")).unwrap_or_else(|| apex.clone());
@@ -484,16 +433,9 @@ impl ZoneCache {
         );
         recs.add(&apex, RData::NS(NS(ns_name)), ttl);
         if let Some(v) = name(&format!("dns-version.{zone_s}.")) {
-            recs.add(
-                &v,
-                RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
-                SCHEMA_TTL,
-            );
+            recs.add(&v, RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])), SCHEMA_TTL);
         }
-        let reverse_apexes: Vec<Vec<u8>> = reverse_apex_names()
-            .iter()
-            .map(|s| ascii_to_wire(s))
-            .collect();
+        let reverse_apexes: Vec<Vec<u8>> = reverse_apex_names().iter().map(|s| ascii_to_wire(s)).collect();
         let mut soa_tails = vec![soa_tail(&zone_s, ttl)];
         soa_tails.extend(reverse_apex_names().iter().map(|s| soa_tail(s, ttl)));
         let pods = config.pods_insecure;
@@ -509,10 +451,7 @@ impl ZoneCache {
         let mut entries = encode_records(recs, ttl);
         if pods {
             // The pod subtree exists (NODATA, not NXDOMAIN, for `pod.<zone>`).
-            entries.push((
-                Key::from(ascii_to_wire(&format!("pod.{zone_s}"))),
-                Arc::default(),
-            ));
+            entries.push((Key::from(ascii_to_wire(&format!("pod.{zone_s}"))), Arc::default()));
         }
         self.contribute(STATIC, &entries, dirty);
         self.static_entries = entries;
@@ -716,10 +655,9 @@ impl ZoneCache {
             (STATIC, STATIC) => std::cmp::Ordering::Equal,
             (STATIC, _) => std::cmp::Ordering::Less,
             (_, STATIC) => std::cmp::Ordering::Greater,
-            (a, b) => self.slots[a as usize]
-                .as_ref()
-                .map(|c| &c.key)
-                .cmp(&self.slots[b as usize].as_ref().map(|c| &c.key)),
+            (a, b) => {
+                self.slots[a as usize].as_ref().map(|c| &c.key).cmp(&self.slots[b as usize].as_ref().map(|c| &c.key))
+            }
         });
         let mut cur: Arc<Entry> = find(ids[0]);
         let mut both_ptr = false;
@@ -807,9 +745,7 @@ fn encode_records(recs: Records, ttl: u32) -> Encoded {
                     .collect(),
                 _ => Vec::new(),
             };
-            entry
-                .rrsets
-                .push((*t, encode(owner, RecordType::from(*t), answers, &glue)));
+            entry.rrsets.push((*t, encode(owner, RecordType::from(*t), answers, &glue)));
         }
         entry.rrsets.shrink_to_fit();
         out.push((Key::from(ascii_to_wire(&owner.to_ascii())), Arc::new(entry)));
@@ -817,10 +753,7 @@ fn encode_records(recs: Records, ttl: u32) -> Encoded {
     for (owner, target) in &recs.cnames {
         let rec = Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target.clone())));
         let pre = encode(owner, RecordType::CNAME, &[rec], &[]);
-        let entry = Entry {
-            rrsets: Vec::new(),
-            cname: Some(Box::new((pre, target.clone()))),
-        };
+        let entry = Entry { rrsets: Vec::new(), cname: Some(Box::new((pre, target.clone()))) };
         out.push((Key::from(ascii_to_wire(&owner.to_ascii())), Arc::new(entry)));
     }
     out
@@ -830,20 +763,14 @@ impl Zone {
     /// Classify a lowercased wire name.
     pub fn authority_of(&self, name: &[u8]) -> Authority {
         if ends_with_labels(name, &self.apex) {
-            return Authority::Zone {
-                apex_off: name.len() - self.apex.len(),
-                soa: 0,
-            };
+            return Authority::Zone { apex_off: name.len() - self.apex.len(), soa: 0 };
         }
         const ARPA4: &[u8] = b"\x07in-addr\x04arpa\x00";
         const ARPA6: &[u8] = b"\x03ip6\x04arpa\x00";
         if name.ends_with(ARPA4) || name.ends_with(ARPA6) {
             for (i, a) in self.reverse_apexes.iter().enumerate() {
                 if ends_with_labels(name, a) {
-                    return Authority::Zone {
-                        apex_off: name.len() - a.len(),
-                        soa: i + 1,
-                    };
+                    return Authority::Zone { apex_off: name.len() - a.len(), soa: i + 1 };
                 }
             }
             return Authority::ReverseFallthrough;
@@ -878,10 +805,7 @@ impl Zone {
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
-        self.names
-            .get(shard_of(name))
-            .and_then(|s| s.get(name))
-            .map(|e| &**e)
+        self.names.get(shard_of(name)).and_then(|s| s.get(name)).map(|e| &**e)
     }
 
     pub fn soa_tail(&self, which: usize) -> &[u8] {
@@ -919,11 +843,7 @@ impl Zone {
         if let Ok(v4) = ip_label.replace('-', ".").parse::<Ipv4Addr>() {
             return Some(PodName::Address(IpAddr::V4(v4)));
         }
-        ip_label
-            .replace('-', ":")
-            .parse::<Ipv6Addr>()
-            .ok()
-            .map(|v6| PodName::Address(IpAddr::V6(v6)))
+        ip_label.replace('-', ":").parse::<Ipv6Addr>().ok().map(|v6| PodName::Address(IpAddr::V6(v6)))
     }
 
     /// A dynamic answer for a pod name, built with hickory (cold path):

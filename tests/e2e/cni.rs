@@ -112,7 +112,8 @@ fn validate_result(r: &Value, version: &str) {
     let pre_1 = version.starts_with("0.");
     let ifaces = r["interfaces"].as_array().expect("interfaces");
     for i in ifaces {
-        let allowed: &[&str] = if v1_1 { &["name", "mac", "mtu", "sandbox", "socketPath", "pciID"] } else { &["name", "mac", "sandbox"] };
+        let allowed: &[&str] =
+            if v1_1 { &["name", "mac", "mtu", "sandbox", "socketPath", "pciID"] } else { &["name", "mac", "sandbox"] };
         for k in i.as_object().unwrap().keys() {
             assert!(allowed.contains(&k.as_str()), "{version}: interface key {k} not allowed: {i}");
         }
@@ -129,7 +130,8 @@ fn validate_result(r: &Value, version: &str) {
     let ips = r["ips"].as_array().expect("ips");
     assert!(!ips.is_empty());
     for ip in ips {
-        let allowed: &[&str] = if pre_1 { &["version", "address", "gateway", "interface"] } else { &["address", "gateway", "interface"] };
+        let allowed: &[&str] =
+            if pre_1 { &["version", "address", "gateway", "interface"] } else { &["address", "gateway", "interface"] };
         for k in ip.as_object().unwrap().keys() {
             assert!(allowed.contains(&k.as_str()), "{version}: ip key {k} not allowed: {ip}");
         }
@@ -146,7 +148,8 @@ fn validate_result(r: &Value, version: &str) {
         assert!(ifaces[idx].get("sandbox").is_some(), "ip points at the sandbox interface");
     }
     for rt in r["routes"].as_array().into_iter().flatten() {
-        let allowed: &[&str] = if v1_1 { &["dst", "gw", "mtu", "advmss", "priority", "table", "scope"] } else { &["dst", "gw"] };
+        let allowed: &[&str] =
+            if v1_1 { &["dst", "gw", "mtu", "advmss", "priority", "table", "scope"] } else { &["dst", "gw"] };
         for k in rt.as_object().unwrap().keys() {
             assert!(allowed.contains(&k.as_str()), "{version}: route key {k}: {rt}");
         }
@@ -406,10 +409,17 @@ fn bad_inputs_get_documented_error_codes_and_leave_nothing() {
         case("unknown cniVersion", js(with(json!({"cniVersion": "2.0.0"}))), 1),
         case("pre-0.3 cniVersion", js(with(json!({"cniVersion": "0.2.0"}))), 1),
         case("subnet that does not parse", js(with(json!({"ipam": {"ranges": [[{"subnet": "10.0.0.0/99"}]]}}))), 7),
-        case("gateway outside subnet", js(with(json!({"ipam": {"ranges": [[{"subnet": "10.5.0.0/24", "gateway": "10.6.0.1"}]]}}))), 7),
+        case(
+            "gateway outside subnet",
+            js(with(json!({"ipam": {"ranges": [[{"subnet": "10.5.0.0/24", "gateway": "10.6.0.1"}]]}}))),
+            7,
+        ),
         case("invalid network name", js(with(json!({"name": "-x"}))), 7),
         case("malformed prevResult", js(with(json!({"prevResult": {"ips": "not-a-list"}}))), 7),
-        Case { netns: "/run/netns/does-not-exist-ferry".into(), ..case("netns that does not exist", js(good.clone()), 3) },
+        Case {
+            netns: "/run/netns/does-not-exist-ferry".into(),
+            ..case("netns that does not exist", js(good.clone()), 3)
+        },
         Case { drop_env: vec!["CNI_COMMAND"], ..case("missing CNI_COMMAND", js(good.clone()), 4) },
         Case { drop_env: vec!["CNI_CONTAINERID"], ..case("missing CNI_CONTAINERID", js(good.clone()), 4) },
         Case { drop_env: vec!["CNI_NETNS"], ..case("missing CNI_NETNS", js(good.clone()), 4) },
@@ -668,7 +678,11 @@ fn cni_path_is_optional_unless_ipam_is_delegated() {
 fn pods_on_two_nodes_talk_through_host_gw_routes_on_an_underlay() {
     use ferry_tests::harness::underlay::{route_via, Underlay};
     let ul = Underlay::new();
-    let cfg = |v4: &str, v6: &str| NodeConfig { ipv4_subnet: Some(v4.into()), ipv6_subnet: Some(v6.into()), ..Default::default() };
+    let cfg = |v4: &str, v6: &str| NodeConfig {
+        ipv4_subnet: Some(v4.into()),
+        ipv6_subnet: Some(v6.into()),
+        ..Default::default()
+    };
     let n1 = Node::with_config(cfg("10.244.1.0/24", "fd00:10:244:1::/64"));
     let n2 = Node::with_config(cfg("10.244.2.0/24", "fd00:10:244:2::/64"));
     let a1 = ul.plug_node(&n1, 11);
@@ -788,7 +802,9 @@ fn one_container_can_have_two_attachments_with_different_ifnames() {
 fn small_range_conf(node: &Node, ipam_type: &str) -> Value {
     let ipam = match ipam_type {
         "host-local" => json!({"type": "host-local", "subnet": "10.229.0.0/29", "dataDir": node.scratch().join("hl")}),
-        _ => json!({"type": "ferry", "ranges": [[{"subnet": "10.229.0.0/29"}]], "dataDir": node.scratch().join("ipam")}),
+        _ => {
+            json!({"type": "ferry", "ranges": [[{"subnet": "10.229.0.0/29"}]], "dataDir": node.scratch().join("ipam")})
+        }
     };
     json!({"cniVersion": "1.0.0", "name": "small", "type": "ferry", "pinDir": node.netconf()["pinDir"], "ipam": ipam})
 }
@@ -823,8 +839,15 @@ fn a_refused_duplicate_add_never_frees_the_live_pods_address() {
         // nothing of A is touched.
         let again = node.cni(&a.sandbox.call("ADD", &conf, ""));
         assert!(!again.success(), "{ipam_type}: a second ADD of a live attachment succeeded: {again:?}");
-        assert_eq!(holders(&node, ipam_type).get(&IpAddr::V4(a4)), Some(&a.container_id().to_string()), "{ipam_type}: A's lease after the refused ADD");
-        assert!(a.ip(&["-4", "addr", "show", "eth0"]).contains(&a4.to_string()), "{ipam_type}: A's address is still on its interface");
+        assert_eq!(
+            holders(&node, ipam_type).get(&IpAddr::V4(a4)),
+            Some(&a.container_id().to_string()),
+            "{ipam_type}: A's lease after the refused ADD"
+        );
+        assert!(
+            a.ip(&["-4", "addr", "show", "eth0"]).contains(&a4.to_string()),
+            "{ipam_type}: A's address is still on its interface"
+        );
 
         // Fill the range: every other pod gets an address of its own.
         let mut others = vec![];
@@ -909,7 +932,10 @@ fn delegated_host_local_works_at_every_cni_version_we_claim() {
             if version == "1.1.0" {
                 // host-local has no STATUS/GC: not delegated, said on stderr, not an error.
                 assert!(out.success(), "{version}: {cmd}: {out:?}");
-                assert!(out.stderr.contains("not delegated"), "{version}: {cmd} says what it did not delegate: {out:?}");
+                assert!(
+                    out.stderr.contains("not delegated"),
+                    "{version}: {cmd} says what it did not delegate: {out:?}"
+                );
             } else {
                 assert_cni_error(&out, 1);
             }

@@ -17,7 +17,7 @@ use ferry_common::{GlobalCounter, IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
 use ferry_datapath::{
     load_or_adopt,
     testing::{program_service, svc_key, PinDir},
-    DatapathConfig, Datapath,
+    Datapath, DatapathConfig,
 };
 use ferry_tests::harness::{tcp_id, udp_id, IdServer, Node, NodeConfig, Pod};
 use serde_json::json;
@@ -35,10 +35,7 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 fn node_with_datapath() -> (PinDir, Datapath, Node) {
     let pin = PinDir::new();
     let dp = load_or_adopt(pin.path(), &DatapathConfig::small()).expect("load data path");
-    let node = Node::with_config(NodeConfig {
-        extra: json!({ "pinDir": pin.path() }),
-        ..NodeConfig::default()
-    });
+    let node = Node::with_config(NodeConfig { extra: json!({ "pinDir": pin.path() }), ..NodeConfig::default() });
     (pin, dp, node)
 }
 
@@ -47,8 +44,7 @@ fn node_with_datapath() -> (PinDir, Datapath, Node) {
 fn attached(node: &Node, pin: &PinDir, pod: &Pod) {
     let veth = pod.host_veth.clone().expect("host veth");
     let dir: PathBuf = pin.path().to_owned();
-    node.run(move || ferry_datapath::attach(&dir, veth.as_str()))
-        .expect("attach");
+    node.run(move || ferry_datapath::attach(&dir, veth.as_str())).expect("attach");
 }
 
 fn global(dp: &Datapath, stat: GlobalCounter) -> u64 {
@@ -110,14 +106,8 @@ fn vips_and_hairpin(registered: bool) {
         Duration::from_secs(5),
         "IPv6 VIP reachable"
     );
-    let (tcp4, udp4, tcp6, hairpin) = client.run(|| {
-        (
-            tcp_id(sa(VIP, 80), T),
-            udp_id(sa(VIP, 53), T),
-            tcp_id(sa(VIP6, 80), T),
-            tcp_id(sa(VIP, 81), T),
-        )
-    });
+    let (tcp4, udp4, tcp6, hairpin) = client
+        .run(|| (tcp_id(sa(VIP, 80), T), udp_id(sa(VIP, 53), T), tcp_id(sa(VIP6, 80), T), tcp_id(sa(VIP, 81), T)));
     assert_eq!(tcp4.expect("TCP through the IPv4 VIP"), "b1");
     assert_eq!(udp4.expect("UDP through the IPv4 VIP"), "b1");
     assert_eq!(tcp6.expect("TCP through the IPv6 VIP"), "b1");
@@ -301,9 +291,7 @@ fn datapath_watcher_attaches_existing_and_new_veths() {
     let before = node.add_pod("before");
     let dir = pin.path().to_owned();
     let pattern = ferry_datapath::IfacePattern::new("fer*,!ferry*").unwrap();
-    let watcher = node
-        .run(move || ferry_datapath::spawn_attach_watcher(dir, pattern, |_| {}))
-        .expect("watcher");
+    let watcher = node.run(move || ferry_datapath::spawn_attach_watcher(dir, pattern, |_| {})).expect("watcher");
     let b_idx = ifindex(&node, before.host_veth.as_deref().unwrap());
     assert!(link_pins(&pin).contains(&format!("{b_idx}-in")), "existing veth attached at start");
     let mut after = node.add_pod("after");

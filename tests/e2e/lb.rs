@@ -88,11 +88,7 @@ impl World {
     fn active_of(&self, vip_port: &str) -> Option<u32> {
         let out = self.agent.ferryctl(&["-o", "json", "service", "list"]);
         let rows: serde_json::Value = serde_json::from_str(&out).ok()?;
-        rows.as_array()?
-            .iter()
-            .find(|r| r["frontend"] == vip_port)
-            .and_then(|r| r["active"].as_u64())
-            .map(|n| n as u32)
+        rows.as_array()?.iter().find(|r| r["frontend"] == vip_port).and_then(|r| r["active"].as_u64()).map(|n| n as u32)
     }
 }
 
@@ -228,16 +224,18 @@ fn lb_hairpin_pod_reaches_itself_through_its_service() {
 #[test]
 fn lb_udp_request_response_through_a_vip() {
     let w = World::new(2);
-    let _udp: Vec<IdServer> = w.backends.iter().enumerate().map(|(i, (p, _))| IdServer::udp(p.netns_path(), 5353, &format!("u{}", i + 1))).collect();
+    let _udp: Vec<IdServer> = w
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| IdServer::udp(p.netns_path(), 5353, &format!("u{}", i + 1)))
+        .collect();
     w.agent.write("dns-svc.yaml", &service("dns", &["10.96.0.53"], &[("dns", "UDP", 53, "5353")], ""));
-    w.agent.write(
-        "dns-eps.yaml",
-        &slice("dns-1", "dns", &[("dns", "UDP", 5353)], &[w.ep(0), w.ep(1)]),
-    );
+    w.agent.write("dns-eps.yaml", &slice("dns-1", "dns", &[("dns", "UDP", 5353)], &[w.ep(0), w.ep(1)]));
     w.wait_active("10.96.0.53:53", 2);
-    let answers: Vec<String> = w.client.run(|| {
-        (0..50).map(|_| udp_id(sa("10.96.0.53", 53), T).unwrap_or_else(|e| format!("error: {e}"))).collect()
-    });
+    let answers: Vec<String> = w
+        .client
+        .run(|| (0..50).map(|_| udp_id(sa("10.96.0.53", 53), T).unwrap_or_else(|e| format!("error: {e}"))).collect());
     assert!(answers.iter().all(|a| a == "u1" || a == "u2"), "{answers:?}");
 }
 

@@ -270,4 +270,3 @@ fn socklb_survives_an_agent_restart_and_detaches_when_unconfigured() {
     let rows = client(&w.node, cg.as_deref(), &["refused", VIP, "80"]);
     assert_ne!(rows[0]["errno"], 0, "no socket LB without --socket-lb-cgroup: {rows:?}");
 }
-

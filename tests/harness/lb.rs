@@ -31,17 +31,25 @@ pub use ferry_datapath::testing::PinDir;
 /// machine's default pin dir).
 pub fn lb_node() -> (Node, PinDir) {
     let pin = PinDir::new();
-    let node = Node::with_config(NodeConfig {
-        extra: serde_json::json!({ "pinDir": pin.path() }),
-        ..NodeConfig::default()
-    });
+    let node =
+        Node::with_config(NodeConfig { extra: serde_json::json!({ "pinDir": pin.path() }), ..NodeConfig::default() });
     (node, pin)
 }
 
 /// Small map capacities so that concurrent tests do not pin hundreds of MB.
 const SMALL_MAPS: &[&str] = &[
-    "--maglev-size", "251", "--max-tables", "64", "--max-services", "256", "--max-backends", "1024",
-    "--ct-size", "16384", "--affinity-size", "1024",
+    "--maglev-size",
+    "251",
+    "--max-tables",
+    "64",
+    "--max-services",
+    "256",
+    "--max-backends",
+    "1024",
+    "--ct-size",
+    "16384",
+    "--affinity-size",
+    "1024",
 ];
 
 /// The real agent, in the node namespace, on a YAML directory of the node's
@@ -183,9 +191,7 @@ impl Agent {
     /// (the agent's watcher pins a link per direction).
     pub fn wait_attached(&self, host_veths: &[&str]) {
         let names: Vec<String> = host_veths.iter().map(|s| s.to_string()).collect();
-        let idx: Vec<u32> = self.node.run(move || {
-            names.iter().map(|n| nix_ifindex(n)).collect()
-        });
+        let idx: Vec<u32> = self.node.run(move || names.iter().map(|n| nix_ifindex(n)).collect());
         let links = self.pin.path().join("links");
         crate::assert_eventually!(
             idx.iter().all(|i| links.join(format!("{i}-in")).exists() && links.join(format!("{i}-out")).exists()),

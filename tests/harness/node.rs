@@ -158,12 +158,7 @@ impl Node {
             },
         });
         merge(&mut netconf, &cfg.extra);
-        Node(Arc::new(NodeInner {
-            netns,
-            scratch,
-            netconf,
-            pods: AtomicU32::new(0),
-        }))
+        Node(Arc::new(NodeInner { netns, scratch, netconf, pods: AtomicU32::new(0) }))
     }
 
     pub fn name(&self) -> &str {
@@ -205,11 +200,7 @@ impl Node {
     /// Runs one plugin invocation in the node namespace (10 s limit).
     pub fn cni(&self, call: &CniCall<'_>) -> CniOutput {
         let bin = ferry_bin_dir().join(call.plugin);
-        let bin = if bin.exists() {
-            bin
-        } else {
-            PathBuf::from("/usr/lib/cni").join(call.plugin)
-        };
+        let bin = if bin.exists() { bin } else { PathBuf::from("/usr/lib/cni").join(call.plugin) };
         let mut cmd = Command::new(&bin);
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -259,8 +250,7 @@ impl Node {
     /// ADD with this node's netconf; panics with the plugin's output on failure.
     pub fn add_pod(&self, name: &str) -> Pod {
         let netconf = self.0.netconf.clone();
-        self.add_pod_with(name, &netconf, "")
-            .unwrap_or_else(|o| panic!("ADD {name} failed: {o:?}"))
+        self.add_pod_with(name, &netconf, "").unwrap_or_else(|o| panic!("ADD {name} failed: {o:?}"))
     }
 
     /// ADD with an explicit netconf and CNI_ARGS; Err has the plugin's output.
@@ -351,22 +341,9 @@ impl Pod {
         }
         // The host end is the veth entry without a sandbox; the bridge comes
         // first, so take the last sandbox-less entry.
-        let host_veth = ifaces
-            .iter()
-            .rfind(|i| i.get("sandbox").is_none())
-            .and_then(|i| i["name"].as_str())
-            .map(str::to_string);
-        Pod {
-            node,
-            sandbox,
-            netconf,
-            args,
-            result,
-            ipv4,
-            ipv6,
-            host_veth,
-            deleted: false,
-        }
+        let host_veth =
+            ifaces.iter().rfind(|i| i.get("sandbox").is_none()).and_then(|i| i["name"].as_str()).map(str::to_string);
+        Pod { node, sandbox, netconf, args, result, ipv4, ipv6, host_veth, deleted: false }
     }
 
     pub fn name(&self) -> &str {
@@ -447,9 +424,7 @@ pub struct Proc(pub Option<Child>);
 
 impl Proc {
     fn spawn(cmd: &mut Command) -> Self {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
         Proc(Some(child))
     }
     pub fn pid(&self) -> u32 {
@@ -495,11 +470,7 @@ fn wait_with_deadline(mut child: Child, limit: Duration) -> std::process::Output
             }
         }
     };
-    std::process::Output {
-        status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
-    }
+    std::process::Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
 }
 
 /// Deep-merges `extra` into `base`; `null` removes a key.

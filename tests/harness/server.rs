@@ -53,23 +53,13 @@ impl IdServer {
                 udp_loop(s, &id, &stop2);
             }
         });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("server did not start");
-        IdServer {
-            stop,
-            thread: Some(thread),
-            port,
-        }
+        ready_rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
+        IdServer { stop, thread: Some(thread), port }
     }
 }
 
 fn readable(fd: i32, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, count 1.
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }

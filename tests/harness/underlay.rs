@@ -40,11 +40,7 @@ impl Underlay {
         let netns = NamedNetns::create(&util::unique("u"));
         util::sh(&["ip", "-n", netns.name(), "link", "add", "ul0", "type", "bridge"]);
         util::sh(&["ip", "-n", netns.name(), "link", "set", "ul0", "up"]);
-        Underlay {
-            netns,
-            segment: (SEGMENT.fetch_add(1, Ordering::Relaxed) % 200) as u8 + 1,
-            ports: AtomicU32::new(0),
-        }
+        Underlay { netns, segment: (SEGMENT.fetch_add(1, Ordering::Relaxed) % 200) as u8 + 1, ports: AtomicU32::new(0) }
     }
 
     /// Plugs a namespace in as host number `host` (2..=254) of the segment:
@@ -54,7 +50,21 @@ impl Underlay {
         assert!((2..=254).contains(&host), "host number {host} out of 2..=254");
         let port = format!("u{}", self.ports.fetch_add(1, Ordering::Relaxed));
         let ul = self.netns.name();
-        util::sh(&["ip", "-n", ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", netns.name()]);
+        util::sh(&[
+            "ip",
+            "-n",
+            ul,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ]);
         util::sh(&["ip", "-n", ul, "link", "set", &port, "master", "ul0", "up"]);
         let addr = UnderlayAddr {
             ipv4: Ipv4Addr::new(192, 168, self.segment, host),

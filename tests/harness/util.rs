@@ -34,22 +34,14 @@ pub fn unique(tag: &str) -> String {
 pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let prog = cmd.get_program().to_os_string();
     let mut wrapped = Command::new("timeout");
-    wrapped
-        .arg("-s")
-        .arg("KILL")
-        .arg(format!("{}", limit.as_secs().max(1)))
-        .arg(&prog)
-        .args(cmd.get_args());
+    wrapped.arg("-s").arg("KILL").arg(format!("{}", limit.as_secs().max(1))).arg(&prog).args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => wrapped.env(k, v),
             None => wrapped.env_remove(k),
         };
     }
-    wrapped
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog:?}: {e}"))
+    wrapped.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {prog:?}: {e}"))
 }
 
 /// `timeout -s KILL <limit> <program>`: a command bounded in time that
@@ -95,11 +87,7 @@ pub struct NamedNetns {
 impl NamedNetns {
     pub fn create(name: &str) -> Self {
         sh(&["ip", "netns", "add", name]);
-        let ns = Self {
-            name: name.to_string(),
-            path: Path::new("/run/netns").join(name),
-            deleted: false,
-        };
+        let ns = Self { name: name.to_string(), path: Path::new("/run/netns").join(name), deleted: false };
         sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
         ns
     }

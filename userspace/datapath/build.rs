@@ -24,11 +24,7 @@ fn main() -> anyhow::Result<()> {
     env::remove_var("RUSTUP_TOOLCHAIN");
     let root_dir = programs.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {programs:?}"))?;
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "ferry-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "ferry-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::Nightly,
     )
 }

@@ -22,7 +22,7 @@ use ferry_netlink::{Netlink, Netns, Route, VethSpec};
 use super::{open_netns, Family};
 use crate::delegate::Delegate;
 use crate::env::{Command, Env};
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 use crate::ipam::{self, cidr::Cidr, RouteConf};
 use crate::names;
 use crate::netconf::{Config, Ipam};
@@ -106,10 +106,7 @@ fn addresses(
         Ipam::Builtin(ic) => {
             let leases = ipam::allocate(ic, &cfg.conf.name, &env.container_id, &env.ifname, requested)?;
             undo.leases = leases.iter().map(|l| l.ip).collect();
-            let ips = leases
-                .iter()
-                .map(|l| PodIp { ip: l.ip, prefix: l.prefix, gateway: Some(l.gateway) })
-                .collect();
+            let ips = leases.iter().map(|l| PodIp { ip: l.ip, prefix: l.prefix, gateway: Some(l.gateway) }).collect();
             Ok((ips, ic.routes.clone(), Dns::default()))
         }
         Ipam::Delegated(t) => {
@@ -118,9 +115,9 @@ fn addresses(
             // one (a duplicate) must not release what an earlier ADD holds.
             let out = d.exec(Command::Add)?;
             undo.delegated = true;
-            let res = CniResult::from_value(&out.ok_or_else(|| {
-                CniError::new(Code::Delegate, format!("ipam plugin {t} returned no result"))
-            })?)?;
+            let res = CniResult::from_value(
+                &out.ok_or_else(|| CniError::new(Code::Delegate, format!("ipam plugin {t} returned no result")))?,
+            )?;
             let bad = |what: &str, s: &str| CniError::new(Code::Delegate, format!("ipam plugin {t}: bad {what} {s:?}"));
             let mut ips = vec![];
             for ip in &res.ips {
@@ -206,7 +203,10 @@ fn add(
         if e.errno() == Some(ferry_netlink::EEXIST) {
             CniError::new(
                 Code::InterfaceExists,
-                format!("host interface {host_name} for container {} / {} already exists (ADD without DEL?)", env.container_id, env.ifname),
+                format!(
+                    "host interface {host_name} for container {} / {} already exists (ADD without DEL?)",
+                    env.container_id, env.ifname
+                ),
             )
         } else {
             e.into()
@@ -240,7 +240,11 @@ fn add(
 
     Ok(CniResult {
         interfaces: vec![
-            Interface { name: bridge.name.clone(), mac: bridge.mac.as_ref().map(names::mac_string), ..Default::default() },
+            Interface {
+                name: bridge.name.clone(),
+                mac: bridge.mac.as_ref().map(names::mac_string),
+                ..Default::default()
+            },
             Interface { name: host_name, mac: Some(names::mac_string(&host_mac)), ..Default::default() },
             Interface {
                 name: env.ifname.clone(),

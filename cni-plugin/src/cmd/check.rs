@@ -9,7 +9,7 @@ use ferry_netlink::Netlink;
 use super::open_netns;
 use crate::delegate::Delegate;
 use crate::env::{Command, Env};
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 use crate::ipam::{self, cidr::Cidr};
 use crate::names;
 use crate::netconf::{Config, Ipam};
@@ -50,9 +50,8 @@ pub fn run(cfg: &Config, env: &Env) -> Result<()> {
     }
 
     let nl = Netlink::open()?;
-    let bridge = nl
-        .link(&cfg.conf.bridge)?
-        .ok_or_else(|| failed(format!("bridge {} does not exist", cfg.conf.bridge)))?;
+    let bridge =
+        nl.link(&cfg.conf.bridge)?.ok_or_else(|| failed(format!("bridge {} does not exist", cfg.conf.bridge)))?;
     let host_name = names::host_veth(&env.container_id, &env.ifname);
     let host = nl.link(&host_name)?.ok_or_else(|| failed(format!("host interface {host_name} does not exist")))?;
     if host.controller != Some(bridge.index) {
@@ -84,9 +83,8 @@ pub fn run(cfg: &Config, env: &Env) -> Result<()> {
         let dst: Cidr = r.dst.parse().map_err(|e| failed(format!("prevResult route {:?}: {e}", r.dst)))?;
         let gw: Option<IpAddr> = r.gw.as_deref().and_then(|g| g.parse().ok());
         let table = if dst.addr.is_ipv6() { &v6 } else { &v4 };
-        let found = table
-            .iter()
-            .any(|t| t.dst == dst.network() && t.prefix == dst.prefix && (gw.is_none() || t.gateway == gw));
+        let found =
+            table.iter().any(|t| t.dst == dst.network() && t.prefix == dst.prefix && (gw.is_none() || t.gateway == gw));
         if !found {
             return Err(failed(format!("route {} via {:?} is missing in {}", r.dst, r.gw, env.netns)));
         }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use ferry_netlink::Netns;
 
 use crate::env::{Command, Env};
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 use crate::ipam::cidr::Cidr;
 use crate::netconf::{peek_version, Config};
 use crate::result::{check_version, Version, LATEST, SUPPORTED_VERSIONS};
@@ -36,7 +36,13 @@ pub fn run(get_env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Opt
                 Code::IncompatibleVersion,
                 format!("cniVersion {} does not support {}", cfg.version, command.as_str()),
             )
-            .with_details(format!("{} needs cniVersion {}.{}.{} or later", command.as_str(), min.0, min.1, min.2)));
+            .with_details(format!(
+                "{} needs cniVersion {}.{}.{} or later",
+                command.as_str(),
+                min.0,
+                min.1,
+                min.2
+            )));
         }
         Ok(())
     };
@@ -73,11 +79,13 @@ fn version(stdin: &[u8]) -> Value {
 /// anything else unusable is an invalid CNI_NETNS (4).
 pub fn open_netns(path: &str) -> Result<Netns> {
     Netns::open(path).map_err(|e| {
-        let missing = matches!(&e, ferry_netlink::Error::Netns { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+        let missing =
+            matches!(&e, ferry_netlink::Error::Netns { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
         if missing {
             CniError::new(Code::UnknownContainer, format!("network namespace {path} does not exist"))
         } else {
-            CniError::new(Code::InvalidEnv, format!("CNI_NETNS {path} is not a usable network namespace")).with_details(e)
+            CniError::new(Code::InvalidEnv, format!("CNI_NETNS {path} is not a usable network namespace"))
+                .with_details(e)
         }
     })
 }
@@ -111,7 +119,8 @@ pub fn enable_forwarding(v4: bool, v6: bool) -> Result<()> {
     for k in keys {
         let on = std::fs::read_to_string(k).map(|s| s.trim() == "1").unwrap_or(false);
         if !on {
-            std::fs::write(k, "1").map_err(|e| CniError::new(Code::Io, format!("enabling forwarding ({k})")).with_details(e))?;
+            std::fs::write(k, "1")
+                .map_err(|e| CniError::new(Code::Io, format!("enabling forwarding ({k})")).with_details(e))?;
         }
     }
     Ok(())

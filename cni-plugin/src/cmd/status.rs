@@ -6,7 +6,7 @@ use ferry_netlink::Netlink;
 
 use crate::delegate::Delegate;
 use crate::env::{Command, Env};
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 use crate::ipam;
 use crate::netconf::{Config, Ipam};
 
@@ -23,10 +23,7 @@ pub fn run(cfg: &Config, env: &Env) -> Result<()> {
         e => Err(e),
     })? {
         if l.kind.as_deref() != Some("bridge") {
-            return Err(CniError::new(
-                Code::NotAvailable,
-                format!("{} exists and is not a bridge", cfg.conf.bridge),
-            ));
+            return Err(CniError::new(Code::NotAvailable, format!("{} exists and is not a bridge", cfg.conf.bridge)));
         }
     }
     Ok(())

@@ -73,10 +73,10 @@ mod tests {
         // one row per case: taken addresses, last reserved, expected
         let s = set(json!([{"subnet": "10.0.0.0/29"}])); // .1 gw, .2-.6 usable
         let cases: &[(&[&str], Option<&str>, Option<&str>)] = &[
-            (&[], None, Some("10.0.0.2")),                       // first after the gateway
-            (&["10.0.0.2"], None, Some("10.0.0.3")),             // skip taken
-            (&[], Some("10.0.0.4"), Some("10.0.0.5")),           // continue after last
-            (&[], Some("10.0.0.6"), Some("10.0.0.2")),           // wrap around, skip gw
+            (&[], None, Some("10.0.0.2")),             // first after the gateway
+            (&["10.0.0.2"], None, Some("10.0.0.3")),   // skip taken
+            (&[], Some("10.0.0.4"), Some("10.0.0.5")), // continue after last
+            (&[], Some("10.0.0.6"), Some("10.0.0.2")), // wrap around, skip gw
             (&["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"], None, None), // full
             (&["10.0.0.2", "10.0.0.3", "10.0.0.5", "10.0.0.6"], Some("10.0.0.5"), Some("10.0.0.4")),
         ];

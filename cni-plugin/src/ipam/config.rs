@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::cidr::{from_u128, to_u128, Cidr};
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 
 /// host-local's default state directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -94,8 +94,8 @@ fn parse_ip(what: &str, s: &str) -> Result<IpAddr> {
 impl IpamConfig {
     /// Parses the `ipam` object of the netconf.
     pub fn parse(ipam: &Value) -> Result<Self> {
-        let raw: RawIpam = serde_json::from_value(ipam.clone())
-            .map_err(|e| invalid("ipam: invalid configuration").with_details(e))?;
+        let raw: RawIpam =
+            serde_json::from_value(ipam.clone()).map_err(|e| invalid("ipam: invalid configuration").with_details(e))?;
         let raw_sets: Vec<Vec<RawRange>> = match (raw.ranges, raw.legacy.subnet.is_some()) {
             (Some(r), false) => r,
             (None, true) => vec![vec![raw.legacy]],
@@ -145,27 +145,18 @@ impl IpamConfig {
             }
             routes.push(RouteConf { dst: Cidr { addr: dst.network(), prefix: dst.prefix }, gw });
         }
-        Ok(IpamConfig {
-            sets,
-            routes,
-            data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-        })
+        Ok(IpamConfig { sets, routes, data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)) })
     }
 
     /// The range an address belongs to.
     pub fn range_of(&self, ip: IpAddr) -> Option<(usize, &Range)> {
-        self.sets
-            .iter()
-            .enumerate()
-            .find_map(|(i, s)| s.iter().find(|r| r.contains(ip)).map(|r| (i, r)))
+        self.sets.iter().enumerate().find_map(|(i, s)| s.iter().find(|r| r.contains(ip)).map(|r| (i, r)))
     }
 }
 
 fn parse_range(r: &RawRange) -> Result<Range> {
     let raw_subnet = r.subnet.as_deref().ok_or_else(|| invalid("ipam: a range has no \"subnet\""))?;
-    let c: Cidr = raw_subnet
-        .parse()
-        .map_err(|e| invalid(format!("ipam: invalid subnet {raw_subnet:?}: {e}")))?;
+    let c: Cidr = raw_subnet.parse().map_err(|e| invalid(format!("ipam: invalid subnet {raw_subnet:?}: {e}")))?;
     let subnet = Cidr { addr: c.network(), prefix: c.prefix };
     let v6 = subnet.addr.is_ipv6();
     let net = to_u128(subnet.network());
@@ -192,12 +183,7 @@ fn parse_range(r: &RawRange) -> Result<Range> {
     if start > end || (subnet.prefix >= subnet.bits() - 1 && r.range_start.is_none()) {
         return Err(invalid(format!("ipam: subnet {subnet} has no usable address range")));
     }
-    Ok(Range {
-        subnet,
-        start: from_u128(start, v6),
-        end: from_u128(end, v6),
-        gateway: from_u128(gateway, v6),
-    })
+    Ok(Range { subnet, start: from_u128(start, v6), end: from_u128(end, v6), gateway: from_u128(gateway, v6) })
 }
 
 #[cfg(test)]

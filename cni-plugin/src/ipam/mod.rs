@@ -16,7 +16,7 @@ use std::net::IpAddr;
 pub use config::{IpamConfig, Range, RouteConf};
 use store::Store;
 
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 
 /// The name that selects the built-in allocator.
 pub const BUILTIN: &str = "ferry";
@@ -122,7 +122,10 @@ pub fn check(cfg: &IpamConfig, network: &str, id: &str, ifname: &str, ips: &[IpA
         .collect();
     for ip in ips {
         if !mine.contains(ip) {
-            return Err(CniError::new(Code::CheckFailed, format!("ipam: {ip} is not reserved for container {id} / {ifname}")));
+            return Err(CniError::new(
+                Code::CheckFailed,
+                format!("ipam: {ip} is not reserved for container {id} / {ifname}"),
+            ));
         }
     }
     Ok(())
@@ -133,7 +136,8 @@ pub fn status(cfg: &IpamConfig, network: &str) -> Result<()> {
     let not_available = |msg: String| CniError::new(Code::NotAvailable, msg);
     let store = Store::lock(&cfg.data_dir, network).map_err(|e| not_available(format!("{}: {}", e.msg, e.details)))?;
     let dir = store.dir().to_path_buf();
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| not_available("bad data dir".into()))?;
+    let c =
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| not_available("bad data dir".into()))?;
     // SAFETY: a valid NUL-terminated path.
     if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
         return Err(not_available(format!(

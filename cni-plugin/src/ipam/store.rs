@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Code, CniError, Result};
+use crate::error::{CniError, Code, Result};
 
 const TMP_PREFIX: &str = ".tmp.";
 const LAST_PREFIX: &str = "last_reserved_ip.";
@@ -130,9 +130,7 @@ impl Store {
     }
 
     pub fn last_reserved(&self, set: usize) -> Option<IpAddr> {
-        fs::read_to_string(self.dir.join(format!("{LAST_PREFIX}{set}")))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        fs::read_to_string(self.dir.join(format!("{LAST_PREFIX}{set}"))).ok().and_then(|s| s.trim().parse().ok())
     }
 
     pub fn set_last_reserved(&self, set: usize, ip: IpAddr) -> Result<()> {

@@ -80,12 +80,7 @@ impl Compact {
             }
             slots[i] = (h & TAG) | (off as u64 + 1);
         }
-        Compact {
-            mask,
-            slots: slots.into(),
-            arena: arena.into(),
-            entries: entries.into(),
-        }
+        Compact { mask, slots: slots.into(), arena: arena.into(), entries: entries.into() }
     }
 
     /// Start loading the slot `hash` probes first, for a lookup soon.

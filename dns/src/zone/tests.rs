@@ -116,15 +116,7 @@ spec:
 
 pub fn fixture_zone(pods_insecure: bool) -> Zone {
     let cat = Catalog::from_yaml(FIXTURE).expect("fixture parses");
-    Zone::build(
-        &cat,
-        ZoneConfig {
-            zone: "cluster.local".into(),
-            ttl: 5,
-            pods_insecure,
-        },
-    )
-    .expect("zone builds")
+    Zone::build(&cat, ZoneConfig { zone: "cluster.local".into(), ttl: 5, pods_insecure }).expect("zone builds")
 }
 
 pub fn query_bytes(name: &str, qt: RecordType, edns: Option<u16>) -> Vec<u8> {
@@ -203,22 +195,14 @@ fn assert_negative(m: &Message, rcode: ResponseCode, soa_owner: &str) {
     assert_eq!(m.metadata.response_code, rcode);
     assert!(m.answers.is_empty(), "{:?}", m.answers);
     assert!(m.metadata.authoritative);
-    let soa = m
-        .authorities
-        .iter()
-        .find(|r| r.record_type() == RecordType::SOA)
-        .expect("SOA in authority");
+    let soa = m.authorities.iter().find(|r| r.record_type() == RecordType::SOA).expect("SOA in authority");
     assert_eq!(soa.name.to_ascii().to_lowercase(), soa_owner);
 }
 
 #[test]
 fn schema_version_txt() {
     // §2.2: dns-version.<zone>. TXT <schema version>
-    let m = ask(
-        &fixture_zone(false),
-        "dns-version.cluster.local.",
-        RecordType::TXT,
-    );
+    let m = ask(&fixture_zone(false), "dns-version.cluster.local.", RecordType::TXT);
     let txt: Vec<String> = m
         .answers
         .iter()
@@ -249,43 +233,18 @@ fn cluster_ip_a_and_aaaa() {
 fn cluster_ip_srv_named_ports_only() {
     let z = fixture_zone(false);
     // §2.3.2: _<port>._<proto>.<svc>.<ns>.svc.<zone> SRV -> <svc>.<ns>.svc.<zone>
-    let m = ask(
-        &z,
-        "_http._tcp.web.default.svc.cluster.local.",
-        RecordType::SRV,
-    );
-    assert_eq!(
-        srv(&m),
-        vec![(80, "web.default.svc.cluster.local.".to_string())]
-    );
+    let m = ask(&z, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV);
+    assert_eq!(srv(&m), vec![(80, "web.default.svc.cluster.local.".to_string())]);
     // the Additional section may carry the Service's addresses
     let glue: Vec<_> = m.additionals.iter().map(|r| r.record_type()).collect();
-    assert!(
-        glue.contains(&RecordType::A) && glue.contains(&RecordType::AAAA),
-        "{glue:?}"
-    );
-    let m = ask(
-        &z,
-        "_dns._udp.web.default.svc.cluster.local.",
-        RecordType::SRV,
-    );
-    assert_eq!(
-        srv(&m),
-        vec![(53, "web.default.svc.cluster.local.".to_string())]
-    );
+    assert!(glue.contains(&RecordType::A) && glue.contains(&RecordType::AAAA), "{glue:?}");
+    let m = ask(&z, "_dns._udp.web.default.svc.cluster.local.", RecordType::SRV);
+    assert_eq!(srv(&m), vec![(53, "web.default.svc.cluster.local.".to_string())]);
     // wrong protocol label: no such name
-    let m = ask(
-        &z,
-        "_http._udp.web.default.svc.cluster.local.",
-        RecordType::SRV,
-    );
+    let m = ask(&z, "_http._udp.web.default.svc.cluster.local.", RecordType::SRV);
     assert_negative(&m, ResponseCode::NXDomain, "cluster.local.");
     // "Unnamed ports do not have an SRV record."
-    let m = ask(
-        &z,
-        "_tcp.single.default.svc.cluster.local.",
-        RecordType::SRV,
-    );
+    let m = ask(&z, "_tcp.single.default.svc.cluster.local.", RecordType::SRV);
     assert_negative(&m, ResponseCode::NXDomain, "cluster.local.");
     // _tcp.web... exists only as an empty non-terminal: NODATA (RFC 8020)
     let m = ask(&z, "_tcp.web.default.svc.cluster.local.", RecordType::SRV);
@@ -333,11 +292,7 @@ fn headless_a_per_ready_endpoint() {
     // "If there are no ready endpoints ... the answer should be NXDOMAIN."
     let m = ask(&z, "empty.prod.svc.cluster.local.", RecordType::A);
     assert_negative(&m, ResponseCode::NXDomain, "cluster.local.");
-    let m = ask(
-        &z,
-        "_pg._tcp.empty.prod.svc.cluster.local.",
-        RecordType::SRV,
-    );
+    let m = ask(&z, "_pg._tcp.empty.prod.svc.cluster.local.", RecordType::SRV);
     assert_negative(&m, ResponseCode::NXDomain, "cluster.local.");
 }
 
@@ -365,11 +320,7 @@ fn headless_ptr_to_hostname() {
     // §2.4.3: PTR of a ready endpoint's address -> its hostname record
     let m = ask(&z, "5.0.244.10.in-addr.arpa.", RecordType::PTR);
     assert_eq!(ptr(&m), vec!["db-0.db.prod.svc.cluster.local."]);
-    let m = ask(
-        &z,
-        &super::reverse_name("fd00:244::5".parse().unwrap()),
-        RecordType::PTR,
-    );
+    let m = ask(&z, &super::reverse_name("fd00:244::5".parse().unwrap()), RecordType::PTR);
     assert_eq!(ptr(&m), vec!["db-0.db.prod.svc.cluster.local."]);
     let m = ask(&z, "6.0.244.10.in-addr.arpa.", RecordType::PTR);
     assert_eq!(ptr(&m), vec!["10-244-0-6.db.prod.svc.cluster.local."]);
@@ -461,54 +412,28 @@ fn case_insensitive_and_case_preserving() {
     let m = ask(&z, "WeB.DeFault.SVC.Cluster.LOCAL.", RecordType::A);
     assert_eq!(addrs(&m), ips(&["10.96.0.10"]));
     // the answer echoes the question's spelling (RFC 4343 §4.1)
-    assert_eq!(
-        m.queries[0].name().to_ascii(),
-        "WeB.DeFault.SVC.Cluster.LOCAL."
-    );
-    assert_eq!(
-        m.answers[0].name.to_ascii(),
-        "WeB.DeFault.SVC.Cluster.LOCAL."
-    );
+    assert_eq!(m.queries[0].name().to_ascii(), "WeB.DeFault.SVC.Cluster.LOCAL.");
+    assert_eq!(m.answers[0].name.to_ascii(), "WeB.DeFault.SVC.Cluster.LOCAL.");
 }
 
 #[test]
 fn nxdomain_vs_nodata() {
     let z = fixture_zone(false);
     // empty non-terminals exist: NODATA
-    for n in [
-        "svc.cluster.local.",
-        "default.svc.cluster.local.",
-        "cluster.local.",
-    ] {
+    for n in ["svc.cluster.local.", "default.svc.cluster.local.", "cluster.local."] {
         let m = ask(&z, n, RecordType::A);
         assert_negative(&m, ResponseCode::NoError, "cluster.local.");
     }
     // names that do not exist: NXDOMAIN
-    for n in [
-        "nosuch.default.svc.cluster.local.",
-        "nosuchns.svc.cluster.local.",
-        "x.web.default.svc.cluster.local.",
-    ] {
+    for n in ["nosuch.default.svc.cluster.local.", "nosuchns.svc.cluster.local.", "x.web.default.svc.cluster.local."] {
         let m = ask(&z, n, RecordType::A);
         assert_negative(&m, ResponseCode::NXDomain, "cluster.local.");
     }
     // search-path expansions that can never exist
-    let m = ask(
-        &z,
-        "web.default.svc.cluster.local.svc.cluster.local.",
-        RecordType::A,
-    );
+    let m = ask(&z, "web.default.svc.cluster.local.svc.cluster.local.", RecordType::A);
     assert_negative(&m, ResponseCode::NXDomain, "cluster.local.");
-    let m = ask(
-        &z,
-        "web.default.svc.cluster.local.corp.example.",
-        RecordType::A,
-    );
-    assert_eq!(
-        m.metadata.response_code,
-        ResponseCode::NXDomain,
-        "answered here, not forwarded"
-    );
+    let m = ask(&z, "web.default.svc.cluster.local.corp.example.", RecordType::A);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "answered here, not forwarded");
     // apex SOA and NS exist
     assert_eq!(ask(&z, "cluster.local.", RecordType::SOA).answers.len(), 1);
     assert_eq!(ask(&z, "cluster.local.", RecordType::NS).answers.len(), 1);
@@ -525,11 +450,7 @@ fn pod_records_only_in_insecure_mode() {
     assert_eq!(addrs(&m), ips(&["10.244.3.4"]));
     let m = ask(&on, "fd00--1.default.pod.cluster.local.", RecordType::AAAA);
     assert_eq!(addrs(&m), ips(&["fd00::1"]));
-    let m = ask(
-        &on,
-        "10-244-3-4.default.pod.cluster.local.",
-        RecordType::AAAA,
-    );
+    let m = ask(&on, "10-244-3-4.default.pod.cluster.local.", RecordType::AAAA);
     assert_negative(&m, ResponseCode::NoError, "cluster.local.");
     let m = ask(&on, "not-an-ip.default.pod.cluster.local.", RecordType::A);
     assert_negative(&m, ResponseCode::NXDomain, "cluster.local.");
@@ -545,10 +466,7 @@ fn servfail_before_ready() {
     let m = ask_with(&z, false, &q, Transport::Udp).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     let q = query_bytes("example.com.", RecordType::A, None);
-    assert!(
-        ask_with(&z, false, &q, Transport::Udp).is_none(),
-        "other names still forwarded"
-    );
+    assert!(ask_with(&z, false, &q, Transport::Udp).is_none(), "other names still forwarded");
 }
 
 /// A headless Service `name` with `n` ready endpoints `h-<i>`.
@@ -557,9 +475,7 @@ fn headless_yaml(name: &str, n: usize, net: u8) -> String {
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{clusterIP: None, ports: [{{name: p, port: 1}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-a, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: p, port: 1, protocol: TCP}}]\nendpoints:\n"
     );
     for i in 0..n {
-        y.push_str(&format!(
-            "- addresses: [10.244.{net}.{i}]\n  hostname: h-{i}\n"
-        ));
+        y.push_str(&format!("- addresses: [10.244.{net}.{i}]\n  hostname: h-{i}\n"));
     }
     y
 }
@@ -568,55 +484,26 @@ fn headless_yaml(name: &str, n: usize, net: u8) -> String {
 fn edns_echo_and_truncation() {
     // big: 30 A records (~530 bytes) exceed 512. mid: its 20 SRV records
     // (targets are never compressed, RFC 2782) fit in 1232, not with glue.
-    let yaml = format!(
-        "{}---\n{}",
-        headless_yaml("big", 30, 9),
-        headless_yaml("mid", 20, 8)
-    );
+    let yaml = format!("{}---\n{}", headless_yaml("big", 30, 9), headless_yaml("mid", 20, 8));
     let z = Zone::build(&Catalog::from_yaml(&yaml).unwrap(), ZoneConfig::default()).unwrap();
     let name = "big.default.svc.cluster.local.";
     // no EDNS: 512-byte limit, TC set, no partial RRset
-    let m = ask_with(
-        &z,
-        true,
-        &query_bytes(name, RecordType::A, None),
-        Transport::Udp,
-    )
-    .unwrap();
+    let m = ask_with(&z, true, &query_bytes(name, RecordType::A, None), Transport::Udp).unwrap();
     assert!(m.metadata.truncation);
     assert!(m.answers.is_empty());
     // EDNS 1232: fits
-    let m = ask_with(
-        &z,
-        true,
-        &query_bytes(name, RecordType::A, Some(1232)),
-        Transport::Udp,
-    )
-    .unwrap();
+    let m = ask_with(&z, true, &query_bytes(name, RecordType::A, Some(1232)), Transport::Udp).unwrap();
     assert!(!m.metadata.truncation);
     assert_eq!(m.answers.len(), 30);
     assert!(m.edns.is_some(), "OPT echoed (RFC 6891 §6.1.1)");
     // SRV over UDP at 1232: glue dropped, answers complete, no TC (RFC 2181 §9)
-    let srvq = query_bytes(
-        "_p._tcp.mid.default.svc.cluster.local.",
-        RecordType::SRV,
-        Some(4096),
-    );
+    let srvq = query_bytes("_p._tcp.mid.default.svc.cluster.local.", RecordType::SRV, Some(4096));
     let m = ask_with(&z, true, &srvq, Transport::Udp).unwrap();
     assert_eq!((m.answers.len(), m.additionals.len()), (20, 0));
     assert!(!m.metadata.truncation);
     // too large even without glue: TC; over TCP everything, glue included
-    let srvq = query_bytes(
-        "_p._tcp.big.default.svc.cluster.local.",
-        RecordType::SRV,
-        Some(4096),
-    );
-    assert!(
-        ask_with(&z, true, &srvq, Transport::Udp)
-            .unwrap()
-            .metadata
-            .truncation
-    );
+    let srvq = query_bytes("_p._tcp.big.default.svc.cluster.local.", RecordType::SRV, Some(4096));
+    assert!(ask_with(&z, true, &srvq, Transport::Udp).unwrap().metadata.truncation);
     let m = ask_with(&z, true, &srvq, Transport::Tcp).unwrap();
     assert_eq!((m.answers.len(), m.additionals.len()), (30, 30));
 }
@@ -638,38 +525,20 @@ fn bad_input_gets_error_rcodes() {
     let b = query_bytes("cluster.local.", RecordType::AXFR, None);
     assert_eq!(rcode(&b), Some(ResponseCode::Refused));
     // EDNS version 1: BADVERS (extended rcode 16)
-    let mut q = Message::from_vec(&query_bytes(
-        "web.default.svc.cluster.local.",
-        RecordType::A,
-        Some(1232),
-    ))
-    .unwrap();
+    let mut q = Message::from_vec(&query_bytes("web.default.svc.cluster.local.", RecordType::A, Some(1232))).unwrap();
     q.edns.as_mut().unwrap().set_version(1);
     let m = ask_with(&z, true, &q.to_vec().unwrap(), Transport::Udp).unwrap();
     assert_eq!(u16::from(m.metadata.response_code), 16, "BADVERS");
     // ANY: one RRset (RFC 8482), not the whole name
     let m = ask(&z, "web.default.svc.cluster.local.", RecordType::ANY);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    assert_eq!(
-        m.answers
-            .iter()
-            .map(|r| r.record_type())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len(),
-        1
-    );
+    assert_eq!(m.answers.iter().map(|r| r.record_type()).collect::<std::collections::BTreeSet<_>>().len(), 1);
     // garbage: too short to answer
     let mut out = Vec::new();
-    assert!(matches!(
-        answer_fast(&z, true, &[1, 2, 3], Transport::Udp, &mut out),
-        Fast::Drop
-    ));
+    assert!(matches!(answer_fast(&z, true, &[1, 2, 3], Transport::Udp, &mut out), Fast::Drop));
     // truncated question: FORMERR with the ID echoed
     let m = ask_with(&z, true, &base[..base.len() - 3], Transport::Udp).unwrap();
-    assert_eq!(
-        (m.metadata.id, m.metadata.response_code),
-        (0xbeef, ResponseCode::FormErr)
-    );
+    assert_eq!((m.metadata.id, m.metadata.response_code), (0xbeef, ResponseCode::FormErr));
 }
 
 #[test]
@@ -679,10 +548,7 @@ fn rebuild_is_whole_and_independent() {
     let mut cat = Catalog::from_yaml(FIXTURE).unwrap();
     cat.services.retain(|k, _| k.name != "web");
     let new = Zone::build(&cat, ZoneConfig::default()).unwrap();
-    assert_eq!(
-        addrs(&ask(&old, "web.default.svc.cluster.local.", RecordType::A)),
-        ips(&["10.96.0.10"])
-    );
+    assert_eq!(addrs(&ask(&old, "web.default.svc.cluster.local.", RecordType::A)), ips(&["10.96.0.10"]));
     let m = ask(&new, "web.default.svc.cluster.local.", RecordType::A);
     assert_negative(&m, ResponseCode::NXDomain, "cluster.local.");
     let m = ask(&new, "10.0.96.10.in-addr.arpa.", RecordType::PTR);
@@ -739,11 +605,7 @@ fn patched_zone_equals_a_fresh_build() {
         c
     };
     // Two headless Services over the same addresses: one merged PTR RRset.
-    let shared = format!(
-        "{}---\n{}",
-        headless_yaml("h1", 3, 7),
-        headless_yaml("h2", 2, 7)
-    );
+    let shared = format!("{}---\n{}", headless_yaml("h1", 3, 7), headless_yaml("h2", 2, 7));
     let mut no_web = base.clone();
     no_web.services.retain(|k, _| k.name != "web");
     let mut no_ns = base.clone();
@@ -759,10 +621,7 @@ fn patched_zone_equals_a_fresh_build() {
         base.clone(),
     ];
     for pods_insecure in [false, true] {
-        let config = ZoneConfig {
-            pods_insecure,
-            ..ZoneConfig::default()
-        };
+        let config = ZoneConfig { pods_insecure, ..ZoneConfig::default() };
         let mut cache = ZoneCache::new(config.clone());
         let mut prev: Option<(Zone, BTreeMap<Vec<u8>, String>)> = None;
         for (i, cat) in steps.iter().enumerate() {
@@ -780,11 +639,7 @@ fn patched_zone_equals_a_fresh_build() {
     }
     // Removing the last Service of a namespace removes the namespace name.
     let z = Zone::build(&steps[4], ZoneConfig::default()).unwrap();
-    assert_negative(
-        &ask(&z, "prod.svc.cluster.local.", RecordType::A),
-        ResponseCode::NXDomain,
-        "cluster.local.",
-    );
+    assert_negative(&ask(&z, "prod.svc.cluster.local.", RecordType::A), ResponseCode::NXDomain, "cluster.local.");
 }
 
 #[test]
@@ -795,11 +650,7 @@ fn patching_only_the_named_changes_equals_a_fresh_build() {
     let steps = [
         FIXTURE.to_string(),
         format!("{FIXTURE}---\n{}", headless_yaml("h1", 3, 7)),
-        format!(
-            "{FIXTURE}---\n{}---\n{}",
-            headless_yaml("h1", 2, 7),
-            headless_yaml("h2", 2, 7)
-        ),
+        format!("{FIXTURE}---\n{}---\n{}", headless_yaml("h1", 2, 7), headless_yaml("h2", 2, 7)),
         // Not built (skipped): the next build's changes do not follow.
         headless_yaml("h2", 1, 8),
         String::new(),

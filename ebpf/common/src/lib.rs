@@ -382,8 +382,12 @@ impl GlobalCounter {
             GlobalCounter::LearnedPeer => {
                 "Translated packets whose FIB next hop is a pod behind an attached veth, handed straight into it"
             }
-            GlobalCounter::SockTranslated => "connect/sendmsg calls to a frontend pointed at a backend by the socket LB",
-            GlobalCounter::SockRefused => "connect/sendmsg calls to a frontend without endpoints, refused (ECONNREFUSED)",
+            GlobalCounter::SockTranslated => {
+                "connect/sendmsg calls to a frontend pointed at a backend by the socket LB"
+            }
+            GlobalCounter::SockRefused => {
+                "connect/sendmsg calls to a frontend without endpoints, refused (ECONNREFUSED)"
+            }
         }
     }
 }

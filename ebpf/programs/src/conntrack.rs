@@ -3,8 +3,8 @@
 //! the reply as the backend sends it) says what to restore on the way back.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use ferry_common::{
-    backend_state, ct_flags, CtKey, GlobalCounter, CtValue, DropReason, RevNatKey, RevNatValue,
-    ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+    backend_state, ct_flags, CtKey, CtValue, DropReason, GlobalCounter, RevNatKey, RevNatValue, ServiceValue,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -100,9 +100,7 @@ pub fn lookup_forward(key: &CtKey, pkt: &Packet, svc: &ServiceValue, now: u64) -
     // SAFETY: map value pointer; concurrent updates only race on timestamps
     // and flag bits, which are advisory.
     let entry = unsafe { &mut *ct };
-    if pkt.proto != IPPROTO_TCP
-        && !backend_alive(entry.backend_id, &entry.backend_addr, entry.backend_port, svc.id)
-    {
+    if pkt.proto != IPPROTO_TCP && !backend_alive(entry.backend_id, &entry.backend_addr, entry.backend_port, svc.id) {
         if pkt.proto == IPPROTO_UDP {
             count_global(GlobalCounter::UdpReselected);
         }
@@ -135,13 +133,7 @@ fn revnat_entry(pkt: &Packet, target: &Target, flags: u32) -> (RevNatKey, RevNat
         family: pkt.family,
         _pad: [0; 2],
     };
-    let rval = RevNatValue {
-        vip: pkt.dst,
-        vip_port: pkt.dport,
-        _pad: 0,
-        orig_client: pkt.src,
-        flags,
-    };
+    let rval = RevNatValue { vip: pkt.dst, vip_port: pkt.dport, _pad: 0, orig_client: pkt.src, flags };
     (rkey, rval)
 }
 

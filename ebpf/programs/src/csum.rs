@@ -30,15 +30,9 @@ fn l4_flags(pkt: &Packet) -> u64 {
 #[inline(always)]
 pub fn set_addr4(ctx: &TcContext, pkt: &Packet, off: usize, old: u32, new: u32) -> Result<(), DropReason> {
     ctx.store(off, &new, 0).map_err(|_| DropReason::HelperFailed)?;
-    ctx.l3_csum_replace(IP4_CSUM_OFF, old as u64, new as u64, 4)
-        .map_err(|_| DropReason::HelperFailed)?;
-    ctx.l4_csum_replace(
-        pkt.l4_csum_off(),
-        old as u64,
-        new as u64,
-        BPF_F_PSEUDO_HDR as u64 | l4_flags(pkt) | 4,
-    )
-    .map_err(|_| DropReason::HelperFailed)
+    ctx.l3_csum_replace(IP4_CSUM_OFF, old as u64, new as u64, 4).map_err(|_| DropReason::HelperFailed)?;
+    ctx.l4_csum_replace(pkt.l4_csum_off(), old as u64, new as u64, BPF_F_PSEUDO_HDR as u64 | l4_flags(pkt) | 4)
+        .map_err(|_| DropReason::HelperFailed)
 }
 
 /// Rewrites a 16-byte IPv6 address at `off`: one checksum diff for all

@@ -5,15 +5,19 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
-use ferry_common::{DropReason, EndpointKey, GlobalCounter, NextHop, PortKey, PortValue, ServiceKey, AF_INET, IPPROTO_TCP};
+use ferry_common::{
+    DropReason, EndpointKey, GlobalCounter, NextHop, PortKey, PortValue, ServiceKey, AF_INET, IPPROTO_TCP,
+};
 
 use crate::{
     conntrack::{self, backend_usable, now_ns, Target},
     csum::{set_addr, set_port},
     maps::{count_global, count_service, FERRY_ENDPOINTS, FERRY_NEXTHOPS, FERRY_PORTS, FERRY_SERVICES},
     nat::{self, hairpin_addr},
+    parse::{
+        parse, Packet, ETH_HLEN, IP4_CSUM_OFF, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF, TCP_ACK, TCP_SYN,
+    },
     select,
-    parse::{parse, Packet, ETH_HLEN, TCP_ACK, TCP_SYN, IP4_CSUM_OFF, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF},
 };
 
 pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
@@ -24,12 +28,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     if pkt.dst == hairpin {
         return nat::hairpin_reply(ctx, &pkt);
     }
-    let skey = ServiceKey {
-        addr: pkt.dst,
-        port: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
-    };
+    let skey = ServiceKey { addr: pkt.dst, port: pkt.dport, proto: pkt.proto, family: pkt.family };
     let syn = pkt.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN != 0 && pkt.problem.is_none();
     if syn {
         // A pod opening or accepting a connection: where its MAC is.
@@ -68,12 +67,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             let backend_id = select::select_backend(&pkt, &svc, now)?;
             let b = backend_usable(backend_id, svc.id).ok_or(DropReason::NoBackend)?;
-            let target = Target {
-                backend_id,
-                addr: b.addr,
-                port: b.port,
-                hairpin: b.addr == pkt.src,
-            };
+            let target = Target { backend_id, addr: b.addr, port: b.port, hairpin: b.addr == pkt.src };
             conntrack::create(&key, &pkt, svc.id, &target, now)?;
             target
         }
@@ -178,9 +172,7 @@ fn fib_redirect(ctx: &TcContext, src: &[u32; 4], dst: &[u32; 4], family: u8) -> 
     // tot_len 0: the kernel checks the skb (GSO included) against the
     // egress MTU itself.
     // SAFETY: helper call with a valid, correctly sized request.
-    let rc = unsafe {
-        bpf_fib_lookup(ctx.skb.skb as *mut _, &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.skb.skb as *mut _, &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         // No route, blackhole, neighbour unresolved, MTU...: the kernel's
         // own path answers (ICMP errors, ARP), as for any routed packet.

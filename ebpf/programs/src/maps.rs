@@ -6,19 +6,17 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ferry_common::{
-    AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason,
-    EndpointKey, EndpointValue, MaglevPair, NextHop, PortKey, PortValue, BPF_F_MMAPABLE, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_PORTS,
-    RevNatKey, RevNatValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+    AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason, EndpointKey, EndpointValue,
+    MaglevPair, NextHop, PortKey, PortValue, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue, BPF_F_MMAPABLE, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_ENDPOINTS,
+    DEFAULT_MAX_PORTS, DEFAULT_MAX_SERVICES,
 };
 
 #[map]
-pub static FERRY_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+pub static FERRY_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map]
-pub static FERRY_BACKENDS: HashMap<u32, BackendValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static FERRY_BACKENDS: HashMap<u32, BackendValue> = HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 /// `max_tables * maglev_size` backend ids, two per element; always sized by
 /// the loader. Mmappable: the agent writes tables through a shared mapping.
@@ -29,27 +27,23 @@ pub static FERRY_MAGLEV: Array<MaglevPair> = Array::with_max_entries(1, BPF_F_MM
 pub static FERRY_CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);
 
 #[map]
-pub static FERRY_REVNAT: LruHashMap<RevNatKey, RevNatValue> =
-    LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);
+pub static FERRY_REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::with_max_entries(DEFAULT_CT_SIZE, 0);
 
 #[map]
 pub static FERRY_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(DEFAULT_AFFINITY_SIZE, 0);
 
 #[map]
-pub static FERRY_SVC_STATS: PerCpuArray<Counter> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+pub static FERRY_SVC_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map]
 pub static FERRY_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::MAX, 0);
 
 #[map]
-pub static FERRY_GLOBAL: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(ferry_common::GlobalCounter::MAX, 0);
+pub static FERRY_GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(ferry_common::GlobalCounter::MAX, 0);
 
 #[map]
-pub static FERRY_ENDPOINTS: HashMap<EndpointKey, EndpointValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_ENDPOINTS, 0);
+pub static FERRY_ENDPOINTS: HashMap<EndpointKey, EndpointValue> = HashMap::with_max_entries(DEFAULT_MAX_ENDPOINTS, 0);
 
 #[map]
 pub static FERRY_PORTS: LruHashMap<PortKey, PortValue> = LruHashMap::with_max_entries(DEFAULT_MAX_PORTS, 0);

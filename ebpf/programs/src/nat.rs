@@ -12,8 +12,7 @@ use crate::{
     csum::{set_addr, set_l4_word, set_port},
     maps::FERRY_REVNAT,
     parse::{
-        parse, Packet, ETH_HLEN, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN,
+        parse, Packet, ETH_HLEN, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
 
@@ -179,8 +178,7 @@ fn csum_of<const N: usize>(buf: &mut [u8; N]) -> Result<i64, DropReason> {
 /// (its UDP header), as RFC 792 / RFC 4443 2.4 ask.
 #[inline(always)]
 fn make_icmp_room(ctx: &TcContext, grow: i32, total: u32) -> Result<(), DropReason> {
-    ctx.adjust_room(grow, BPF_ADJ_ROOM_NET, 0)
-        .map_err(|_| DropReason::HelperFailed)?;
+    ctx.adjust_room(grow, BPF_ADJ_ROOM_NET, 0).map_err(|_| DropReason::HelperFailed)?;
     // SAFETY: helper on our own skb.
     let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, total, 0) };
     if ret != 0 {
@@ -212,7 +210,7 @@ fn icmp4_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<(), DropReason> {
     ip[2..4].copy_from_slice(&((IP + ICMP_LEN) as u16).to_be_bytes());
     ip[8] = 64;
     ip[9] = 1; // ICMP
-    // Quoted header: source at 8+12, destination at 8+16.
+               // Quoted header: source at 8+12, destination at 8+16.
     ip[12..16].copy_from_slice(&icmp[8 + 16..8 + 20]);
     ip[16..20].copy_from_slice(&icmp[8 + 12..8 + 16]);
     let c = csum_fold(csum_of(&mut ip)?).to_ne_bytes();
@@ -264,9 +262,7 @@ fn icmp6_unreachable(ctx: &TcContext, pkt: &Packet) -> Result<(), DropReason> {
 #[inline(always)]
 fn load_into(ctx: &TcContext, off: usize, dst: &mut [u8]) -> Result<(), DropReason> {
     // SAFETY: `dst` is writable for its length.
-    let ret = unsafe {
-        bpf_skb_load_bytes(ctx.skb.skb.cast(), off as u32, dst.as_mut_ptr().cast(), dst.len() as u32)
-    };
+    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), off as u32, dst.as_mut_ptr().cast(), dst.len() as u32) };
     if ret != 0 {
         return Err(DropReason::Malformed);
     }

@@ -62,20 +62,13 @@ impl Flow for Packet {
 #[inline(never)]
 pub fn select_backend<F: Flow>(flow: &F, svc: &ServiceValue, now: u64) -> Result<u32, DropReason> {
     let affinity = svc.flags & service_flags::AFFINITY != 0;
-    let akey = AffinityKey {
-        client: flow.client(),
-        service_id: svc.id,
-        family: flow.family(),
-        _pad: [0; 3],
-    };
+    let akey = AffinityKey { client: flow.client(), service_id: svc.id, family: flow.family(), _pad: [0; 3] };
     if affinity {
         if let Some(a) = FERRY_AFFINITY.get_ptr_mut(akey) {
             // SAFETY: map value pointer.
             let a = unsafe { &mut *a };
             let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
-            if now.wrapping_sub(a.last_used_ns) <= timeout_ns
-                && backend_usable(a.backend_id, svc.id).is_some()
-            {
+            if now.wrapping_sub(a.last_used_ns) <= timeout_ns && backend_usable(a.backend_id, svc.id).is_some() {
                 a.last_used_ns = now;
                 return Ok(a.backend_id);
             }
@@ -83,11 +76,7 @@ pub fn select_backend<F: Flow>(flow: &F, svc: &ServiceValue, now: u64) -> Result
     }
     let id = maglev_lookup(svc, flow.hash())?;
     if affinity {
-        let v = AffinityValue {
-            backend_id: id,
-            _pad: 0,
-            last_used_ns: now,
-        };
+        let v = AffinityValue { backend_id: id, _pad: 0, last_used_ns: now };
         // Best effort: without the entry the next flow just hashes again.
         let _ = FERRY_AFFINITY.insert(akey, v, 0);
     }

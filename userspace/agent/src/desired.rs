@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ferry_state::{AddressType, Catalog, Endpoint, EndpointSlice, ObjectKey, Protocol, Service, ServicePort, ServiceType};
+use ferry_state::{
+    AddressType, Catalog, Endpoint, EndpointSlice, ObjectKey, Protocol, Service, ServicePort, ServiceType,
+};
 
 /// The key of a frontend, in host order; `Ord` so that syncs walk frontends
 /// deterministically.
@@ -147,11 +149,9 @@ pub fn desired(catalog: &Catalog, node: &NodeContext) -> (BTreeMap<Frontend, Des
     for svc in catalog.services.values() {
         for (fe, d) in service_frontends(svc, catalog.slices_of(&svc.key), node) {
             match out.get(&fe) {
-                Some(existing) => conflicts.push(Conflict {
-                    frontend: fe,
-                    kept: existing.service.clone(),
-                    ignored: svc.key.clone(),
-                }),
+                Some(existing) => {
+                    conflicts.push(Conflict { frontend: fe, kept: existing.service.clone(), ignored: svc.key.clone() })
+                }
                 None => {
                     out.insert(fe, d);
                 }
@@ -175,9 +175,8 @@ pub fn service_frontends(
     {
         return Vec::new();
     }
-    let affinity_timeout_s = svc
-        .session_affinity
-        .map(|d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1));
+    let affinity_timeout_s =
+        svc.session_affinity.map(|d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1));
     let mut vips: Vec<IpAddr> = Vec::new();
     for ip in svc.cluster_ips.iter().chain(&svc.external_ips).chain(&svc.load_balancer_ips) {
         if !vips.contains(ip) {
@@ -190,9 +189,8 @@ pub fn service_frontends(
         let mut by_family: [Option<BTreeMap<BackendAddr, BackendState>>; 2] = [None, None];
         for vip in &vips {
             let fam = usize::from(vip.is_ipv6());
-            let backends = by_family[fam]
-                .get_or_insert_with(|| backends_for(svc, port, slices, vip.is_ipv6(), node))
-                .clone();
+            let backends =
+                by_family[fam].get_or_insert_with(|| backends_for(svc, port, slices, vip.is_ipv6(), node)).clone();
             out.push((
                 Frontend { vip: *vip, port: port.port, proto: port.protocol },
                 DesiredFrontend {
@@ -267,9 +265,7 @@ fn backends_for(
             // internalTrafficPolicy: Local applies the same categorisation
             // to the local endpoints alone (CategorizeEndpoints'
             // localEndpoints: local ready, else local serving-terminating).
-            if svc.internal_traffic_local
-                && (node.node_name.is_none() || ep.node_name != node.node_name)
-            {
+            if svc.internal_traffic_local && (node.node_name.is_none() || ep.node_name != node.node_name) {
                 continue;
             }
             for ip in ep.addresses.iter().filter(|ip| ip.is_ipv6() == v6) {
@@ -367,10 +363,7 @@ mod tests {
     }
 
     fn backends(d: &DesiredFrontend) -> Vec<String> {
-        d.backends
-            .iter()
-            .map(|(a, s)| format!("{a} {}", if *s == BackendState::Active { "A" } else { "T" }))
-            .collect()
+        d.backends.iter().map(|(a, s)| format!("{a} {}", if *s == BackendState::Active { "A" } else { "T" })).collect()
     }
 
     fn run(s: &Service, slices: &[EndpointSlice], node: Option<&str>) -> Vec<(String, Vec<String>)> {
@@ -397,11 +390,8 @@ mod tests {
     fn check(cases: Vec<Case<'_>>) {
         for c in cases {
             let got = run(&c.svc, &c.slices, c.node);
-            let want: Vec<(String, Vec<String>)> = c
-                .want
-                .iter()
-                .map(|(f, b)| (f.to_string(), b.iter().map(|s| s.to_string()).collect()))
-                .collect();
+            let want: Vec<(String, Vec<String>)> =
+                c.want.iter().map(|(f, b)| (f.to_string(), b.iter().map(|s| s.to_string()).collect())).collect();
             assert_eq!(got, want, "case: {}", c.what);
         }
     }
@@ -414,10 +404,12 @@ mod tests {
             Case {
                 what: "ready endpoints take new flows",
                 svc: http(),
-                slices: vec![slice("web", V4, &[("http", 8080)], &[
-                    ("10.244.0.2", true, true, false, ""),
-                    ("10.244.0.3", true, true, false, ""),
-                ])],
+                slices: vec![slice(
+                    "web",
+                    V4,
+                    &[("http", 8080)],
+                    &[("10.244.0.2", true, true, false, ""), ("10.244.0.3", true, true, false, "")],
+                )],
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.3:8080 A"])],
             },
@@ -426,10 +418,12 @@ mod tests {
             Case {
                 what: "terminating kept as TERMINATING while one is ready",
                 svc: http(),
-                slices: vec![slice("web", V4, &[("http", 8080)], &[
-                    ("10.244.0.2", true, true, false, ""),
-                    ("10.244.0.3", false, true, true, ""),
-                ])],
+                slices: vec![slice(
+                    "web",
+                    V4,
+                    &[("http", 8080)],
+                    &[("10.244.0.2", true, true, false, ""), ("10.244.0.3", false, true, true, "")],
+                )],
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.3:8080 T"])],
             },
@@ -438,10 +432,12 @@ mod tests {
             Case {
                 what: "serving-terminating used when none is ready",
                 svc: http(),
-                slices: vec![slice("web", V4, &[("http", 8080)], &[
-                    ("10.244.0.3", false, true, true, ""),
-                    ("10.244.0.4", false, false, true, ""),
-                ])],
+                slices: vec![slice(
+                    "web",
+                    V4,
+                    &[("http", 8080)],
+                    &[("10.244.0.3", false, true, true, ""), ("10.244.0.4", false, false, true, "")],
+                )],
                 node: None,
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.3:8080 A", "10.244.0.4:8080 T"])],
             },
@@ -469,16 +465,18 @@ mod tests {
             Case {
                 what: "ready wins over serving false and terminating",
                 svc: http(),
-                slices: vec![slice("web", V4, &[("http", 8080)], &[
-                    ("10.244.0.6", true, false, false, ""),
-                    ("10.244.0.7", true, false, true, ""),
-                    ("10.244.0.8", true, true, true, ""),
-                ])],
-                node: None,
-                want: vec![(
-                    "10.96.0.10:80/tcp",
-                    vec!["10.244.0.6:8080 A", "10.244.0.7:8080 A", "10.244.0.8:8080 A"],
+                slices: vec![slice(
+                    "web",
+                    V4,
+                    &[("http", 8080)],
+                    &[
+                        ("10.244.0.6", true, false, false, ""),
+                        ("10.244.0.7", true, false, true, ""),
+                        ("10.244.0.8", true, true, true, ""),
+                    ],
                 )],
+                node: None,
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.6:8080 A", "10.244.0.7:8080 A", "10.244.0.8:8080 A"])],
             },
             // No slices at all: the frontend exists with no backends (reject).
             Case {
@@ -532,10 +530,12 @@ mod tests {
                     s.internal_traffic_local = true;
                     s
                 },
-                slices: vec![slice("web", V4, &[("http", 8080)], &[
-                    ("10.244.0.2", false, true, true, "node-a"),
-                    ("10.244.1.2", true, true, false, "node-b"),
-                ])],
+                slices: vec![slice(
+                    "web",
+                    V4,
+                    &[("http", 8080)],
+                    &[("10.244.0.2", false, true, true, "node-a"), ("10.244.1.2", true, true, false, "node-b")],
+                )],
                 node: Some("node-a"),
                 want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A"])],
             },
@@ -635,7 +635,11 @@ mod tests {
                 .iter()
                 .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
                 .collect();
-            if parts.is_empty() { String::new() } else { format!("\n  conditions: {{{}}}", parts.join(", ")) }
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!("\n  conditions: {{{}}}", parts.join(", "))
+            }
         };
         let state = |r, s, t, peer: bool| -> String {
             let mut yaml = String::from(
@@ -674,10 +678,11 @@ mod tests {
     fn ports_per_endpoint_slice() {
         let ready = |a| (a, true, true, false, "");
         let two_ports = || {
-            svc("example-custom-endpoints", &["10.96.0.10"], &[
-                ("port80", TCP, 80, TargetPort::Number(80)),
-                ("port81", TCP, 81, TargetPort::Number(81)),
-            ])
+            svc(
+                "example-custom-endpoints",
+                &["10.96.0.10"],
+                &[("port80", TCP, 80, TargetPort::Number(80)), ("port81", TCP, 81, TargetPort::Number(81))],
+            )
         };
         let named = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Name("http".into()))]);
         let numeric = || svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(8080))]);
@@ -726,17 +731,11 @@ mod tests {
                 what: "rolling update: container port changed",
                 svc: named(),
                 slices: vec![
-                    slice("web", V4, &[("http", 8080)], &[
-                        ready("10.244.0.2"),
-                        ("10.244.0.3", false, true, true, ""),
-                    ]),
+                    slice("web", V4, &[("http", 8080)], &[ready("10.244.0.2"), ("10.244.0.3", false, true, true, "")]),
                     slice("web", V4, &[("http", 9090)], &[ready("10.244.0.4")]),
                 ],
                 node: None,
-                want: vec![(
-                    "10.96.0.10:80/tcp",
-                    vec!["10.244.0.2:8080 A", "10.244.0.3:8080 T", "10.244.0.4:9090 A"],
-                )],
+                want: vec![("10.96.0.10:80/tcp", vec!["10.244.0.2:8080 A", "10.244.0.3:8080 T", "10.244.0.4:9090 A"])],
             },
             // A numeric targetPort edited from 8080 to 9090 while a slice
             // still says 8080: the slice is what kube-proxy follows until
@@ -798,10 +797,11 @@ mod tests {
             // Service port is not its port.
             Case {
                 what: "protocol must match",
-                svc: svc("dns", &["10.96.0.53"], &[
-                    ("dns", UDP, 53, TargetPort::Number(53)),
-                    ("dns-tcp", TCP, 53, TargetPort::Number(53)),
-                ]),
+                svc: svc(
+                    "dns",
+                    &["10.96.0.53"],
+                    &[("dns", UDP, 53, TargetPort::Number(53)), ("dns-tcp", TCP, 53, TargetPort::Number(53))],
+                ),
                 slices: vec![
                     slice_proto("dns", V4, &[("dns", TCP, 5300)], &[ready("10.244.0.2")]),
                     slice_proto("dns", V4, &[("dns", UDP, 5353), ("dns-tcp", TCP, 5354)], &[ready("10.244.0.3")]),
@@ -853,7 +853,11 @@ mod tests {
             // Any value of it.
             ("service.kubernetes.io/headless: 'true'", None, false),
             // Not even when it is also labelled with Ferry's name.
-            ("{service.kubernetes.io/headless: '', service.kubernetes.io/service-proxy-name: ferry}", Some("ferry"), false),
+            (
+                "{service.kubernetes.io/headless: '', service.kubernetes.io/service-proxy-name: ferry}",
+                Some("ferry"),
+                false,
+            ),
             // Unrelated labels change nothing.
             ("app: web", None, true),
         ];
@@ -917,10 +921,11 @@ mod tests {
         assert!(run(&en, &slices, None).is_empty());
 
         // UDP and TCP on the same port number are two frontends.
-        let dns = svc("dns", &["10.96.0.53"], &[
-            ("dns", Protocol::Udp, 53, TargetPort::Number(53)),
-            ("dns-tcp", TCP, 53, TargetPort::Number(53)),
-        ]);
+        let dns = svc(
+            "dns",
+            &["10.96.0.53"],
+            &[("dns", Protocol::Udp, 53, TargetPort::Number(53)), ("dns-tcp", TCP, 53, TargetPort::Number(53))],
+        );
         let fes: Vec<String> = run(&dns, &[], None).into_iter().map(|(f, _)| f).collect();
         assert_eq!(fes, vec!["10.96.0.53:53/udp", "10.96.0.53:53/tcp"]);
     }

@@ -181,7 +181,8 @@ impl Programmed {
             let owner = by_service_id.get(&b.service_id).and_then(|fe| p.frontends.get_mut(fe));
             match (owner, backend_addr(&b)) {
                 (Some(f), Some(addr)) if id < limits.max_backends && !f.backends.contains_key(&addr) => {
-                    let state = if b.state == backend_state::ACTIVE { BackendState::Active } else { BackendState::Terminating };
+                    let state =
+                        if b.state == backend_state::ACTIVE { BackendState::Active } else { BackendState::Terminating };
                     f.backends.insert(addr, ProgrammedBackend { id, state });
                     bids.insert(id);
                 }
@@ -322,11 +323,7 @@ fn upsert_frontend(p: &mut Programmed, fe: Frontend, d: &DesiredFrontend, ph: &m
     let existing = p.frontends.get(&fe);
     // Everything that can fail is decided before anything is emitted, so a
     // failure leaves this frontend untouched.
-    let new_ids_needed = d
-        .backends
-        .keys()
-        .filter(|a| existing.is_none_or(|c| !c.backends.contains_key(a)))
-        .count();
+    let new_ids_needed = d.backends.keys().filter(|a| existing.is_none_or(|c| !c.backends.contains_key(a))).count();
     if new_ids_needed > limits.max_backends as usize - p.backend_ids.in_use() {
         return Err(exhausted("backend ids", limits.max_backends));
     }
@@ -382,7 +379,11 @@ fn upsert_frontend(p: &mut Programmed, fe: Frontend, d: &DesiredFrontend, ph: &m
             }
             Some(b) => {
                 let op = Op::PutBackend { id: b.id, value: value(*state) };
-                if *state == BackendState::Active { ph.add_backends.push(op) } else { ph.demote_backends.push(op) }
+                if *state == BackendState::Active {
+                    ph.add_backends.push(op)
+                } else {
+                    ph.demote_backends.push(op)
+                }
                 next.insert(*addr, ProgrammedBackend { id: b.id, state: *state });
             }
             None => {

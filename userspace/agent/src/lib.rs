@@ -103,7 +103,11 @@ impl Args {
 }
 
 pub fn netns_path(netns: &str) -> PathBuf {
-    if netns.contains('/') { PathBuf::from(netns) } else { Path::new("/run/netns").join(netns) }
+    if netns.contains('/') {
+        PathBuf::from(netns)
+    } else {
+        Path::new("/run/netns").join(netns)
+    }
 }
 
 /// Attaches to matching links (existing and future) from a thread that lives
@@ -112,9 +116,11 @@ fn start_attach(pin_dir: PathBuf, netns: Option<PathBuf>, pattern: IfacePattern)
     let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
     std::thread::Builder::new().name("ferry-netns".into()).spawn(move || {
         if let Some(path) = &netns {
-            let entered = std::fs::File::open(path)
-                .with_context(|| format!("opening {}", path.display()))
-                .and_then(|f| nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {}", path.display())));
+            let entered =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display())).and_then(|f| {
+                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .with_context(|| format!("entering {}", path.display()))
+                });
             if let Err(e) = entered {
                 let _ = tx.send(Err(e));
                 return;
@@ -154,11 +160,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let loading = tokio::task::spawn_blocking(move || ferry_datapath::load_or_adopt(&pin_dir, &dp_config));
     // Absolute, so every file is known by one name (inotify events carry
     // the watched path).
-    let yaml_dir = std::fs::canonicalize(&args.yaml_dir)
-        .with_context(|| format!("reading {}", args.yaml_dir.display()))?;
-    let (rx, _source) = ferry_state::watch_dir(&yaml_dir)
-        .await
-        .with_context(|| format!("reading {}", args.yaml_dir.display()))?;
+    let yaml_dir =
+        std::fs::canonicalize(&args.yaml_dir).with_context(|| format!("reading {}", args.yaml_dir.display()))?;
+    let (rx, _source) =
+        ferry_state::watch_dir(&yaml_dir).await.with_context(|| format!("reading {}", args.yaml_dir.display()))?;
     let dp = loading
         .await
         .context("data path loader panicked")?

@@ -22,7 +22,11 @@ pub enum MaglevError {
 
 /// Checks the table size once, at start-up: every later build trusts it.
 pub fn validate_size(m: u32) -> Result<(), MaglevError> {
-    if is_prime(m) { Ok(()) } else { Err(MaglevError::NotPrime(m)) }
+    if is_prime(m) {
+        Ok(())
+    } else {
+        Err(MaglevError::NotPrime(m))
+    }
 }
 
 pub fn is_prime(n: u32) -> bool {
@@ -129,11 +133,8 @@ mod tests {
     }
 
     fn table(ids: &[String], m: u32) -> Vec<u32> {
-        let entries: Vec<Entry<'_>> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Entry { id: i as u32 + 100, identity: s.as_bytes() })
-            .collect();
+        let entries: Vec<Entry<'_>> =
+            ids.iter().enumerate().map(|(i, s)| Entry { id: i as u32 + 100, identity: s.as_bytes() }).collect();
         build(&entries, m).unwrap()
     }
 
@@ -200,8 +201,7 @@ mod tests {
             assert_eq!(validate_size(m).is_ok(), ok, "m = {m}");
         }
         let ids = identities(3);
-        let e: Vec<Entry<'_>> =
-            ids.iter().map(|s| Entry { id: 1, identity: s.as_bytes() }).collect();
+        let e: Vec<Entry<'_>> = ids.iter().map(|s| Entry { id: 1, identity: s.as_bytes() }).collect();
         assert_eq!(build(&e, 2), Err(MaglevError::TooSmall { size: 2, backends: 3 }));
         assert!(build(&[], 251).unwrap().is_empty());
     }
@@ -209,13 +209,8 @@ mod tests {
     #[test]
     fn every_slot_holds_a_backend_and_shares_are_even() {
         // (backends, table size, allowed deviation from m/n in % of m/n)
-        let cases: &[(usize, u32, f64)] = &[
-            (1, 251, 0.0),
-            (2, 251, 1.0),
-            (3, 1021, 1.0),
-            (10, 1021, 2.0),
-            (100, 16_381, 2.0),
-        ];
+        let cases: &[(usize, u32, f64)] =
+            &[(1, 251, 0.0), (2, 251, 1.0), (3, 1021, 1.0), (10, 1021, 2.0), (100, 16_381, 2.0)];
         for &(n, m, pct) in cases {
             let t = table(&identities(n), m);
             assert_eq!(t.len(), m as usize);
@@ -236,12 +231,8 @@ mod tests {
         let b = table(&ids, 1021);
         assert_eq!(a, b);
         // Same identities with the same ids, given in reverse order.
-        let entries: Vec<Entry<'_>> = ids
-            .iter()
-            .enumerate()
-            .rev()
-            .map(|(i, s)| Entry { id: i as u32 + 100, identity: s.as_bytes() })
-            .collect();
+        let entries: Vec<Entry<'_>> =
+            ids.iter().enumerate().rev().map(|(i, s)| Entry { id: i as u32 + 100, identity: s.as_bytes() }).collect();
         assert_eq!(build(&entries, 1021).unwrap(), a);
     }
 
@@ -285,9 +276,6 @@ mod tests {
     }
 
     fn entries_with_all(ids: &[String]) -> Vec<Entry<'_>> {
-        ids.iter()
-            .enumerate()
-            .map(|(i, s)| Entry { id: i as u32 + 100, identity: s.as_bytes() })
-            .collect()
+        ids.iter().enumerate().map(|(i, s)| Entry { id: i as u32 + 100, identity: s.as_bytes() }).collect()
     }
 }

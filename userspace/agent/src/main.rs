@@ -19,7 +19,11 @@ async fn main() -> std::process::ExitCode {
     // Colour only on a terminal: logs redirected to files stay greppable.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if args.log_json { fmt.json().init() } else { fmt.init() }
+    if args.log_json {
+        fmt.json().init()
+    } else {
+        fmt.init()
+    }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), pid = std::process::id(), "ferry-agent starting");
     match ferry_agent::run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -54,18 +54,10 @@ impl PinnedMaps {
     /// (or this one before a failed apply) left.
     pub fn read_programmed(&self, limits: Limits) -> Result<Programmed, ApplyError> {
         let read = |map, source| ApplyError::Map { op: "read", map, source };
-        let services: Vec<_> = self
-            .maps
-            .services
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| read(map_names::SERVICES, e))?;
-        let backends: Vec<_> = self
-            .maps
-            .backends
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| read(map_names::BACKENDS, e))?;
+        let services: Vec<_> =
+            self.maps.services.iter().collect::<Result<_, _>>().map_err(|e| read(map_names::SERVICES, e))?;
+        let backends: Vec<_> =
+            self.maps.backends.iter().collect::<Result<_, _>>().map_err(|e| read(map_names::BACKENDS, e))?;
         Ok(Programmed::adopt(limits, services, backends))
     }
 

@@ -45,17 +45,34 @@ impl Metrics {
         // 50 us .. ~1.6 s: an endpoint change is expected well under 10 ms,
         // a cold 10,000-Service sync under 1 s.
         let sync_duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 16));
-        registry.register("sync_duration_seconds", "Time to translate, diff and apply one catalog change", sync_duration.clone());
+        registry.register(
+            "sync_duration_seconds",
+            "Time to translate, diff and apply one catalog change",
+            sync_duration.clone(),
+        );
         let sync_failures = Counter::default();
         registry.register("sync_failures", "Syncs whose map writes failed (retried)", sync_failures.clone());
         let services = Gauge::default();
-        registry.register("services_programmed", "Frontends (VIP, port, protocol) in the services map", services.clone());
+        registry.register(
+            "services_programmed",
+            "Frontends (VIP, port, protocol) in the services map",
+            services.clone(),
+        );
         let backends = Gauge::default();
         registry.register("backends_programmed", "Entries in the backends map", backends.clone());
         if let Some(c) = collector {
             registry.register_collector(Box::new(c));
         }
-        Self { registry, sync_duration, sync_failures, services, backends, ready: AtomicBool::new(false), syncs: AtomicU64::new(0), generation: AtomicU64::new(0) }
+        Self {
+            registry,
+            sync_duration,
+            sync_failures,
+            services,
+            backends,
+            ready: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+        }
     }
 
     pub fn set_programmed(&self, p: &Programmed) {
@@ -138,7 +155,8 @@ impl Collector for MapCollector {
                 .get(&v.id)
                 .map(|n| (n.service.clone(), n.port_name.clone()))
                 .unwrap_or_else(|| (format!("id:{}", v.id), String::new()));
-            let labels = vec![("service".to_string(), svc), ("port".to_string(), port), ("id".to_string(), v.id.to_string())];
+            let labels =
+                vec![("service".to_string(), svc), ("port".to_string(), port), ("id".to_string(), v.id.to_string())];
             packets.push((labels.clone(), ConstCounter::new(p)));
             bytes.push((labels, ConstCounter::new(b)));
         }
@@ -150,7 +168,9 @@ impl Collector for MapCollector {
         };
         let drops = DropReason::ALL
             .iter()
-            .map(|r| (vec![("reason".to_string(), r.as_str().to_string())], ConstCounter::new(sum(&maps.drops, *r as u32))))
+            .map(|r| {
+                (vec![("reason".to_string(), r.as_str().to_string())], ConstCounter::new(sum(&maps.drops, *r as u32)))
+            })
             .collect();
         encode_family(&mut encoder, "drops", "Packets dropped by the data path, by reason", drops)?;
         for c in GlobalCounter::ALL {
@@ -158,7 +178,12 @@ impl Collector for MapCollector {
             encode_family(&mut encoder, c.name(), c.help(), vec![(Vec::new(), value)])?;
         }
         let ct_entries = maps.conntrack.keys().filter(Result::is_ok).count() as i64;
-        encode_family(&mut encoder, "conntrack_entries", "Entries in the conntrack map", vec![(Vec::new(), ConstGauge::new(ct_entries))])?;
+        encode_family(
+            &mut encoder,
+            "conntrack_entries",
+            "Entries in the conntrack map",
+            vec![(Vec::new(), ConstGauge::new(ct_entries))],
+        )?;
         Ok(())
     }
 }

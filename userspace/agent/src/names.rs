@@ -13,12 +13,8 @@ use serde::{Deserialize, Serialize};
 /// it goes under /run/ferry, in a directory named after the pin dir (tests
 /// with their own pin dirs do not collide).
 pub fn default_state_dir(pin_dir: &Path) -> PathBuf {
-    let flat: String = pin_dir
-        .to_string_lossy()
-        .trim_matches('/')
-        .chars()
-        .map(|c| if c == '/' { '-' } else { c })
-        .collect();
+    let flat: String =
+        pin_dir.to_string_lossy().trim_matches('/').chars().map(|c| if c == '/' { '-' } else { c }).collect();
     PathBuf::from("/run/ferry").join(flat)
 }
 
@@ -47,10 +43,7 @@ pub fn write(path: &Path, names: &Names) -> io::Result<()> {
 
 /// The names, or none if the agent never wrote them (ids are shown instead).
 pub fn read(path: &Path) -> Names {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -260,7 +260,16 @@ pub async fn run_loop(
                             "first full sync done"
                         );
                     } else {
-                        debug!(generation = snap.generation, ops = report.ops, full = report.full, diff_us = report.diff_us, plan_us = report.plan_us, apply_us = report.apply_us, took_us = took.as_micros() as u64, "synced");
+                        debug!(
+                            generation = snap.generation,
+                            ops = report.ops,
+                            full = report.full,
+                            diff_us = report.diff_us,
+                            plan_us = report.plan_us,
+                            apply_us = report.apply_us,
+                            took_us = took.as_micros() as u64,
+                            "synced"
+                        );
                     }
                     // Counted once logged (the bench hook reads the log line
                     // after the count moves), but before the old catalog is
@@ -298,7 +307,9 @@ pub async fn run_loop(
 mod tests {
     use super::*;
     use crate::diff::Op;
-    use ferry_state::{Endpoint, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, ServiceType, TargetPort, AddressType};
+    use ferry_state::{
+        AddressType, Endpoint, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, ServiceType, TargetPort,
+    };
 
     /// Records applied ops; can be told to fail once.
     #[derive(Default)]
@@ -317,40 +328,60 @@ mod tests {
         let mut c = Catalog::default();
         for i in 0..n {
             let key = ObjectKey::new("default", format!("svc{i}"));
-            c.services.insert(key.clone(), Service {
-                key: key.clone(),
-                service_type: ServiceType::ClusterIp,
-                cluster_ips: vec![format!("10.96.{}.{}", i / 250, i % 250 + 1).parse().unwrap()],
-                headless: false,
-                external_name: None,
-                ports: vec![ServicePort { name: String::new(), protocol: Protocol::Tcp, port: 80, target_port: TargetPort::Number(8080), node_port: None }],
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                session_affinity: None,
-                internal_traffic_local: false,
-                external_traffic_local: false,
-                publish_not_ready_addresses: false,
-                proxy_name: None,
-                headless_label: false,
-            });
+            c.services.insert(
+                key.clone(),
+                Service {
+                    key: key.clone(),
+                    service_type: ServiceType::ClusterIp,
+                    cluster_ips: vec![format!("10.96.{}.{}", i / 250, i % 250 + 1).parse().unwrap()],
+                    headless: false,
+                    external_name: None,
+                    ports: vec![ServicePort {
+                        name: String::new(),
+                        protocol: Protocol::Tcp,
+                        port: 80,
+                        target_port: TargetPort::Number(8080),
+                        node_port: None,
+                    }],
+                    external_ips: vec![],
+                    load_balancer_ips: vec![],
+                    session_affinity: None,
+                    internal_traffic_local: false,
+                    external_traffic_local: false,
+                    publish_not_ready_addresses: false,
+                    proxy_name: None,
+                    headless_label: false,
+                },
+            );
             let eps: Vec<String> = if i == 0 {
                 endpoints_of_first.iter().map(|s| s.to_string()).collect()
             } else {
                 vec![format!("10.244.{}.{}", i / 250, i % 250 + 2)]
             };
-            c.slices.insert(key.clone(), vec![EndpointSlice {
-                key: ObjectKey::new("default", format!("svc{i}-a")),
-                service: key,
-                address_type: AddressType::IPv4,
-                // As the EndpointSlice controller writes it: the Service
-                // port's name and protocol, the resolved target port.
-                ports: vec![EndpointPort { name: String::new(), protocol: Protocol::Tcp, port: 8080 }],
-                endpoints: eps.iter().map(|a| Endpoint {
-                    addresses: vec![a.parse().unwrap()],
-                    ready: true, serving: true, terminating: false,
-                    hostname: None, node_name: None, zone: None, target_pod: None,
-                }).collect(),
-            }]);
+            c.slices.insert(
+                key.clone(),
+                vec![EndpointSlice {
+                    key: ObjectKey::new("default", format!("svc{i}-a")),
+                    service: key,
+                    address_type: AddressType::IPv4,
+                    // As the EndpointSlice controller writes it: the Service
+                    // port's name and protocol, the resolved target port.
+                    ports: vec![EndpointPort { name: String::new(), protocol: Protocol::Tcp, port: 8080 }],
+                    endpoints: eps
+                        .iter()
+                        .map(|a| Endpoint {
+                            addresses: vec![a.parse().unwrap()],
+                            ready: true,
+                            serving: true,
+                            terminating: false,
+                            hostname: None,
+                            node_name: None,
+                            zone: None,
+                            target_pod: None,
+                        })
+                        .collect(),
+                }],
+            );
         }
         Arc::new(c)
     }
@@ -382,12 +413,18 @@ mod tests {
         // One endpoint added to svc0: its backend, its table, its entry.
         let r = rec.sync(&catalog(20, &["10.0.0.1", "10.0.0.2"]), &mut w).unwrap();
         assert!(!r.full && !r.frontends_changed);
-        let kinds: Vec<&str> = w.batches.last().unwrap().iter().map(|op| match op {
-            Op::PutBackend { .. } => "backend",
-            Op::WriteTable { .. } => "table",
-            Op::PutService { .. } => "service",
-            _ => "other",
-        }).collect();
+        let kinds: Vec<&str> = w
+            .batches
+            .last()
+            .unwrap()
+            .iter()
+            .map(|op| match op {
+                Op::PutBackend { .. } => "backend",
+                Op::WriteTable { .. } => "table",
+                Op::PutService { .. } => "service",
+                _ => "other",
+            })
+            .collect();
         assert_eq!(kinds, vec!["backend", "table", "service"]);
         // A Service removed: its frontend goes, names change.
         let r = rec.sync(&catalog(19, &["10.0.0.1", "10.0.0.2"]), &mut w).unwrap();

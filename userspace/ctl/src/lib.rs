@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use aya::maps::MapData;
 use ferry_agent::diff::{backend_addr, frontend_of, ip_of, protocol_of};
 use ferry_agent::names::{self, Names};
-use ferry_common::{backend_state, ct_flags, service_flags, GlobalCounter, CtKey, DropReason};
+use ferry_common::{backend_state, ct_flags, service_flags, CtKey, DropReason, GlobalCounter};
 use ferry_datapath::Maps;
 use serde::Serialize;
 
@@ -249,7 +249,8 @@ impl Node {
             let client = ip_of(&k.src_addr, k.family);
             let vip = ip_of(&k.dst_addr, k.family);
             let backend = ip_of(&v.backend_addr, k.family);
-            let (sport, dport, bport) = (u16::from_be(k.src_port), u16::from_be(k.dst_port), u16::from_be(v.backend_port));
+            let (sport, dport, bport) =
+                (u16::from_be(k.src_port), u16::from_be(k.dst_port), u16::from_be(v.backend_port));
             let mut flags = Vec::new();
             for (bit, name) in [
                 (ct_flags::SEEN_REPLY, "seen_reply"),
@@ -302,7 +303,12 @@ impl Node {
             .keys()
             .filter_map(Result::ok)
             .filter(|k| {
-                flushed.contains(&(ip_of(&k.src_addr, k.family), u16::from_be(k.src_port), ip_of(&k.dst_addr, k.family), u16::from_be(k.dst_port)))
+                flushed.contains(&(
+                    ip_of(&k.src_addr, k.family),
+                    u16::from_be(k.src_port),
+                    ip_of(&k.dst_addr, k.family),
+                    u16::from_be(k.dst_port),
+                ))
             })
             .collect();
         for k in stale {
@@ -321,7 +327,8 @@ impl Node {
             services.push(ServiceStats {
                 id: v.id,
                 service: self.name_of(v.id).0,
-                frontend: fe.map_or_else(|| "?".into(), |f| format!("{}/{}", fmt_addr(Some(f.vip), f.port), f.proto.as_str())),
+                frontend: fe
+                    .map_or_else(|| "?".into(), |f| format!("{}/{}", fmt_addr(Some(f.vip), f.port), f.proto.as_str())),
                 packets,
                 bytes,
             });
@@ -401,7 +408,7 @@ mod tests {
         };
         // (filter, matches)
         let cases = [
-            (f(None, None, None, None), true),               // no filter: everything
+            (f(None, None, None, None), true),                // no filter: everything
             (f(Some("default/web"), None, None, None), true), // by service
             (f(Some("default/db"), None, None, None), false),
             (f(None, Some("10.244.0.9"), None, None), true), // client address

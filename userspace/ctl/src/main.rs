@@ -4,7 +4,12 @@ use clap::Parser;
 use ferryctl::render::table;
 use ferryctl::{Cli, Command, CtCmd, Node, Output};
 
-fn print<T: serde::Serialize>(out: Output, items: &T, header: &[&str], rows: impl FnOnce() -> Vec<Vec<String>>) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(
+    out: Output,
+    items: &T,
+    header: &[&str],
+    rows: impl FnOnce() -> Vec<Vec<String>>,
+) -> anyhow::Result<()> {
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(items)?),
         Output::Table => print!("{}", table(header, &rows())),
@@ -32,28 +37,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Service { .. } => {
             let rows = node.services()?;
-            print(out, &rows, &["ID", "SERVICE", "PORT", "FRONTEND", "PROTO", "ACTIVE", "BACKENDS", "TABLE", "AFFINITY", "LOCAL"], || {
-                rows.iter()
-                    .map(|r| vec![
-                        r.id.to_string(),
-                        r.service.clone(),
-                        if r.port_name.is_empty() { "-".into() } else { r.port_name.clone() },
-                        r.frontend.clone(),
-                        r.proto.clone(),
-                        r.active.to_string(),
-                        r.backends.to_string(),
-                        opt(r.maglev_table),
-                        opt(r.affinity_timeout_s.map(|t| format!("{t}s"))),
-                        if r.local_only { "yes".into() } else { "no".into() },
-                    ])
-                    .collect()
-            })
+            print(
+                out,
+                &rows,
+                &["ID", "SERVICE", "PORT", "FRONTEND", "PROTO", "ACTIVE", "BACKENDS", "TABLE", "AFFINITY", "LOCAL"],
+                || {
+                    rows.iter()
+                        .map(|r| {
+                            vec![
+                                r.id.to_string(),
+                                r.service.clone(),
+                                if r.port_name.is_empty() { "-".into() } else { r.port_name.clone() },
+                                r.frontend.clone(),
+                                r.proto.clone(),
+                                r.active.to_string(),
+                                r.backends.to_string(),
+                                opt(r.maglev_table),
+                                opt(r.affinity_timeout_s.map(|t| format!("{t}s"))),
+                                if r.local_only { "yes".into() } else { "no".into() },
+                            ]
+                        })
+                        .collect()
+                },
+            )
         }
         Command::Backend { .. } => {
             let rows = node.backends()?;
             print(out, &rows, &["ID", "SERVICE", "ADDRESS", "PROTO", "STATE"], || {
                 rows.iter()
-                    .map(|r| vec![r.id.to_string(), r.service.clone(), r.address.clone(), r.proto.clone(), r.state.to_string()])
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.service.clone(),
+                            r.address.clone(),
+                            r.proto.clone(),
+                            r.state.to_string(),
+                        ]
+                    })
                     .collect()
             })
         }
@@ -61,16 +81,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rows = node.conntrack(f)?;
             print(out, &rows, &["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "FLAGS", "AGE", "IDLE"], || {
                 rows.iter()
-                    .map(|r| vec![
-                        r.proto.clone(),
-                        r.client.clone(),
-                        r.frontend.clone(),
-                        r.backend.clone(),
-                        r.service.clone(),
-                        if r.flags.is_empty() { "-".into() } else { r.flags.join(",") },
-                        format!("{:.1}s", r.age_s),
-                        format!("{:.1}s", r.idle_s),
-                    ])
+                    .map(|r| {
+                        vec![
+                            r.proto.clone(),
+                            r.client.clone(),
+                            r.frontend.clone(),
+                            r.backend.clone(),
+                            r.service.clone(),
+                            if r.flags.is_empty() { "-".into() } else { r.flags.join(",") },
+                            format!("{:.1}s", r.age_s),
+                            format!("{:.1}s", r.idle_s),
+                        ]
+                    })
                     .collect()
             })
         }
@@ -91,7 +113,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rows: Vec<Vec<String>> = s
                 .services
                 .iter()
-                .map(|r| vec![r.id.to_string(), r.service.clone(), r.frontend.clone(), r.packets.to_string(), r.bytes.to_string()])
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.service.clone(),
+                        r.frontend.clone(),
+                        r.packets.to_string(),
+                        r.bytes.to_string(),
+                    ]
+                })
                 .collect();
             print!("{}", table(&["ID", "SERVICE", "FRONTEND", "PACKETS", "BYTES"], &rows));
             println!();

@@ -7,9 +7,7 @@ use std::{
 };
 
 use aya::programs::{
-    links::FdLink,
-    tc::TcAttachOptions,
-    CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier,
+    links::FdLink, tc::TcAttachOptions, CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier,
 };
 use tracing::debug;
 
@@ -81,10 +79,8 @@ pub fn attach<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachm
         if !prog_path.exists() {
             return Err(Error::NotLoaded(prog_path));
         }
-        let mut program = SchedClassifier::from_pin(&prog_path).map_err(|source| Error::Program {
-            name: prog.name().to_owned(),
-            source,
-        })?;
+        let mut program = SchedClassifier::from_pin(&prog_path)
+            .map_err(|source| Error::Program { name: prog.name().to_owned(), source })?;
         let program_err = |source| Error::Program { name: prog.name().to_owned(), source };
         let id = match program.attach_with_options(
             &ifname,
@@ -170,9 +166,7 @@ pub fn attach_cgroup(pin_dir: &Path, cgroup: &Path) -> Result<usize> {
             }
             fs::remove_file(&path).map_err(io_err("remove link pin of another cgroup", &path))?;
         }
-        let Hook::Cgroup(attach_type) = prog.hook() else {
-            unreachable!("Prog::SOCK are cgroup programs")
-        };
+        let Hook::Cgroup(attach_type) = prog.hook() else { unreachable!("Prog::SOCK are cgroup programs") };
         let prog_path = prog.pin_path(pin_dir);
         if !prog_path.exists() {
             return Err(Error::NotLoaded(prog_path));
@@ -250,9 +244,7 @@ impl IfacePattern {
             }
         }
         if globs.is_empty() {
-            return Err(Error::Config(format!(
-                "interface pattern {pattern:?} matches nothing (no plain glob)"
-            )));
+            return Err(Error::Config(format!("interface pattern {pattern:?} matches nothing (no plain glob)")));
         }
         Ok(Self { globs, excludes })
     }
@@ -279,10 +271,7 @@ pub type Attached = (Vec<Attachment>, Vec<(String, Error)>);
 /// Attaches to every existing interface of the calling thread's namespace
 /// whose name matches `pattern`.
 pub fn attach_matching(pin_dir: &Path, pattern: &IfacePattern) -> Result<Attached> {
-    let ifaces = nix::net::if_::if_nameindex().map_err(|source| Error::Interface {
-        iface: "*".to_owned(),
-        source,
-    })?;
+    let ifaces = nix::net::if_::if_nameindex().map_err(|source| Error::Interface { iface: "*".to_owned(), source })?;
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     for iface in ifaces.iter() {

@@ -98,12 +98,8 @@ fn purge<K: aya::Pod, V: aya::Pod>(
     let Some(mut map) = open_hash::<K, V>(pin_dir, name)? else {
         return Ok(0);
     };
-    let stale: Vec<K> = map
-        .iter()
-        .filter_map(|e| e.ok())
-        .filter(|(_, v)| selected(ifindex_of(v), ifindex))
-        .map(|(k, _)| k)
-        .collect();
+    let stale: Vec<K> =
+        map.iter().filter_map(|e| e.ok()).filter(|(_, v)| selected(ifindex_of(v), ifindex)).map(|(k, _)| k).collect();
     for k in &stale {
         let _ = map.remove(k);
     }

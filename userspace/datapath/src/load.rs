@@ -14,8 +14,8 @@ use aya::{
     EbpfLoader,
 };
 use ferry_common::{
-    map_names, AffinityKey, AffinityValue, BackendValue, Config, Counter,
-    CtKey, CtValue, DropReason, EndpointKey, EndpointValue, GlobalCounter, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
+    map_names, AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason, EndpointKey,
+    EndpointValue, GlobalCounter, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
 };
 use tracing::{debug, info, warn};
 
@@ -139,11 +139,7 @@ pub struct Maps {
 impl Maps {
     /// The Maglev geometry the programs use (`FERRY_CONFIG[0]`).
     pub fn maglev_config(&self) -> Result<Config> {
-        self.config.get(&0, 0).map_err(|source| Error::Map {
-            name: map_names::CONFIG,
-            path: PathBuf::new(),
-            source,
-        })
+        self.config.get(&0, 0).map_err(|source| Error::Map { name: map_names::CONFIG, path: PathBuf::new(), source })
     }
 
     fn from_source(mut take: impl FnMut(&'static str) -> Result<(Map, PathBuf)>) -> Result<Self> {
@@ -158,9 +154,11 @@ impl Maps {
             backends: typed!(map_names::BACKENDS),
             maglev: {
                 let (map, path) = take(map_names::MAGLEV)?;
-                let map = map
-                    .try_into()
-                    .map_err(|source| Error::Map { name: map_names::MAGLEV, path: path.clone(), source })?;
+                let map = map.try_into().map_err(|source| Error::Map {
+                    name: map_names::MAGLEV,
+                    path: path.clone(),
+                    source,
+                })?;
                 MaglevTables::new(map, path)
             },
             conntrack: typed!(map_names::CONNTRACK),
@@ -211,26 +209,20 @@ pub fn load_or_adopt(pin_dir: &Path, config: &DatapathConfig) -> Result<Datapath
         }
         adopted = true;
         let data = MapData::from_pin(&path).map_err(|source| Error::Map { name, path: path.clone(), source })?;
-        let found = data
-            .info()
-            .map_err(|source| Error::Map { name, path: path.clone(), source })?
-            .max_entries();
+        let found = data.info().map_err(|source| Error::Map { name, path: path.clone(), source })?.max_entries();
         if found != want {
             return Err(Error::MapSizeMismatch { path, found, want });
         }
     }
 
-    let paths: Vec<(&'static str, PathBuf)> =
-        sizes.iter().map(|(n, _)| (*n, map_pin(pin_dir, n))).collect();
+    let paths: Vec<(&'static str, PathBuf)> = sizes.iter().map(|(n, _)| (*n, map_pin(pin_dir, n))).collect();
     let mut loader = EbpfLoader::new();
     for ((name, size), (_, path)) in sizes.iter().zip(&paths) {
         loader.map_max_entries(name, *size);
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(ELF).map_err(|source| Error::Load {
-        pin_dir: pin_dir.to_owned(),
-        source: Box::new(source),
-    })?;
+    let mut ebpf =
+        loader.load(ELF).map_err(|source| Error::Load { pin_dir: pin_dir.to_owned(), source: Box::new(source) })?;
 
     let mut links_updated = 0;
     for prog in Prog::ALL {
@@ -273,12 +265,7 @@ pub fn load_or_adopt(pin_dir: &Path, config: &DatapathConfig) -> Result<Datapath
         source,
     })?;
     info!(pin_dir = %pin_dir.display(), adopted, links_updated, "data path loaded");
-    Ok(Datapath {
-        pin_dir: pin_dir.to_owned(),
-        adopted,
-        links_updated,
-        maps,
-    })
+    Ok(Datapath { pin_dir: pin_dir.to_owned(), adopted, links_updated, maps })
 }
 
 /// Pins `program` at its final path without a moment where the path is
@@ -286,9 +273,7 @@ pub fn load_or_adopt(pin_dir: &Path, config: &DatapathConfig) -> Result<Datapath
 fn pin_program(pin_dir: &Path, prog: Prog, program: &mut Program) -> Result<()> {
     let path = prog.pin_path(pin_dir);
     // bpffs refuses names with a dot.
-    let tmp = pin_dir
-        .join("progs")
-        .join(format!("{}_new{}", prog.name(), std::process::id()));
+    let tmp = pin_dir.join("progs").join(format!("{}_new{}", prog.name(), std::process::id()));
     let _ = fs::remove_file(&tmp);
     program.pin(&tmp).map_err(|source| Error::Pin { path: tmp.clone(), source })?;
     fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
@@ -318,10 +303,8 @@ fn replace_in_links(pin_dir: &Path, prog: Prog, program: &mut SchedClassifier) -
         match program.attach_to_link(link) {
             Ok(id) => {
                 // Keep the pin as the only owner: drop our fd without detaching.
-                let link = program.take_link(id).map_err(|source| Error::Program {
-                    name: prog.name().to_owned(),
-                    source,
-                })?;
+                let link =
+                    program.take_link(id).map_err(|source| Error::Program { name: prog.name().to_owned(), source })?;
                 drop(link);
                 updated += 1;
             }
@@ -381,21 +364,12 @@ pub fn test_run(pin_dir: &Path, prog: Prog, packet: &[u8]) -> Result<TestRunOutp
     if !path.exists() {
         return Err(Error::NotLoaded(path));
     }
-    let program = SchedClassifier::from_pin(&path).map_err(|source| Error::Program {
-        name: prog.name().to_owned(),
-        source,
-    })?;
+    let program =
+        SchedClassifier::from_pin(&path).map_err(|source| Error::Program { name: prog.name().to_owned(), source })?;
     let mut out = vec![0u8; packet.len() + 256];
     let res = program
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
+        .test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..TestRunOptions::new() })
         .map_err(|source| Error::Program { name: prog.name().to_owned(), source })?;
     out.truncate(res.data_size_out as usize);
-    Ok(TestRunOutput {
-        verdict: res.return_value,
-        packet: out,
-    })
+    Ok(TestRunOutput { verdict: res.return_value, packet: out })
 }

@@ -9,12 +9,7 @@
 //! of a shared mapping count in the process's RSS, and the agent has no
 //! reason to hold 40 MB of kernel memory in its address space between
 //! syncs.
-use std::{
-    num::NonZeroUsize,
-    os::fd::AsFd,
-    path::PathBuf,
-    ptr::NonNull,
-};
+use std::{num::NonZeroUsize, os::fd::AsFd, path::PathBuf, ptr::NonNull};
 
 use aya::maps::{Array, IterableMap, MapData};
 use ferry_common::{map_names, MaglevPair, MAGLEV_SLOTS_PER_ENTRY};
@@ -40,10 +35,11 @@ impl MaglevTables {
 
     /// One slot, read through the syscall (for inspection and tests).
     pub fn get(&self, slot: u32) -> Result<u32> {
-        let pair = self
-            .map
-            .get(&(slot / MAGLEV_SLOTS_PER_ENTRY), 0)
-            .map_err(|source| Error::Map { name: map_names::MAGLEV, path: self.path.clone(), source })?;
+        let pair = self.map.get(&(slot / MAGLEV_SLOTS_PER_ENTRY), 0).map_err(|source| Error::Map {
+            name: map_names::MAGLEV,
+            path: self.path.clone(),
+            source,
+        })?;
         Ok(pair.ids[(slot % MAGLEV_SLOTS_PER_ENTRY) as usize])
     }
 
@@ -103,7 +99,11 @@ impl MaglevTables {
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 { n as usize } else { 4096 }
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
 }
 
 /// A writable mapping of the Maglev array; unmapped on drop.
@@ -139,7 +139,9 @@ impl MaglevWriter<'_> {
         // `&mut self` makes this the only writer through it. Volatile
         // is not needed: the service entry that publishes the table is
         // written afterwards through a syscall, which orders the stores.
-        unsafe { std::ptr::copy_nonoverlapping(ids.as_ptr(), self.ptr.as_ptr().add(start - self.first_slot), ids.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(ids.as_ptr(), self.ptr.as_ptr().add(start - self.first_slot), ids.len())
+        };
         Ok(())
     }
 }

@@ -22,21 +22,12 @@ struct ObjGetAttr {
 
 /// BPF_OBJ_GET: an fd for the object pinned at `path`.
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let attr = ObjGetAttr {
-        pathname: c.as_ptr() as u64,
-        ..Default::default()
-    };
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
     // SAFETY: attr outlives the call and is sized as passed; the returned fd
     // (if any) is owned by us.
     let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjGetAttr,
-            std::mem::size_of::<ObjGetAttr>() as u32,
-        )
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr as *const ObjGetAttr, std::mem::size_of::<ObjGetAttr>() as u32)
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -71,11 +62,8 @@ struct LinkUpdateAttr {
 /// atomically (aya 0.14 has this for tcx links only).
 pub fn link_update(path: &Path, prog: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     let link = obj_get(path)?;
-    let attr = LinkUpdateAttr {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: prog.as_raw_fd() as u32,
-        ..Default::default()
-    };
+    let attr =
+        LinkUpdateAttr { link_fd: link.as_raw_fd() as u32, new_prog_fd: prog.as_raw_fd() as u32, ..Default::default() };
     // SAFETY: attr outlives the call and is sized as passed; both fds are
     // open for its duration.
     let rc = unsafe {

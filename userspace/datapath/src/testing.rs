@@ -100,15 +100,8 @@ pub fn program_service(
         let table: Vec<u32> = (0..cfg.maglev_size as usize).map(|slot| ids[slot % ids.len()]).collect();
         maps.maglev.write_table(id, cfg.maglev_size, &table).unwrap();
     }
-    let value = ServiceValue {
-        id,
-        backend_count: ids.len() as u32,
-        maglev_table: id,
-        flags,
-        affinity_timeout_s,
-        _pad: 0,
-    };
+    let value =
+        ServiceValue { id, backend_count: ids.len() as u32, maglev_table: id, flags, affinity_timeout_s, _pad: 0 };
     maps.services.insert(svc_key(vip, port, proto), value, 0).unwrap();
     ids
 }
-

@@ -1,11 +1,7 @@
 //! The attach-watcher: attaches the data path to existing interfaces that
 //! match a pattern, then to every new one as rtnetlink announces it, and
 //! cleans the link pins of interfaces that go away.
-use std::{
-    path::PathBuf,
-    sync::mpsc,
-    thread::JoinHandle,
-};
+use std::{path::PathBuf, sync::mpsc, thread::JoinHandle};
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::NetlinkPayload;
@@ -78,10 +74,7 @@ pub fn spawn_attach_watcher(
             rt.block_on(run(pin_dir, pattern, on_event, ready_tx, stop_rx));
         })
         .map_err(|e| Error::Netlink(format!("spawning the watcher thread: {e}")))?;
-    let mut watcher = AttachWatcher {
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    };
+    let mut watcher = AttachWatcher { stop: Some(stop_tx), thread: Some(thread) };
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(watcher),
         Ok(Err(e)) => {

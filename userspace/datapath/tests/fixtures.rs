@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use common::*;
 use ferry_common::{service_flags, DropReason};
-use ferry_datapath::{load_or_adopt, test_run, DatapathConfig, Datapath, Prog};
+use ferry_datapath::{load_or_adopt, test_run, Datapath, DatapathConfig, Prog};
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
@@ -133,10 +133,7 @@ fn translation_fixtures() {
         Case {
             what: "SYN to a Service with no endpoints is answered with RST|ACK back into the pod",
             prog: Prog::FromPod,
-            input: Pkt {
-                tcp_opts: vec![2, 4, 5, 0xb4, 4, 2, 1, 1],
-                ..Pkt::tcp(CLIENT, 40004, VIP_EMPTY, 80, SYN)
-            },
+            input: Pkt { tcp_opts: vec![2, 4, 5, 0xb4, 4, 2, 1, 1], ..Pkt::tcp(CLIENT, 40004, VIP_EMPTY, 80, SYN) },
             verdict: REDIRECT,
             out: (VIP_EMPTY, 80, CLIENT, 40004),
         },
@@ -173,7 +170,8 @@ fn udp_no_endpoints_gets_port_unreachable() {
     let (_pin, mut dp) = setup();
     program_service(&mut dp.maps, 8, ip(VIP6), 53, UDP, &[], 0, 0);
     let sum_ok = |b: &[u8], pseudo: u32| {
-        let mut s: u32 = pseudo + b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum::<u32>();
+        let mut s: u32 =
+            pseudo + b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum::<u32>();
         while s >> 16 != 0 {
             s = (s & 0xffff) + (s >> 16);
         }
@@ -186,7 +184,11 @@ fn udp_no_endpoints_gets_port_unreachable() {
     assert_eq!(out.len(), 14 + 20 + 8 + 20 + 8, "IP + ICMP + quoted IP header + 8 bytes");
     assert_eq!(&out[12..14], &[0x08, 0x00]);
     let ip4 = &out[14..34];
-    assert_eq!((ip4[9], &ip4[12..16], &ip4[16..20]), (1, &[10, 96, 0, 11][..], &[10, 0, 0, 2][..]), "ICMP from the VIP to the client");
+    assert_eq!(
+        (ip4[9], &ip4[12..16], &ip4[16..20]),
+        (1, &[10, 96, 0, 11][..], &[10, 0, 0, 2][..]),
+        "ICMP from the VIP to the client"
+    );
     assert!(sum_ok(ip4, 0), "IPv4 header checksum");
     let icmp = &out[34..];
     assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
@@ -224,12 +226,7 @@ fn malformed_fixtures() {
     let cases: Vec<(&str, Prog, Pkt, Want)> = vec![
         // (A frame shorter than an IPv4 header is refused by BPF_PROG_TEST_RUN
         // itself; the program reads it as "not ours" the same way.)
-        (
-            "IPv4 header length beyond the end of the packet",
-            Prog::FromPod,
-            Pkt { ihl: Some(15), ..syn() },
-            Pass,
-        ),
+        ("IPv4 header length beyond the end of the packet", Prog::FromPod, Pkt { ihl: Some(15), ..syn() }, Pass),
         (
             "TCP header cut short (IP length claims more)",
             Prog::FromPod,
@@ -242,24 +239,14 @@ fn malformed_fixtures() {
             Pkt { truncate: Some(14 + 20 + 10), len_delta: -10, ..syn() },
             Drop(DropReason::Malformed),
         ),
-        (
-            "TCP data offset below 5 words",
-            Prog::FromPod,
-            Pkt { doff: Some(3), ..syn() },
-            Drop(DropReason::Malformed),
-        ),
+        ("TCP data offset below 5 words", Prog::FromPod, Pkt { doff: Some(3), ..syn() }, Drop(DropReason::Malformed)),
         (
             "TCP data offset beyond the packet",
             Prog::FromPod,
             Pkt { doff: Some(15), ..syn() },
             Drop(DropReason::Malformed),
         ),
-        (
-            "IPv4 with options",
-            Prog::FromPod,
-            Pkt { ip_opts: vec![1, 1, 1, 0], ..syn() },
-            Drop(DropReason::Unsupported),
-        ),
+        ("IPv4 with options", Prog::FromPod, Pkt { ip_opts: vec![1, 1, 1, 0], ..syn() }, Drop(DropReason::Unsupported)),
         ("first fragment (MF set)", Prog::FromPod, Pkt { frag: 0x2000, ..syn() }, Drop(DropReason::Fragment)),
         ("non-first fragment (no L4 header)", Prog::FromPod, Pkt { frag: 185, ..syn() }, Pass),
         (
@@ -277,7 +264,12 @@ fn malformed_fixtures() {
         (
             "UDP length field disagrees with the IP length",
             Prog::FromPod,
-            Pkt { len_delta: -4, payload: payload.clone(), truncate: Some(14 + 20 + 8 + 16), ..Pkt::udp(CLIENT, 42001, VIP, 53, &payload) },
+            Pkt {
+                len_delta: -4,
+                payload: payload.clone(),
+                truncate: Some(14 + 20 + 8 + 16),
+                ..Pkt::udp(CLIENT, 42001, VIP, 53, &payload)
+            },
             Drop(DropReason::Malformed),
         ),
         (

@@ -23,8 +23,7 @@ use std::rc::Rc;
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
 use netlink_packet_route::AddressFamily;
@@ -39,35 +38,20 @@ pub const ENODEV: i32 = libc::ENODEV;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op} network namespace {}: {source}", path.display())]
-    Netns {
-        op: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    Netns { op: &'static str, path: std::path::PathBuf, source: std::io::Error },
     #[error("opening a netlink socket: {0}")]
     Connection(std::io::Error),
     #[error("netlink {op} {subject}: {source}")]
-    Request {
-        op: &'static str,
-        subject: String,
-        source: rtnetlink::Error,
-    },
+    Request { op: &'static str, subject: String, source: rtnetlink::Error },
     #[error("{subject} exists but is a {found}, not a {expected}")]
-    WrongKind {
-        subject: String,
-        found: String,
-        expected: &'static str,
-    },
+    WrongKind { subject: String, found: String, expected: &'static str },
 }
 
 impl Error {
     /// The kernel's errno for a failed request (positive, e.g. `EEXIST`).
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Error::Request {
-                source: rtnetlink::Error::NetlinkError(m),
-                ..
-            } => m.code.map(|c| -c.get()),
+            Error::Request { source: rtnetlink::Error::NetlinkError(m), .. } => m.code.map(|c| -c.get()),
             _ => None,
         }
     }
@@ -77,9 +61,7 @@ impl Error {
 /// appendix A).
 fn eui64_link_local(mac: [u8; 6]) -> std::net::Ipv6Addr {
     let m = mac;
-    std::net::Ipv6Addr::from([
-        0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5],
-    ])
+    std::net::Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]])
 }
 
 fn request_err(op: &'static str, subject: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
@@ -115,9 +97,7 @@ impl Link {
         for attr in &m.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
-                LinkAttribute::Address(a) if a.len() == 6 => {
-                    link.mac = Some([a[0], a[1], a[2], a[3], a[4], a[5]])
-                }
+                LinkAttribute::Address(a) if a.len() == 6 => link.mac = Some([a[0], a[1], a[2], a[3], a[4], a[5]]),
                 LinkAttribute::Mtu(v) => link.mtu = *v,
                 LinkAttribute::Controller(c) => link.controller = Some(*c),
                 LinkAttribute::LinkInfo(infos) => {
@@ -176,10 +156,7 @@ pub struct Netlink {
 impl Netlink {
     /// A socket in the calling thread's current network namespace.
     pub fn open() -> Result<Self, Error> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(Error::Connection)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(Error::Connection)?;
         Self::connect(Rc::new(rt))
     }
 
@@ -220,9 +197,7 @@ impl Netlink {
     /// Every link in the namespace.
     pub fn links(&self) -> Result<Vec<Link>, Error> {
         let req = self.handle.link().get().execute();
-        let msgs: Vec<LinkMessage> = self
-            .block_on(req.try_collect())
-            .map_err(request_err("dump links", "*"))?;
+        let msgs: Vec<LinkMessage> = self.block_on(req.try_collect()).map_err(request_err("dump links", "*"))?;
         Ok(msgs.iter().map(Link::from_message).collect())
     }
 
@@ -245,11 +220,8 @@ impl Netlink {
                 false
             }
         };
-        let missing = || Error::Request {
-            op: "get bridge",
-            subject: name.to_string(),
-            source: rtnetlink::Error::RequestFailed,
-        };
+        let missing =
+            || Error::Request { op: "get bridge", subject: name.to_string(), source: rtnetlink::Error::RequestFailed };
         if created {
             // Still down: no kernel link-local yet (see below).
             let index = self.link(name)?.ok_or_else(missing)?.index;
@@ -258,8 +230,7 @@ impl Netlink {
                     AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
                 ])]))
                 .build();
-            self.block_on(self.handle.link().set(msg).execute())
-                .map_err(request_err("set addrgenmode none", name))?;
+            self.block_on(self.handle.link().set(msg).execute()).map_err(request_err("set addrgenmode none", name))?;
         }
         let link = self.existing_bridge(name)?.ok_or_else(missing)?;
         if created {
@@ -299,13 +270,10 @@ impl Netlink {
             .address(spec.peer_mac.to_vec())
             .setns_by_fd(spec.peer_netns.as_raw_fd())
             .build();
-        let mut b = LinkVeth::new(spec.name, spec.peer_name)
-            .mtu(spec.mtu)
-            .address(spec.mac.to_vec())
-            .up()
-            .set_info_data(netlink_packet_route::link::InfoData::Veth(
-                netlink_packet_route::link::InfoVeth::Peer(peer),
-            ));
+        let mut b =
+            LinkVeth::new(spec.name, spec.peer_name).mtu(spec.mtu).address(spec.mac.to_vec()).up().set_info_data(
+                netlink_packet_route::link::InfoData::Veth(netlink_packet_route::link::InfoVeth::Peer(peer)),
+            );
         if let Some(c) = spec.controller {
             b = b.controller(c);
         }
@@ -315,16 +283,13 @@ impl Netlink {
 
     pub fn set_up(&self, index: u32) -> Result<(), Error> {
         let msg = LinkUnspec::new_with_index(index).up().build();
-        self.block_on(self.handle.link().set(msg).execute())
-            .map_err(request_err("set up", format!("link #{index}")))
+        self.block_on(self.handle.link().set(msg).execute()).map_err(request_err("set up", format!("link #{index}")))
     }
 
     /// Hairpin mode on a bridge port: frames may leave through the port they
     /// came in on, so a pod can reach itself through a Service VIP.
     pub fn set_hairpin(&self, port_index: u32, on: bool) -> Result<(), Error> {
-        let msg = LinkBridgePort::new(port_index)
-            .append_info_data(InfoBridgePort::HairpinMode(on))
-            .build();
+        let msg = LinkBridgePort::new(port_index).append_info_data(InfoBridgePort::HairpinMode(on)).build();
         self.block_on(self.handle.link().set_port(msg).execute())
             .map_err(request_err("set hairpin", format!("link #{port_index}")))
     }
@@ -352,9 +317,7 @@ impl Netlink {
     pub fn add_addr(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<bool, Error> {
         let mut req = self.handle.address().add(index, ip, prefix);
         if ip.is_ipv6() {
-            req.message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         match self.block_on(req.execute()) {
             Ok(()) => Ok(true),
@@ -375,9 +338,8 @@ impl Netlink {
         if let Some(i) = index {
             req = req.set_link_index_filter(i);
         }
-        let msgs: Vec<AddressMessage> = self
-            .block_on(req.execute().try_collect())
-            .map_err(request_err("dump addresses", "*"))?;
+        let msgs: Vec<AddressMessage> =
+            self.block_on(req.execute().try_collect()).map_err(request_err("dump addresses", "*"))?;
         Ok(msgs
             .iter()
             .filter_map(|m| {
@@ -396,11 +358,7 @@ impl Netlink {
                             _ => None,
                         })
                     })?;
-                Some(Addr {
-                    index: m.header.index,
-                    ip,
-                    prefix: m.header.prefix_len,
-                })
+                Some(Addr { index: m.header.index, ip, prefix: m.header.prefix_len })
             })
             .collect())
     }
@@ -445,11 +403,8 @@ impl Netlink {
         let msgs: Vec<RouteMessage> = self
             .block_on(self.handle.route().get(msg).execute().try_collect())
             .map_err(request_err("dump routes", if v6 { "ipv6" } else { "ipv4" }))?;
-        let unspecified: IpAddr = if v6 {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        };
+        let unspecified: IpAddr =
+            if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
         Ok(msgs
             .iter()
             .filter(|m| m.header.table == RT_TABLE_MAIN)
@@ -458,12 +413,8 @@ impl Netlink {
                 fam == if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet }
             })
             .map(|m| {
-                let mut r = Route {
-                    dst: unspecified,
-                    prefix: m.header.destination_prefix_length,
-                    gateway: None,
-                    oif: None,
-                };
+                let mut r =
+                    Route { dst: unspecified, prefix: m.header.destination_prefix_length, gateway: None, oif: None };
                 for a in &m.attributes {
                     match a {
                         RouteAttribute::Destination(d) => {

@@ -30,11 +30,7 @@ impl Netns {
     /// link moved into some other kind of file).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| Error::Netns {
-            op: "open",
-            path: path.clone(),
-            source,
-        })?;
+        let file = File::open(&path).map_err(|source| Error::Netns { op: "open", path: path.clone(), source })?;
         let fd: OwnedFd = file.into();
         // NS_GET_NSTYPE would be exact; setns with CLONE_NEWNET on a
         // throw-away check is not possible without switching, so compare the
@@ -48,10 +44,7 @@ impl Netns {
             return Err(Error::Netns {
                 op: "check",
                 path,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "not a network namespace (not on nsfs)",
-                ),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a network namespace (not on nsfs)"),
             });
         }
         Ok(Self { fd, path })
@@ -95,10 +88,7 @@ impl NetnsGuard {
             path: target.path.clone(),
             source: e.into(),
         })?;
-        Ok(Self {
-            previous,
-            _not_send: PhantomData,
-        })
+        Ok(Self { previous, _not_send: PhantomData })
     }
 }
 

@@ -76,9 +76,7 @@ impl std::fmt::Display for ObjectId {
 pub fn object_key(meta: &ObjectMeta) -> Result<ObjectKey, ConvertError> {
     let name = meta.name.as_deref().unwrap_or_default();
     if name.is_empty() {
-        return Err(ConvertError::Missing {
-            field: "metadata.name".into(),
-        });
+        return Err(ConvertError::Missing { field: "metadata.name".into() });
     }
     let namespace = match meta.namespace.as_deref() {
         None | Some("") => "default",
@@ -111,9 +109,7 @@ pub fn service(svc: &core::Service) -> Result<Service, ConvertError> {
         let name = spec.external_name.as_deref().unwrap_or_default();
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.is_empty() {
-            return Err(ConvertError::Missing {
-                field: "spec.externalName".into(),
-            });
+            return Err(ConvertError::Missing { field: "spec.externalName".into() });
         }
         validate_dns_subdomain("spec.externalName", name)?;
         // The API server clears clusterIP(s) of an ExternalName Service.
@@ -125,26 +121,16 @@ pub fn service(svc: &core::Service) -> Result<Service, ConvertError> {
 
     validate_ip_families(spec, &cluster_ips)?;
     let ports = service_ports(spec, service_type)?;
-    let external_ips = parse_ips(
-        "spec.externalIPs",
-        spec.external_ips.as_deref().unwrap_or_default(),
-    )?;
+    let external_ips = parse_ips("spec.externalIPs", spec.external_ips.as_deref().unwrap_or_default())?;
 
     // Only the ingress IPs the load balancer reported (status), as kube-proxy
     // does; `spec.loadBalancerIP` is a request, not a fact. Hostname-only
     // ingress entries have nothing for the data path.
     let mut load_balancer_ips = Vec::new();
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
+    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
     for (i, ing) in ingress.into_iter().flatten().enumerate() {
         if let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) {
-            load_balancer_ips.push(parse_ip(
-                &format!("status.loadBalancer.ingress[{i}].ip"),
-                ip,
-            )?);
+            load_balancer_ips.push(parse_ip(&format!("status.loadBalancer.ingress[{i}].ip"), ip)?);
         }
     }
 
@@ -187,14 +173,8 @@ pub fn service(svc: &core::Service) -> Result<Service, ConvertError> {
         external_ips,
         load_balancer_ips,
         session_affinity,
-        internal_traffic_local: traffic_policy(
-            "spec.internalTrafficPolicy",
-            spec.internal_traffic_policy.as_deref(),
-        )?,
-        external_traffic_local: traffic_policy(
-            "spec.externalTrafficPolicy",
-            spec.external_traffic_policy.as_deref(),
-        )?,
+        internal_traffic_local: traffic_policy("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref())?,
+        external_traffic_local: traffic_policy("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref())?,
         publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
         // Presence is what counts (kube-proxy's selectors are DoesNotExist
         // requirements), so an empty value is still a label.
@@ -229,78 +209,48 @@ fn cluster_ips(spec: &core::ServiceSpec) -> Result<(Vec<IpAddr>, bool), ConvertE
     };
     if raw.first() == Some(&"None") {
         if raw.len() > 1 {
-            return Err(ConvertError::invalid(
-                field,
-                "\"None\" must be the only value",
-            ));
+            return Err(ConvertError::invalid(field, "\"None\" must be the only value"));
         }
         return Ok((Vec::new(), true));
     }
     if raw.len() > 2 {
-        return Err(ConvertError::invalid(
-            field,
-            "at most two addresses (one per family)",
-        ));
+        return Err(ConvertError::invalid(field, "at most two addresses (one per family)"));
     }
-    let ips = raw
-        .iter()
-        .enumerate()
-        .map(|(i, s)| parse_ip(&format!("{field}[{i}]"), s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ips =
+        raw.iter().enumerate().map(|(i, s)| parse_ip(&format!("{field}[{i}]"), s)).collect::<Result<Vec<_>, _>>()?;
     if ips.len() == 2 && ips[0].is_ipv4() == ips[1].is_ipv4() {
-        return Err(ConvertError::invalid(
-            field,
-            "dual-stack addresses must be one IPv4 and one IPv6",
-        ));
+        return Err(ConvertError::invalid(field, "dual-stack addresses must be one IPv4 and one IPv6"));
     }
     Ok((ips, false))
 }
 
 /// `ipFamilies` values must be IPv4/IPv6, at most one of each, and in the same
 /// order as the cluster IPs they describe.
-fn validate_ip_families(
-    spec: &core::ServiceSpec,
-    cluster_ips: &[IpAddr],
-) -> Result<(), ConvertError> {
+fn validate_ip_families(spec: &core::ServiceSpec, cluster_ips: &[IpAddr]) -> Result<(), ConvertError> {
     let families = spec.ip_families.as_deref().unwrap_or_default();
     if families.len() > 2 {
-        return Err(ConvertError::invalid(
-            "spec.ipFamilies",
-            "at most two families",
-        ));
+        return Err(ConvertError::invalid("spec.ipFamilies", "at most two families"));
     }
     for (i, fam) in families.iter().enumerate() {
         let field = format!("spec.ipFamilies[{i}]");
         let v4 = match fam.as_str() {
             "IPv4" => true,
             "IPv6" => false,
-            other => {
-                return Err(ConvertError::Unsupported {
-                    field,
-                    value: other.into(),
-                    expected: "IPv4 or IPv6",
-                })
-            }
+            other => return Err(ConvertError::Unsupported { field, value: other.into(), expected: "IPv4 or IPv6" }),
         };
         if families[..i].contains(fam) {
             return Err(ConvertError::invalid(field, format!("{fam} listed twice")));
         }
         if let Some(ip) = cluster_ips.get(i) {
             if ip.is_ipv4() != v4 {
-                return Err(ConvertError::invalid(
-                    field,
-                    format!("{fam} does not match cluster IP {ip}"),
-                ));
+                return Err(ConvertError::invalid(field, format!("{fam} does not match cluster IP {ip}")));
             }
         }
     }
     Ok(())
 }
 
-fn service_ports(
-    spec: &core::ServiceSpec,
-    service_type: ServiceType,
-) -> Result<Vec<ServicePort>, ConvertError> {
+fn service_ports(spec: &core::ServiceSpec, service_type: ServiceType) -> Result<Vec<ServicePort>, ConvertError> {
     let raw = spec.ports.as_deref().unwrap_or_default();
     let mut ports: Vec<ServicePort> = Vec::with_capacity(raw.len());
     for (i, p) in raw.iter().enumerate() {
@@ -309,29 +259,18 @@ fn service_ports(
         // The API requires names when there is more than one port, and unique
         // names: SRV records and EndpointSlice ports are matched by name.
         if raw.len() > 1 && name.is_empty() {
-            return Err(ConvertError::Missing {
-                field: field("name"),
-            });
+            return Err(ConvertError::Missing { field: field("name") });
         }
         if !name.is_empty() {
             validate_dns_label(&field("name"), &name)?;
         }
         if ports.iter().any(|q| q.name == name) {
-            return Err(ConvertError::invalid(
-                field("name"),
-                format!("duplicate port name {name:?}"),
-            ));
+            return Err(ConvertError::invalid(field("name"), format!("duplicate port name {name:?}")));
         }
         let protocol = protocol(&field("protocol"), p.protocol.as_deref())?;
         let port = port_number(&field("port"), p.port)?;
-        if ports
-            .iter()
-            .any(|q| q.port == port && q.protocol == protocol)
-        {
-            return Err(ConvertError::invalid(
-                field("port"),
-                format!("duplicate port {port}/{}", protocol.as_str()),
-            ));
+        if ports.iter().any(|q| q.port == port && q.protocol == protocol) {
+            return Err(ConvertError::invalid(field("port"), format!("duplicate port {port}/{}", protocol.as_str())));
         }
         let target_port = match &p.target_port {
             None => TargetPort::Number(port),
@@ -354,24 +293,13 @@ fn service_ports(
             None | Some(0) => None,
             Some(n) => Some(port_number(&field("nodePort"), n)?),
         };
-        if node_port.is_some()
-            && !matches!(
-                service_type,
-                ServiceType::NodePort | ServiceType::LoadBalancer
-            )
-        {
+        if node_port.is_some() && !matches!(service_type, ServiceType::NodePort | ServiceType::LoadBalancer) {
             return Err(ConvertError::invalid(
                 field("nodePort"),
                 "only NodePort and LoadBalancer Services have node ports",
             ));
         }
-        ports.push(ServicePort {
-            name,
-            protocol,
-            port,
-            target_port,
-            node_port,
-        });
+        ports.push(ServicePort { name, protocol, port, target_port, node_port });
     }
     Ok(ports)
 }
@@ -380,11 +308,9 @@ fn traffic_policy(field: &str, value: Option<&str>) -> Result<bool, ConvertError
     match value {
         None | Some("") | Some("Cluster") => Ok(false),
         Some("Local") => Ok(true),
-        Some(other) => Err(ConvertError::Unsupported {
-            field: field.into(),
-            value: other.into(),
-            expected: "Cluster or Local",
-        }),
+        Some(other) => {
+            Err(ConvertError::Unsupported { field: field.into(), value: other.into(), expected: "Cluster or Local" })
+        }
     }
 }
 
@@ -396,20 +322,14 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
         .as_ref()
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| ConvertError::Missing {
-            field: format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
-        })?;
+        .ok_or_else(|| ConvertError::Missing { field: format!("metadata.labels[{SERVICE_NAME_LABEL}]") })?;
     let service = ObjectKey::new(key.namespace.clone(), service_name.clone());
 
     let address_type = match slice.address_type.as_str() {
         "IPv4" => AddressType::IPv4,
         "IPv6" => AddressType::IPv6,
         "FQDN" => AddressType::Fqdn,
-        "" => {
-            return Err(ConvertError::Missing {
-                field: "addressType".into(),
-            })
-        }
+        "" => return Err(ConvertError::Missing { field: "addressType".into() }),
         other => {
             return Err(ConvertError::Unsupported {
                 field: "addressType".into(),
@@ -436,9 +356,7 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let field = |f: &str| format!("endpoints[{i}].{f}");
         if ep.addresses.is_empty() {
-            return Err(ConvertError::Missing {
-                field: field("addresses"),
-            });
+            return Err(ConvertError::Missing { field: field("addresses") });
         }
         // FQDN slices carry hostnames, not IPs: the data path and DNS have no
         // use for them (kube-proxy ignores them too), so their endpoints are
@@ -448,11 +366,7 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
         } else {
             let ips = parse_ips(&field("addresses"), &ep.addresses)?;
             let want_v4 = address_type == AddressType::IPv4;
-            if let Some((j, ip)) = ips
-                .iter()
-                .enumerate()
-                .find(|(_, ip)| ip.is_ipv4() != want_v4)
-            {
+            if let Some((j, ip)) = ips.iter().enumerate().find(|(_, ip)| ip.is_ipv4() != want_v4) {
                 return Err(ConvertError::invalid(
                     format!("{}[{j}]", field("addresses")),
                     format!("{ip} does not match addressType {}", slice.address_type),
@@ -487,28 +401,16 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
         });
     }
 
-    Ok(EndpointSlice {
-        key,
-        service,
-        address_type,
-        ports,
-        endpoints,
-    })
+    Ok(EndpointSlice { key, service, address_type, ports, endpoints })
 }
 
 pub fn node(node: &core::Node) -> Result<Node, ConvertError> {
     let name = node.metadata.name.clone().unwrap_or_default();
     if name.is_empty() {
-        return Err(ConvertError::Missing {
-            field: "metadata.name".into(),
-        });
+        return Err(ConvertError::Missing { field: "metadata.name".into() });
     }
     let mut addresses = Vec::new();
-    let status_addrs = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_deref())
-        .unwrap_or_default();
+    let status_addrs = node.status.as_ref().and_then(|s| s.addresses.as_deref()).unwrap_or_default();
     for (i, a) in status_addrs.iter().enumerate() {
         // Hostname / DNS entries name the node, they are not addresses.
         if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
@@ -519,27 +421,14 @@ pub fn node(node: &core::Node) -> Result<Node, ConvertError> {
         }
     }
     let spec = node.spec.as_ref();
-    let (field, cidrs): (&str, Vec<String>) = match spec
-        .and_then(|s| s.pod_cidrs.clone())
-        .filter(|c| !c.is_empty())
-    {
+    let (field, cidrs): (&str, Vec<String>) = match spec.and_then(|s| s.pod_cidrs.clone()).filter(|c| !c.is_empty()) {
         Some(list) => ("spec.podCIDRs", list),
-        None => (
-            "spec.podCIDR",
-            spec.and_then(|s| s.pod_cidr.clone())
-                .filter(|c| !c.is_empty())
-                .into_iter()
-                .collect(),
-        ),
+        None => ("spec.podCIDR", spec.and_then(|s| s.pod_cidr.clone()).filter(|c| !c.is_empty()).into_iter().collect()),
     };
     for (i, c) in cidrs.iter().enumerate() {
         validate_cidr(&format!("{field}[{i}]"), c)?;
     }
-    Ok(Node {
-        name,
-        addresses,
-        pod_cidrs: cidrs,
-    })
+    Ok(Node { name, addresses, pod_cidrs: cidrs })
 }
 
 fn protocol(field: &str, value: Option<&str>) -> Result<Protocol, ConvertError> {
@@ -547,11 +436,9 @@ fn protocol(field: &str, value: Option<&str>) -> Result<Protocol, ConvertError> 
         None | Some("") | Some("TCP") => Ok(Protocol::Tcp),
         Some("UDP") => Ok(Protocol::Udp),
         Some("SCTP") => Ok(Protocol::Sctp),
-        Some(other) => Err(ConvertError::Unsupported {
-            field: field.into(),
-            value: other.into(),
-            expected: "TCP, UDP or SCTP",
-        }),
+        Some(other) => {
+            Err(ConvertError::Unsupported { field: field.into(), value: other.into(), expected: "TCP, UDP or SCTP" })
+        }
     }
 }
 
@@ -559,26 +446,16 @@ fn port_number(field: &str, value: impl Into<i64>) -> Result<u16, ConvertError> 
     let value = value.into();
     match u16::try_from(value) {
         Ok(p) if p != 0 => Ok(p),
-        _ => Err(ConvertError::PortRange {
-            field: field.into(),
-            value,
-        }),
+        _ => Err(ConvertError::PortRange { field: field.into(), value }),
     }
 }
 
 fn parse_ip(field: &str, value: &str) -> Result<IpAddr, ConvertError> {
-    value.parse().map_err(|_| ConvertError::InvalidIp {
-        field: field.into(),
-        value: value.into(),
-    })
+    value.parse().map_err(|_| ConvertError::InvalidIp { field: field.into(), value: value.into() })
 }
 
 fn parse_ips(field: &str, values: &[String]) -> Result<Vec<IpAddr>, ConvertError> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| parse_ip(&format!("{field}[{i}]"), v))
-        .collect()
+    values.iter().enumerate().map(|(i, v)| parse_ip(&format!("{field}[{i}]"), v)).collect()
 }
 
 fn validate_cidr(field: &str, value: &str) -> Result<(), ConvertError> {
@@ -597,18 +474,13 @@ fn validate_cidr(field: &str, value: &str) -> Result<(), ConvertError> {
 fn validate_dns_label(field: &str, value: &str) -> Result<(), ConvertError> {
     let ok = !value.is_empty()
         && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !value.starts_with('-')
         && !value.ends_with('-');
     if ok {
         Ok(())
     } else {
-        Err(ConvertError::invalid(
-            field,
-            format!("{value:?} is not a DNS label (lowercase a-z, 0-9, '-', at most 63)"),
-        ))
+        Err(ConvertError::invalid(field, format!("{value:?} is not a DNS label (lowercase a-z, 0-9, '-', at most 63)")))
     }
 }
 
@@ -617,15 +489,8 @@ fn validate_dns_label(field: &str, value: &str) -> Result<(), ConvertError> {
 /// lowercased on the way in.
 fn validate_dns_subdomain(field: &str, value: &str) -> Result<(), ConvertError> {
     let lower = value.to_ascii_lowercase();
-    if lower.len() > 253
-        || lower
-            .split('.')
-            .any(|l| validate_dns_label(field, l).is_err())
-    {
-        return Err(ConvertError::invalid(
-            field,
-            format!("{value:?} is not a DNS name"),
-        ));
+    if lower.len() > 253 || lower.split('.').any(|l| validate_dns_label(field, l).is_err()) {
+        return Err(ConvertError::invalid(field, format!("{value:?} is not a DNS name")));
     }
     Ok(())
 }
@@ -640,10 +505,7 @@ fn validate_port_name(field: &str, value: &str) -> Result<(), ConvertError> {
     if ok {
         Ok(())
     } else {
-        Err(ConvertError::invalid(
-            field,
-            format!("{value:?} is not a port name (IANA_SVC_NAME)"),
-        ))
+        Err(ConvertError::invalid(field, format!("{value:?} is not a port name (IANA_SVC_NAME)")))
     }
 }
 

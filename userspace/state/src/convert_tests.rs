@@ -9,10 +9,7 @@ use super::*;
 /// A Service in the `default` namespace with the given spec (YAML, indented
 /// under `spec:`), converted.
 fn svc(spec: &str) -> Result<Service, ConvertError> {
-    svc_doc(&format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n{}",
-        indent(spec)
-    ))
+    svc_doc(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n{}", indent(spec)))
 }
 
 /// A ClusterIP Service with one label (`key: value` YAML).
@@ -71,10 +68,7 @@ fn reject<T: std::fmt::Debug>(rows: &[(&str, Result<T, ConvertError>, &str)]) {
     for (desc, got, field) in rows {
         match got {
             Ok(v) => panic!("{desc}: accepted: {v:#?}"),
-            Err(e) => assert!(
-                e.to_string().contains(field),
-                "{desc}: error {e:?} does not name {field}"
-            ),
+            Err(e) => assert!(e.to_string().contains(field), "{desc}: error {e:?} does not name {field}"),
         }
     }
 }
@@ -101,13 +95,17 @@ fn service_defaults() {
             s.session_affinity == Some(Duration::from_secs(10_800))
         }),
         // ClientIP with an explicit timeout
-        ("affinity timeout", svc("sessionAffinity: ClientIP\nsessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}"), &|s| {
-            s.session_affinity == Some(Duration::from_secs(60))
-        }),
+        (
+            "affinity timeout",
+            svc("sessionAffinity: ClientIP\nsessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}"),
+            &|s| s.session_affinity == Some(Duration::from_secs(60)),
+        ),
         // clusterIPs wins (dual-stack, in order)
-        ("clusterIPs dual-stack", svc("clusterIP: 10.96.0.10\nclusterIPs: [10.96.0.10, 'fd00::a']\nipFamilies: [IPv4, IPv6]"), &|s| {
-            s.cluster_ips == [ip("10.96.0.10"), ip("fd00::a")]
-        }),
+        (
+            "clusterIPs dual-stack",
+            svc("clusterIP: 10.96.0.10\nclusterIPs: [10.96.0.10, 'fd00::a']\nipFamilies: [IPv4, IPv6]"),
+            &|s| s.cluster_ips == [ip("10.96.0.10"), ip("fd00::a")],
+        ),
         // clusterIPs absent -> clusterIP
         ("clusterIP fallback", svc("clusterIP: 10.96.0.11"), &|s| s.cluster_ips == [ip("10.96.0.11")] && !s.headless),
         // "None" -> headless, no VIP
@@ -133,9 +131,13 @@ fn service_defaults() {
         ("udp", svc("ports: [{port: 53, protocol: UDP}]"), &|s| s.ports[0].protocol == Protocol::Udp),
         ("sctp", svc("ports: [{port: 9, protocol: SCTP}]"), &|s| s.ports[0].protocol == Protocol::Sctp),
         // same port number, two protocols (DNS): allowed
-        ("tcp+udp same port", svc("ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53}]"), &|s| s.ports.len() == 2),
+        ("tcp+udp same port", svc("ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53}]"), &|s| {
+            s.ports.len() == 2
+        }),
         // nodePort on a NodePort Service; 0 means unset
-        ("nodePort", svc("type: NodePort\nports: [{port: 80, nodePort: 30080}]"), &|s| s.ports[0].node_port == Some(30080)),
+        ("nodePort", svc("type: NodePort\nports: [{port: 80, nodePort: 30080}]"), &|s| {
+            s.ports[0].node_port == Some(30080)
+        }),
         ("nodePort 0", svc("ports: [{port: 80, nodePort: 0}]"), &|s| s.ports[0].node_port.is_none()),
         // traffic policies
         ("itp local", svc("internalTrafficPolicy: Local"), &|s| s.internal_traffic_local && !s.external_traffic_local),
@@ -161,7 +163,9 @@ fn service_defaults() {
         // other labels change nothing
         ("other labels", svc_labelled("app: web"), &|s| s.proxy_name.is_none() && !s.headless_label),
         // externalIPs
-        ("externalIPs", svc("externalIPs: [192.0.2.1, '2001:db8::1']"), &|s| s.external_ips == [ip("192.0.2.1"), ip("2001:db8::1")]),
+        ("externalIPs", svc("externalIPs: [192.0.2.1, '2001:db8::1']"), &|s| {
+            s.external_ips == [ip("192.0.2.1"), ip("2001:db8::1")]
+        }),
         // ipFamilies alone (headless dual-stack) is fine
         ("ipFamilies headless", svc("clusterIP: None\nipFamilies: [IPv6, IPv4]"), &|s| s.headless),
         // a Service with no spec at all: ClusterIP, no ports
@@ -193,7 +197,11 @@ fn service_rejections() {
         ("bad clusterIP", svc("clusterIP: 10.96.0.300"), "spec.clusterIP[0]"),
         ("bad clusterIPs", svc("clusterIPs: [10.96.0.1, 'zz::1::2']"), "spec.clusterIPs[1]"),
         ("bad externalIP", svc("externalIPs: [nope]"), "spec.externalIPs[0]"),
-        ("bad lb ip", svc_doc("apiVersion: v1\nkind: Service\nmetadata: {name: w}\nstatus: {loadBalancer: {ingress: [{ip: x}]}}"), "status.loadBalancer.ingress[0].ip"),
+        (
+            "bad lb ip",
+            svc_doc("apiVersion: v1\nkind: Service\nmetadata: {name: w}\nstatus: {loadBalancer: {ingress: [{ip: x}]}}"),
+            "status.loadBalancer.ingress[0].ip",
+        ),
         // clusterIP must equal clusterIPs[0]
         ("clusterIP mismatch", svc("clusterIP: 10.96.0.1\nclusterIPs: [10.96.0.2]"), "spec.clusterIPs[0]"),
         // two addresses of one family
@@ -221,12 +229,24 @@ fn service_rejections() {
         ("duplicate port", svc("ports: [{name: a, port: 80}, {name: b, port: 80}]"), "spec.ports[1].port"),
         ("bad port name", svc("ports: [{name: Web_1, port: 80}]"), "spec.ports[0].name"),
         // named targetPort must be an IANA service name
-        ("targetPort name too long", svc("ports: [{port: 80, targetPort: abcdefghijklmnop}]"), "spec.ports[0].targetPort"),
+        (
+            "targetPort name too long",
+            svc("ports: [{port: 80, targetPort: abcdefghijklmnop}]"),
+            "spec.ports[0].targetPort",
+        ),
         ("targetPort name caps", svc("ports: [{port: 80, targetPort: HTTP}]"), "spec.ports[0].targetPort"),
         // affinity
         ("bad affinity", svc("sessionAffinity: Cookie"), "spec.sessionAffinity"),
-        ("affinity timeout 0", svc("sessionAffinity: ClientIP\nsessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}"), "timeoutSeconds"),
-        ("affinity timeout > 1 day", svc("sessionAffinity: ClientIP\nsessionAffinityConfig: {clientIP: {timeoutSeconds: 86401}}"), "timeoutSeconds"),
+        (
+            "affinity timeout 0",
+            svc("sessionAffinity: ClientIP\nsessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}"),
+            "timeoutSeconds",
+        ),
+        (
+            "affinity timeout > 1 day",
+            svc("sessionAffinity: ClientIP\nsessionAffinityConfig: {clientIP: {timeoutSeconds: 86401}}"),
+            "timeoutSeconds",
+        ),
         // traffic policies
         ("bad itp", svc("internalTrafficPolicy: Global"), "spec.internalTrafficPolicy"),
         ("bad etp", svc("externalTrafficPolicy: Nearest"), "spec.externalTrafficPolicy"),
@@ -238,11 +258,7 @@ fn service_rejections() {
 
 #[test]
 fn slice_defaults() {
-    let one = |cond: &str| {
-        eps(&format!(
-            "addressType: IPv4\nendpoints: [{{addresses: [10.0.0.1]{cond}}}]"
-        ))
-    };
+    let one = |cond: &str| eps(&format!("addressType: IPv4\nendpoints: [{{addresses: [10.0.0.1]{cond}}}]"));
     accept::<EndpointSlice>(&[
         // the slice belongs to the Service named by the label, in its namespace
         ("service label", one(""), &|s| {
@@ -255,38 +271,19 @@ fn slice_defaults() {
         }),
         // serving absent is true even when ready is false: kube-proxy reads
         // it so (endpointslicecache.go `newEndpointSliceInfo`), not as "ready"
-        (
-            "ready false, serving absent",
-            one(", conditions: {ready: false}"),
-            &|s| {
-                let e = &s.endpoints[0];
-                !e.ready && e.serving && !e.terminating
-            },
-        ),
-        (
-            "terminating but serving",
-            one(", conditions: {ready: false, serving: true, terminating: true}"),
-            &|s| s.endpoints[0].is_serving_terminating(),
-        ),
+        ("ready false, serving absent", one(", conditions: {ready: false}"), &|s| {
+            let e = &s.endpoints[0];
+            !e.ready && e.serving && !e.terminating
+        }),
+        ("terminating but serving", one(", conditions: {ready: false, serving: true, terminating: true}"), &|s| {
+            s.endpoints[0].is_serving_terminating()
+        }),
         // endpoint port: protocol default TCP, name default ""
-        (
-            "port defaults",
-            eps("addressType: IPv4\nports: [{port: 8080}]\nendpoints: []"),
-            &|s| {
-                s.ports
-                    == [EndpointPort {
-                        name: String::new(),
-                        protocol: Protocol::Tcp,
-                        port: 8080,
-                    }]
-            },
-        ),
+        ("port defaults", eps("addressType: IPv4\nports: [{port: 8080}]\nendpoints: []"), &|s| {
+            s.ports == [EndpointPort { name: String::new(), protocol: Protocol::Tcp, port: 8080 }]
+        }),
         // a port without a number ("all ports") is left out
-        (
-            "port without number",
-            eps("addressType: IPv4\nports: [{name: x}]\nendpoints: []"),
-            &|s| s.ports.is_empty(),
-        ),
+        ("port without number", eps("addressType: IPv4\nports: [{name: x}]\nendpoints: []"), &|s| s.ports.is_empty()),
         // hostname, nodeName, zone, targetRef Pod
         (
             "endpoint details",
@@ -300,21 +297,15 @@ fn slice_defaults() {
             },
         ),
         // IPv6 slice
-        (
-            "ipv6",
-            eps("addressType: IPv6\nendpoints: [{addresses: ['fd00::1']}]"),
-            &|s| s.endpoints[0].addresses == [ip("fd00::1")],
-        ),
-        // FQDN slice: kept, endpoints without addresses
-        (
-            "fqdn",
-            eps("addressType: FQDN\nendpoints: [{addresses: [db.example.com]}]"),
-            &|s| s.address_type == AddressType::Fqdn && s.endpoints[0].addresses.is_empty(),
-        ),
-        // endpoints absent -> none
-        ("no endpoints", eps("addressType: IPv4"), &|s| {
-            s.endpoints.is_empty()
+        ("ipv6", eps("addressType: IPv6\nendpoints: [{addresses: ['fd00::1']}]"), &|s| {
+            s.endpoints[0].addresses == [ip("fd00::1")]
         }),
+        // FQDN slice: kept, endpoints without addresses
+        ("fqdn", eps("addressType: FQDN\nendpoints: [{addresses: [db.example.com]}]"), &|s| {
+            s.address_type == AddressType::Fqdn && s.endpoints[0].addresses.is_empty()
+        }),
+        // endpoints absent -> none
+        ("no endpoints", eps("addressType: IPv4"), &|s| s.endpoints.is_empty()),
     ]);
 }
 
@@ -329,14 +320,30 @@ fn slice_rejections() {
         ("bad addressType", eps("addressType: IPX\nendpoints: []"), "addressType"),
         // addresses: present, valid, of the slice's family
         ("no addresses", eps("addressType: IPv4\nendpoints: [{addresses: []}]"), "endpoints[0].addresses"),
-        ("bad address", eps("addressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.999]}]"), "endpoints[1].addresses[0]"),
-        ("family mismatch", eps("addressType: IPv4\nendpoints: [{addresses: ['fd00::1']}]"), "endpoints[0].addresses[0]"),
+        (
+            "bad address",
+            eps("addressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.999]}]"),
+            "endpoints[1].addresses[0]",
+        ),
+        (
+            "family mismatch",
+            eps("addressType: IPv4\nendpoints: [{addresses: ['fd00::1']}]"),
+            "endpoints[0].addresses[0]",
+        ),
         // ports
         ("port 0", eps("addressType: IPv4\nports: [{port: 0}]\nendpoints: []"), "ports[0].port"),
         ("port too big", eps("addressType: IPv4\nports: [{port: 65536}]\nendpoints: []"), "ports[0].port"),
-        ("bad protocol", eps("addressType: IPv4\nports: [{port: 1, protocol: ICMP}]\nendpoints: []"), "ports[0].protocol"),
+        (
+            "bad protocol",
+            eps("addressType: IPv4\nports: [{port: 1, protocol: ICMP}]\nendpoints: []"),
+            "ports[0].protocol",
+        ),
         // hostname must be a DNS label (it becomes one)
-        ("bad hostname", eps("addressType: IPv4\nendpoints: [{addresses: [10.0.0.1], hostname: Pod_0}]"), "endpoints[0].hostname"),
+        (
+            "bad hostname",
+            eps("addressType: IPv4\nendpoints: [{addresses: [10.0.0.1], hostname: Pod_0}]"),
+            "endpoints[0].hostname",
+        ),
     ]);
 }
 

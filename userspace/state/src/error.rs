@@ -18,11 +18,7 @@ pub enum ConvertError {
     #[error("{field}: {value} is out of range 1-65535")]
     PortRange { field: String, value: i64 },
     #[error("{field}: unsupported value {value:?} (expected {expected})")]
-    Unsupported {
-        field: String,
-        value: String,
-        expected: &'static str,
-    },
+    Unsupported { field: String, value: String, expected: &'static str },
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
     /// The document has the object's kind but not its shape (a string where a
@@ -40,10 +36,7 @@ pub enum ConvertError {
 
 impl ConvertError {
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self::Invalid { field: field.into(), reason: reason.into() }
     }
 }
 

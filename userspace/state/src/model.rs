@@ -16,10 +16,7 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -252,9 +249,7 @@ impl Catalog {
         &'a self,
         service: &ObjectKey,
     ) -> impl Iterator<Item = (&'a EndpointSlice, &'a Endpoint)> + 'a {
-        self.slices_of(service)
-            .iter()
-            .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+        self.slices_of(service).iter().flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -279,10 +274,7 @@ impl EndpointSlice {
     /// lacks the port has no endpoints for it, and guessing a number would
     /// send traffic where nothing listens.
     pub fn port_for(&self, port: &ServicePort) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|p| p.name == port.name && p.protocol == port.protocol)
-            .map(|p| p.port)
+        self.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol).map(|p| p.port)
     }
 }
 

@@ -55,26 +55,15 @@ pub fn parse_documents(text: &str, origin: &str) -> (Vec<Object>, Vec<ObjectErro
 /// Like [`parse_documents`] with a known format, but a syntax error (the text
 /// is not YAML/JSON at all) is an `Err`: the directory source keeps a file's
 /// previous objects in that case instead of dropping them.
-#[expect(
-    clippy::result_large_err,
-    reason = "one error per file, off any hot path; boxing only adds noise"
-)]
-pub fn parse_text(
-    text: &str,
-    format: Format,
-    origin: &str,
-) -> Result<(Vec<Object>, Vec<ObjectError>), ObjectError> {
+#[expect(clippy::result_large_err, reason = "one error per file, off any hot path; boxing only adds noise")]
+pub fn parse_text(text: &str, format: Format, origin: &str) -> Result<(Vec<Object>, Vec<ObjectError>), ObjectError> {
     let syntax = |msg: String| ObjectError {
         origin: origin.to_string(),
         kind: "document".into(),
         key: None,
         error: ConvertError::Syntax(msg),
     };
-    let mut out = Collected {
-        origin,
-        objects: Vec::new(),
-        errors: Vec::new(),
-    };
+    let mut out = Collected { origin, objects: Vec::new(), errors: Vec::new() };
     match format {
         Format::Json => {
             // Syntax first, over the whole text, so a truncated file is one
@@ -121,10 +110,7 @@ trait Doc: Sized {
 }
 
 fn schema_error<E: Into<serde_json::Error>>(e: serde_path_to_error::Error<E>) -> ConvertError {
-    ConvertError::Schema {
-        field: e.path().to_string(),
-        source: e.into_inner().into(),
-    }
+    ConvertError::Schema { field: e.path().to_string(), source: e.into_inner().into() }
 }
 
 /// YAML documents go through a `serde_json::Value` (YAML files are small).
@@ -187,24 +173,12 @@ struct HeadMeta {
 impl<'a> RawDoc<'a> {
     fn new(raw: &'a RawValue) -> Self {
         if raw.get() == "null" {
-            return Self {
-                raw,
-                head: Head::default(),
-                broken: None,
-            };
+            return Self { raw, head: Head::default(), broken: None };
         }
         let mut de = serde_json::Deserializer::from_str(raw.get());
         match serde_path_to_error::deserialize(&mut de) {
-            Ok(head) => Self {
-                raw,
-                head,
-                broken: None,
-            },
-            Err(e) => Self {
-                raw,
-                head: Head::default(),
-                broken: Some(schema_error(e)),
-            },
+            Ok(head) => Self { raw, head, broken: None },
+            Err(e) => Self { raw, head: Head::default(), broken: Some(schema_error(e)) },
         }
     }
 }
@@ -224,10 +198,7 @@ impl Doc for RawDoc<'_> {
         Some(key_from(meta.name.as_deref()?, meta.namespace.as_deref()))
     }
     fn into_items(self) -> Result<Option<Vec<Self>>, ConvertError> {
-        Ok(self
-            .head
-            .items
-            .map(|items| items.into_iter().map(RawDoc::new).collect()))
+        Ok(self.head.items.map(|items| items.into_iter().map(RawDoc::new).collect()))
     }
     fn typed<T: DeserializeOwned>(&self) -> Result<T, ConvertError> {
         let mut de = serde_json::Deserializer::from_str(self.raw.get());
@@ -236,10 +207,7 @@ impl Doc for RawDoc<'_> {
 }
 
 fn key_from(name: &str, namespace: Option<&str>) -> ObjectKey {
-    ObjectKey::new(
-        namespace.filter(|s| !s.is_empty()).unwrap_or("default"),
-        name,
-    )
+    ObjectKey::new(namespace.filter(|s| !s.is_empty()).unwrap_or("default"), name)
 }
 
 struct Collected<'o> {
@@ -251,12 +219,7 @@ struct Collected<'o> {
 impl Collected<'_> {
     fn error(&mut self, kind: &str, key: Option<ObjectKey>, error: ConvertError) {
         let kind = if kind.is_empty() { "document" } else { kind };
-        self.errors.push(ObjectError {
-            origin: self.origin.to_string(),
-            kind: kind.to_string(),
-            key,
-            error,
-        });
+        self.errors.push(ObjectError { origin: self.origin.to_string(), kind: kind.to_string(), key, error });
     }
 
     fn doc<D: Doc>(&mut self, mut doc: D, depth: u8) {
@@ -283,27 +246,12 @@ impl Collected<'_> {
                 }
                 return;
             }
-            "Service" => doc
-                .typed()
-                .and_then(|o| convert::service(&o))
-                .map(Object::Service),
-            "EndpointSlice" => doc
-                .typed()
-                .and_then(|o| convert::endpoint_slice(&o))
-                .map(Object::EndpointSlice),
-            "Node" => doc
-                .typed()
-                .and_then(|o| convert::node(&o))
-                .map(Object::Node),
-            "" => Err(ConvertError::Missing {
-                field: "kind".into(),
-            }),
+            "Service" => doc.typed().and_then(|o| convert::service(&o)).map(Object::Service),
+            "EndpointSlice" => doc.typed().and_then(|o| convert::endpoint_slice(&o)).map(Object::EndpointSlice),
+            "Node" => doc.typed().and_then(|o| convert::node(&o)).map(Object::Node),
+            "" => Err(ConvertError::Missing { field: "kind".into() }),
             other => {
-                debug!(
-                    origin = self.origin,
-                    kind = other,
-                    "ignoring object of a kind the catalog does not hold"
-                );
+                debug!(origin = self.origin, kind = other, "ignoring object of a kind the catalog does not hold");
                 return;
             }
         };
@@ -334,10 +282,7 @@ mod tests {
         );
         let (objs, errs) = parse_documents(&text, "f.yaml");
         assert!(errs.is_empty(), "{errs:?}");
-        assert_eq!(
-            names(&objs),
-            ["Service x/a", "EndpointSlice x/a-1", "Node n1"]
-        );
+        assert_eq!(names(&objs), ["Service x/a", "EndpointSlice x/a-1", "Node n1"]);
     }
 
     #[test]
@@ -360,9 +305,7 @@ mod tests {
         let (objs, errs) = parse_documents(json, "list.json");
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(names(&objs), ["Service x/a", "Node n2"]);
-        let Object::Service(s) = &objs[0] else {
-            panic!()
-        };
+        let Object::Service(s) = &objs[0] else { panic!() };
         assert_eq!(s.service_type, ServiceType::ExternalName);
     }
 
@@ -380,23 +323,13 @@ mod tests {
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(msgs.len(), 4, "{msgs:#?}");
         // Each error names the file, the kind, the object and the field.
+        assert!(msgs[0].starts_with("mixed.yaml: Service x/broken: spec.clusterIP[0]"), "{}", msgs[0]);
         assert!(
-            msgs[0].starts_with("mixed.yaml: Service x/broken: spec.clusterIP[0]"),
-            "{}",
-            msgs[0]
-        );
-        assert!(
-            msgs[1].starts_with(
-                "mixed.yaml: Service x/typed-wrong: spec.ports[0].port: does not match the schema"
-            ),
+            msgs[1].starts_with("mixed.yaml: Service x/typed-wrong: spec.ports[0].port: does not match the schema"),
             "{}",
             msgs[1]
         );
-        assert!(
-            msgs[2].contains("document default/kindless: kind: required"),
-            "{}",
-            msgs[2]
-        );
+        assert!(msgs[2].contains("document default/kindless: kind: required"), "{}", msgs[2]);
         assert!(msgs[3].contains("EndpointSlice default/old"), "{}", msgs[3]);
         assert!(errs.iter().all(|e| !e.is_syntax()));
     }
@@ -413,9 +346,7 @@ mod tests {
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(msgs.len(), 2, "{msgs:#?}");
         assert!(
-            msgs[0].starts_with(
-                "l.json: Service x/bad: spec.ports[0].port: does not match the schema"
-            ),
+            msgs[0].starts_with("l.json: Service x/bad: spec.ports[0].port: does not match the schema"),
             "{}",
             msgs[0]
         );
@@ -424,10 +355,9 @@ mod tests {
 
     #[test]
     fn syntax_error_is_one_file_error() {
-        for (text, format) in [
-            ("kind: Service\n  bad: [indent", Format::Yaml),
-            ("{\"kind\": \"Service\",", Format::Json),
-        ] {
+        for (text, format) in
+            [("kind: Service\n  bad: [indent", Format::Yaml), ("{\"kind\": \"Service\",", Format::Json)]
+        {
             let err = parse_text(text, format, "broken").unwrap_err();
             assert!(err.is_syntax(), "{err}");
             assert!(err.to_string().starts_with("broken: document"), "{err}");

@@ -190,21 +190,15 @@ impl Store {
         self.attach();
         self.dirty = false;
         self.generation += 1;
-        self.catalog.changes = Changes {
-            generation: self.generation,
-            services: mem::take(&mut self.touched),
-        };
+        self.catalog.changes = Changes { generation: self.generation, services: mem::take(&mut self.touched) };
         let published = Arc::new(mem::take(&mut self.catalog));
         let replaced = self.tx.send_replace(Snapshot {
             catalog: published.clone(),
             ready: self.ready,
             generation: self.generation,
         });
-        self.detached = Some(Detached {
-            published,
-            previous: replaced.catalog,
-            nodes: mem::take(&mut self.touched_nodes),
-        });
+        self.detached =
+            Some(Detached { published, previous: replaced.catalog, nodes: mem::take(&mut self.touched_nodes) });
         self.generation
     }
 
@@ -238,9 +232,7 @@ impl Store {
     /// Whether a consumer still holds the catalog [`recycle`](Self::recycle)
     /// would reuse. Consumers only ever let go of it: once false, it stays so.
     pub fn previous_in_use(&self) -> bool {
-        self.detached
-            .as_ref()
-            .is_some_and(|d| Arc::strong_count(&d.previous) > 1)
+        self.detached.as_ref().is_some_and(|d| Arc::strong_count(&d.previous) > 1)
     }
 
     /// Hand back the working copy: an equal copy of the catalog
@@ -285,11 +277,7 @@ impl Store {
 
     /// Make the catalog entry for `id` match its winning declaration.
     fn refresh(&mut self, id: &ObjectId) -> bool {
-        let winner = self
-            .decls
-            .get(id)
-            .and_then(|d| d.values().next_back())
-            .cloned();
+        let winner = self.decls.get(id).and_then(|d| d.values().next_back()).cloned();
         let cat = &mut self.catalog;
         let changed = match (id, winner) {
             (ObjectId::Service(key), Some(Object::Service(svc))) => {
@@ -334,9 +322,7 @@ impl Store {
                 if let Some(slice) = new {
                     self.slice_owner.insert(key.clone(), slice.service.clone());
                     let group = cat.slices.entry(slice.service.clone()).or_default();
-                    let pos = group
-                        .binary_search_by(|s| s.key.cmp(&slice.key))
-                        .unwrap_or_else(|p| p);
+                    let pos = group.binary_search_by(|s| s.key.cmp(&slice.key)).unwrap_or_else(|p| p);
                     group.insert(pos, slice);
                 }
                 changed
@@ -384,11 +370,7 @@ fn sync_entry<K: Ord + Clone, V: Clone>(map: &mut BTreeMap<K, V>, from: &BTreeMa
 }
 
 /// Insert unless equal; whether the map changed.
-fn put<K: Ord + Clone, V: PartialEq>(
-    map: &mut std::collections::BTreeMap<K, V>,
-    key: &K,
-    value: V,
-) -> bool {
+fn put<K: Ord + Clone, V: PartialEq>(map: &mut std::collections::BTreeMap<K, V>, key: &K, value: V) -> bool {
     if map.get(key) == Some(&value) {
         return false;
     }
@@ -408,7 +390,9 @@ mod tests {
     }
 
     fn svc(name: &str, ip: &str) -> String {
-        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec: {{clusterIP: {ip}}}\n---\n")
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec: {{clusterIP: {ip}}}\n---\n"
+        )
     }
 
     fn slice(name: &str, service: &str, addr: &str) -> String {
@@ -419,26 +403,16 @@ mod tests {
     }
 
     fn vip(store: &Store, name: &str) -> Option<String> {
-        store
-            .catalog()
-            .service("x", name)
-            .map(|s| s.cluster_ips[0].to_string())
+        store.catalog().service("x", name).map(|s| s.cluster_ips[0].to_string())
     }
 
     #[test]
     fn replacing_an_origin_adds_changes_and_removes() {
         let mut st = Store::new();
-        assert!(st.replace_origin(
-            "f1",
-            objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2")))
-        ));
+        assert!(st.replace_origin("f1", objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2")))));
         assert!(st.replace_origin("f1", objs(&svc("a", "10.96.0.9"))));
         assert_eq!(vip(&st, "a").as_deref(), Some("10.96.0.9"));
-        assert_eq!(
-            vip(&st, "b"),
-            None,
-            "b left the file, so it left the catalog"
-        );
+        assert_eq!(vip(&st, "b"), None, "b left the file, so it left the catalog");
         // Same content again: no change.
         assert!(!st.replace_origin("f1", objs(&svc("a", "10.96.0.9"))));
         assert!(st.remove_origin("f1"));
@@ -452,29 +426,34 @@ mod tests {
         st.replace_origin("a.yaml", objs(&svc("a", "10.96.0.1")));
         assert_eq!(vip(&st, "a").as_deref(), Some("10.96.0.2"));
         st.remove_origin("b.yaml");
-        assert_eq!(
-            vip(&st, "a").as_deref(),
-            Some("10.96.0.1"),
-            "the remaining declaration takes over"
-        );
+        assert_eq!(vip(&st, "a").as_deref(), Some("10.96.0.1"), "the remaining declaration takes over");
     }
 
     #[test]
     fn a_snapshot_names_the_services_changed_since_the_previous_one() {
         let mut st = Store::new();
         let rx = st.subscribe();
-        st.replace_origin("f", objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2") + &slice("a-1", "a", "10.0.0.1"))));
+        st.replace_origin(
+            "f",
+            objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2") + &slice("a-1", "a", "10.0.0.1"))),
+        );
         st.set_ready();
         st.publish();
         let first = rx.borrow().catalog.changes.clone();
         let names = |c: &BTreeSet<ObjectKey>| c.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
         // One endpoint of a: only a. A file re-read with equal content adds nothing.
-        st.replace_origin("f", objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2") + &slice("a-1", "a", "10.0.0.9"))));
+        st.replace_origin(
+            "f",
+            objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2") + &slice("a-1", "a", "10.0.0.9"))),
+        );
         st.publish();
         let second = rx.borrow().catalog.changes.clone();
         assert_eq!(second.since(&first).map(names), Some(vec!["a".to_string()]));
         // The slice relabelled to b: both groups changed.
-        st.replace_origin("f", objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2") + &slice("a-1", "b", "10.0.0.9"))));
+        st.replace_origin(
+            "f",
+            objs(&(svc("a", "10.96.0.1") + &svc("b", "10.96.0.2") + &slice("a-1", "b", "10.0.0.9"))),
+        );
         st.publish();
         let third = rx.borrow().catalog.changes.clone();
         assert_eq!(third.since(&second).map(names), Some(vec!["a".to_string(), "b".to_string()]));
@@ -546,7 +525,11 @@ mod tests {
                     let (s, ip) = (rand(6), rand(3));
                     text += &svc(&format!("s{s}"), &format!("10.96.0.{ip}"));
                     if rand(2) == 0 {
-                        text += &slice(&format!("s{s}-{}", rand(2)), &format!("s{}", rand(6)), &format!("10.0.0.{}", rand(3)));
+                        text += &slice(
+                            &format!("s{s}-{}", rand(2)),
+                            &format!("s{}", rand(6)),
+                            &format!("10.0.0.{}", rand(3)),
+                        );
                     }
                 }
                 st.replace_origin(&origin, objs(&text));
@@ -581,23 +564,12 @@ mod tests {
     #[test]
     fn slices_group_by_service_and_follow_a_relabel() {
         let mut st = Store::new();
-        st.replace_origin(
-            "f",
-            objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "web", "10.0.0.1"))),
-        );
+        st.replace_origin("f", objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "web", "10.0.0.1"))));
         let web = ObjectKey::new("x", "web");
-        let keys: Vec<_> = st
-            .catalog()
-            .slices_of(&web)
-            .iter()
-            .map(|s| s.key.name.clone())
-            .collect();
+        let keys: Vec<_> = st.catalog().slices_of(&web).iter().map(|s| s.key.name.clone()).collect();
         assert_eq!(keys, ["s1", "s2"], "sorted by slice name");
         // s1 moves to another Service.
-        st.replace_origin(
-            "f",
-            objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "api", "10.0.0.1"))),
-        );
+        st.replace_origin("f", objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "api", "10.0.0.1"))));
         assert_eq!(st.catalog().slices_of(&web).len(), 1);
         assert_eq!(st.catalog().slices_of(&ObjectKey::new("x", "api")).len(), 1);
         st.remove_origin("f");

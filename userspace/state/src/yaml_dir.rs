@@ -56,9 +56,7 @@ pub fn load_dir(dir: impl AsRef<Path>) -> Result<(Catalog, Vec<ObjectError>), So
 /// Load `dir`, then follow it. The returned receiver already holds a ready
 /// snapshot of the full directory; each later change publishes a new one.
 /// The task ends when every receiver is dropped.
-pub async fn watch_dir(
-    dir: impl AsRef<Path>,
-) -> Result<(watch::Receiver<Snapshot>, JoinHandle<()>), SourceError> {
+pub async fn watch_dir(dir: impl AsRef<Path>) -> Result<(watch::Receiver<Snapshot>, JoinHandle<()>), SourceError> {
     let mut src = DirSource::new(dir.as_ref())?;
     let dir = src.dir.clone();
 
@@ -69,16 +67,10 @@ pub async fn watch_dir(
         // The receiver is gone only when the task ended; nothing to do then.
         let _ = tx.send(ev);
     })
-    .map_err(|source| SourceError::Watch {
-        path: dir.clone(),
-        source,
-    })?;
+    .map_err(|source| SourceError::Watch { path: dir.clone(), source })?;
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| SourceError::Watch {
-            path: dir.clone(),
-            source,
-        })?;
+        .map_err(|source| SourceError::Watch { path: dir.clone(), source })?;
 
     // The first load of a large directory takes a few hundred ms of CPU:
     // off the runtime's threads, so the caller's other tasks (a metrics
@@ -144,10 +136,7 @@ fn read_file(path: &Path, known: Option<u64>) -> FileRead {
     let origin = path.display().to_string();
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.kind() == std::io::ErrorKind::IsADirectory =>
-        {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::IsADirectory => {
             return FileRead::Gone
         }
         Err(e) => return FileRead::Failed(file_error(&origin, format!("cannot read: {e}"))),
@@ -178,25 +167,15 @@ struct DirSource {
 
 impl DirSource {
     fn new(dir: &Path) -> Result<Self, SourceError> {
-        let meta = std::fs::metadata(dir).map_err(|source| SourceError::ReadDir {
-            path: dir.into(),
-            source,
-        })?;
+        let meta = std::fs::metadata(dir).map_err(|source| SourceError::ReadDir { path: dir.into(), source })?;
         if !meta.is_dir() {
             return Err(SourceError::NotADirectory { path: dir.into() });
         }
         // One spelling for every file: scans join this path, and inotify
         // events join the watched one, which must be the same or a file would
         // be two origins (and never removed).
-        let dir = std::fs::canonicalize(dir).map_err(|source| SourceError::ReadDir {
-            path: dir.into(),
-            source,
-        })?;
-        Ok(Self {
-            dir,
-            files: HashMap::new(),
-            store: Store::new(),
-        })
+        let dir = std::fs::canonicalize(dir).map_err(|source| SourceError::ReadDir { path: dir.into(), source })?;
+        Ok(Self { dir, files: HashMap::new(), store: Store::new() })
     }
 
     /// Re-read every catalog file of the directory (those whose bytes
@@ -204,23 +183,13 @@ impl DirSource {
     /// and parsed on every core (a first load of 10,000 files is ~0.5 s of
     /// parsing on one); the store takes them in name order, as one would.
     fn rescan(&mut self) -> Result<Vec<ObjectError>, SourceError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|source| SourceError::ReadDir {
-            path: self.dir.clone(),
-            source,
-        })?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| is_catalog_file(p))
-            .collect();
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|source| SourceError::ReadDir { path: self.dir.clone(), source })?;
+        let mut paths: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| is_catalog_file(p)).collect();
         paths.sort();
         let present: HashSet<&PathBuf> = paths.iter().collect();
-        let gone: Vec<PathBuf> = self
-            .files
-            .keys()
-            .filter(|p| !present.contains(p))
-            .cloned()
-            .collect();
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains(p)).cloned().collect();
         let reads = self.read_all(&paths);
         let mut errors = Vec::new();
         for (path, read) in paths.iter().zip(reads) {
@@ -246,10 +215,7 @@ impl DirSource {
                 .chunks(chunk)
                 .map(|part| s.spawn(move || part.iter().map(|p| read_file(p, known(p))).collect::<Vec<_>>()))
                 .collect();
-            parts
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
+            parts.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
         })
     }
 
@@ -399,9 +365,7 @@ fn classify(
     }
     // Opening and reading change nothing, and our own reads (of the
     // directory too) make these: acting on them would loop.
-    if matches!(ev.kind, EventKind::Access(_))
-        && ev.kind != EventKind::Access(AccessKind::Close(AccessMode::Write))
-    {
+    if matches!(ev.kind, EventKind::Access(_)) && ev.kind != EventKind::Access(AccessKind::Close(AccessMode::Write)) {
         return;
     }
     for path in &ev.paths {
@@ -415,11 +379,7 @@ fn classify(
             // Not a file we load: a temporary file of an editor (its rename
             // into place names the real file), or a ConfigMap volume's
             // `..data` symlink swap, which changes what every file points at.
-            if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n == "..data")
-            {
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "..data") {
                 *rescan = true;
             }
             continue;
@@ -445,10 +405,7 @@ fn classify(
 }
 
 fn is_catalog_file(path: &Path) -> bool {
-    let hidden = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_none_or(|n| n.starts_with('.'));
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
     !hidden && Format::from_path(path).is_some()
 }
 

@@ -12,7 +12,8 @@ use serde_json::json;
 fn large_cluster() -> serde_json::Value {
     let ports = json!([{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 80},
                        {"name": "grpc", "port": 9090, "protocol": "TCP", "targetPort": 9090}]);
-    let eports = json!([{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "grpc", "port": 9090, "protocol": "TCP"}]);
+    let eports =
+        json!([{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "grpc", "port": 9090, "protocol": "TCP"}]);
     let mut items = Vec::new();
     for nsi in 0..100u32 {
         let ns = format!("ns-{nsi:02}");
@@ -54,11 +55,7 @@ fn large_cluster() -> serde_json::Value {
 fn write_large(dir: &std::path::Path) {
     let list = large_cluster();
     assert_eq!(list["items"].as_array().unwrap().len(), 21_100);
-    std::fs::write(
-        dir.join("large_cluster.json"),
-        serde_json::to_vec(&list).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("large_cluster.json"), serde_json::to_vec(&list).unwrap()).unwrap();
 }
 
 #[test]
@@ -68,21 +65,11 @@ fn large_cluster_json_loads_fast() {
     let start = Instant::now();
     let (cat, errors) = ferry_state::load_dir(dir.path()).unwrap();
     let took = start.elapsed();
-    eprintln!(
-        "large cluster (21,100 items, {} services): loaded in {took:?}",
-        cat.services.len()
-    );
+    eprintln!("large cluster (21,100 items, {} services): loaded in {took:?}", cat.services.len());
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(cat.services.len(), 10_500);
     assert_eq!(cat.services.values().filter(|s| s.headless).count(), 500);
-    assert_eq!(
-        cat.slices
-            .values()
-            .flatten()
-            .map(|s| s.endpoints.len())
-            .sum::<usize>(),
-        10_000 * 2 + 500 * 5
-    );
+    assert_eq!(cat.slices.values().flatten().map(|s| s.endpoints.len()).sum::<usize>(), 10_000 * 2 + 500 * 5);
     let svc = cat.service("ns-42", "svc-007").unwrap();
     assert_eq!(svc.cluster_ips[0].to_string(), "10.96.16.209"); // k = 4208
                                                                 // Generous bound for a loaded CI machine; the figure printed above is
@@ -107,11 +94,7 @@ async fn change_beside_a_large_cluster_within_budget() {
         let want = format!("10.97.0.{i}");
         tokio::time::timeout(
             Duration::from_secs(2),
-            rx.wait_for(|s| {
-                s.catalog
-                    .service("ns-00", "new")
-                    .is_some_and(|s| s.cluster_ips[0].to_string() == want)
-            }),
+            rx.wait_for(|s| s.catalog.service("ns-00", "new").is_some_and(|s| s.cluster_ips[0].to_string() == want)),
         )
         .await
         .expect("change published")

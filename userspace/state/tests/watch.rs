@@ -18,10 +18,7 @@ fn svc(name: &str, ip: &str) -> String {
 }
 
 fn vip(snap: &Snapshot, name: &str) -> Option<String> {
-    snap.catalog
-        .service("w", name)
-        .and_then(|s| s.cluster_ips.first())
-        .map(|ip| ip.to_string())
+    snap.catalog.service("w", name).and_then(|s| s.cluster_ips.first()).map(|ip| ip.to_string())
 }
 
 /// Wait (bounded) until `pred` holds for the latest snapshot; how long it took.
@@ -32,9 +29,7 @@ async fn eventually(
     pred: impl Fn(&Snapshot) -> bool,
 ) -> Duration {
     let start = Instant::now();
-    let res = tokio::time::timeout(within, rx.wait_for(|s| pred(s)))
-        .await
-        .map(|r| r.is_ok());
+    let res = tokio::time::timeout(within, rx.wait_for(|s| pred(s))).await.map(|r| r.is_ok());
     match res {
         Ok(true) => start.elapsed(),
         Ok(false) => panic!("{what}: the source stopped"),
@@ -61,19 +56,11 @@ async fn initial_load_is_ready_and_complete() {
     write(&dir.path().join("c.yml"), &svc("c", "10.96.0.3"));
     // Not catalog files: ignored.
     write(&dir.path().join("README.md"), &svc("readme", "10.96.0.4"));
-    write(
-        &dir.path().join(".hidden.yaml"),
-        &svc("hidden", "10.96.0.5"),
-    );
+    write(&dir.path().join(".hidden.yaml"), &svc("hidden", "10.96.0.5"));
     let (rx, _task) = watch_dir(dir.path()).await.unwrap();
     let snap = rx.borrow().clone();
     assert!(snap.ready && snap.generation >= 1);
-    let names: Vec<_> = snap
-        .catalog
-        .services
-        .keys()
-        .map(|k| k.name.as_str())
-        .collect();
+    let names: Vec<_> = snap.catalog.services.keys().map(|k| k.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "c"]);
 }
 
@@ -86,12 +73,7 @@ async fn add_change_remove_within_budget() {
     for round in 0..10 {
         write(&f, &svc("web", &format!("10.96.1.{round}")));
         let want = format!("10.96.1.{round}");
-        worst = worst.max(
-            eventually(&mut rx, BUDGET, "change", |s| {
-                vip(s, "web").as_deref() == Some(&want)
-            })
-            .await,
-        );
+        worst = worst.max(eventually(&mut rx, BUDGET, "change", |s| vip(s, "web").as_deref() == Some(&want)).await);
     }
     std::fs::remove_file(&f).unwrap();
     worst = worst.max(eventually(&mut rx, BUDGET, "removal", |s| vip(s, "web").is_none()).await);
@@ -110,10 +92,7 @@ async fn rename_into_place() {
         let want = format!("10.96.2.{}", i + 2);
         write(&tmp, &svc("web", &want));
         std::fs::rename(&tmp, &f).unwrap();
-        eventually(&mut rx, BUDGET, "rename over", |s| {
-            vip(s, "web").as_deref() == Some(&want)
-        })
-        .await;
+        eventually(&mut rx, BUDGET, "rename over", |s| vip(s, "web").as_deref() == Some(&want)).await;
     }
     // A new file renamed in from elsewhere, and one renamed out.
     let outside = tempfile::tempdir().unwrap();
@@ -121,15 +100,8 @@ async fn rename_into_place() {
     write(&src, &svc("api", "10.96.2.9"));
     std::fs::rename(&src, dir.path().join("api.yaml")).unwrap();
     eventually(&mut rx, BUDGET, "rename in", |s| vip(s, "api").is_some()).await;
-    std::fs::rename(
-        dir.path().join("api.yaml"),
-        outside.path().join("gone.yaml"),
-    )
-    .unwrap();
-    eventually(&mut rx, BUDGET, "rename out", |s| {
-        vip(s, "api").is_none() && vip(s, "web").is_some()
-    })
-    .await;
+    std::fs::rename(dir.path().join("api.yaml"), outside.path().join("gone.yaml")).unwrap();
+    eventually(&mut rx, BUDGET, "rename out", |s| vip(s, "api").is_none() && vip(s, "web").is_some()).await;
 }
 
 #[tokio::test]
@@ -145,22 +117,11 @@ async fn broken_file_keeps_its_objects_bad_object_is_skipped() {
     write(&f, "kind: Service\n  metadata: [unclosed");
     // A change that does publish, to know the broken file has been processed.
     write(&dir.path().join("other.yaml"), &svc("o", "10.96.3.10"));
-    eventually(&mut rx, BUDGET, "other file", |s| {
-        vip(s, "o").as_deref() == Some("10.96.3.10")
-    })
-    .await;
+    eventually(&mut rx, BUDGET, "other file", |s| vip(s, "o").as_deref() == Some("10.96.3.10")).await;
     let snap = rx.borrow().clone();
-    assert_eq!(
-        vip(&snap, "a").as_deref(),
-        Some("10.96.3.1"),
-        "kept while the file does not parse"
-    );
+    assert_eq!(vip(&snap, "a").as_deref(), Some("10.96.3.1"), "kept while the file does not parse");
     assert_eq!(vip(&snap, "b").as_deref(), Some("10.96.3.2"));
-    assert_eq!(
-        snap.generation,
-        gen + 1,
-        "the broken file published nothing"
-    );
+    assert_eq!(snap.generation, gen + 1, "the broken file published nothing");
 
     // Parses again with one invalid object: that object alone is skipped.
     write(&f, &(svc("a", "10.96.3.11") + &svc("b", "not-an-ip")));
@@ -176,9 +137,7 @@ async fn broken_file_keeps_its_objects_bad_object_is_skipped() {
 async fn slow_in_place_write_publishes_once() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("big.yaml");
-    let text: String = (0..50)
-        .map(|i| svc(&format!("s{i}"), &format!("10.96.4.{i}")))
-        .collect();
+    let text: String = (0..50).map(|i| svc(&format!("s{i}"), &format!("10.96.4.{i}"))).collect();
     write(&f, &text);
     let (mut rx, _task) = watch_dir(dir.path()).await.unwrap();
     let gen = rx.borrow().generation;
@@ -195,17 +154,10 @@ async fn slow_in_place_write_publishes_once() {
     std::thread::sleep(Duration::from_millis(10));
     file.write_all(tail.as_bytes()).unwrap();
     drop(file);
-    eventually(&mut rx, BUDGET, "slow write", |s| {
-        vip(s, "s49").as_deref() == Some("10.96.4.200")
-    })
-    .await;
+    eventually(&mut rx, BUDGET, "slow write", |s| vip(s, "s49").as_deref() == Some("10.96.4.200")).await;
     let snap = rx.borrow().clone();
     assert_eq!(snap.catalog.services.len(), 50);
-    assert_eq!(
-        snap.generation,
-        gen + 1,
-        "no half-written version was published"
-    );
+    assert_eq!(snap.generation, gen + 1, "no half-written version was published");
 }
 
 #[tokio::test]
@@ -227,10 +179,7 @@ async fn configmap_volume_symlink_swap() {
     write(&v2.join("svc.yaml"), &svc("cm", "10.96.5.2"));
     std::os::unix::fs::symlink("..2026_11_22_02", d.join("..data_tmp")).unwrap();
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
-    eventually(&mut rx, BUDGET, "configmap swap", |s| {
-        vip(s, "cm").as_deref() == Some("10.96.5.2")
-    })
-    .await;
+    eventually(&mut rx, BUDGET, "configmap swap", |s| vip(s, "cm").as_deref() == Some("10.96.5.2")).await;
 }
 
 #[tokio::test]
@@ -238,21 +187,13 @@ async fn the_source_stops_when_nobody_listens() {
     let dir = tempfile::tempdir().unwrap();
     let (rx, task) = watch_dir(dir.path()).await.unwrap();
     drop(rx);
-    tokio::time::timeout(Duration::from_secs(2), task)
-        .await
-        .expect("task ends")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task).await.expect("task ends").unwrap();
 }
 
 #[tokio::test]
 async fn missing_directory_is_a_clear_error() {
-    let err = watch_dir("/nonexistent/ferry-state-test")
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("/nonexistent/ferry-state-test"),
-        "{err}"
-    );
+    let err = watch_dir("/nonexistent/ferry-state-test").await.unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/ferry-state-test"), "{err}");
     let file = tempfile::NamedTempFile::new().unwrap();
     let err = ferry_state::load_dir(file.path()).unwrap_err();
     assert!(err.to_string().contains("not a directory"), "{err}");
@@ -265,15 +206,7 @@ async fn relative_directory_path_removes_what_it_added() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
     let ups = "../".repeat(cwd.components().count() - 1);
-    let rel = format!(
-        "{ups}{}",
-        dir.path()
-            .canonicalize()
-            .unwrap()
-            .display()
-            .to_string()
-            .trim_start_matches('/')
-    );
+    let rel = format!("{ups}{}", dir.path().canonicalize().unwrap().display().to_string().trim_start_matches('/'));
     write(&dir.path().join("a.yaml"), &svc("a", "10.96.6.1"));
     let (mut rx, _task) = watch_dir(&rel).await.unwrap();
     write(&dir.path().join("b.yaml"), &svc("b", "10.96.6.2"));
@@ -297,17 +230,11 @@ async fn a_directory_that_never_goes_quiet_still_publishes() {
         while start.elapsed() < Duration::from_millis(300) {
             // Saved the way editors save: a temporary renamed into place.
             let tmp = path.join("save.tmp");
-            write(
-                &tmp,
-                &svc(&format!("s{}", i % 20), &format!("10.96.7.{}", i % 250)),
-            );
+            write(&tmp, &svc(&format!("s{}", i % 20), &format!("10.96.7.{}", i % 250)));
             std::fs::rename(&tmp, path.join(format!("s{}.yaml", i % 20))).unwrap();
             i += 1;
         }
     });
-    eventually(&mut rx, BUDGET, "busy directory", |s| {
-        vip(s, "s0").is_some()
-    })
-    .await;
+    eventually(&mut rx, BUDGET, "busy directory", |s| vip(s, "s0").is_some()).await;
     writer.join().unwrap();
 }

@@ -87,60 +87,62 @@ fn run_rows(p: &mut Programmed, rows: Vec<Row<'_>>) {
 fn lifecycle_of_one_frontend() {
     let a = fe("10.96.0.10", 80);
     let mut p = Programmed::new(LIMITS);
-    run_rows(&mut p, vec![
-        // New frontend: backends, table, counters, then the service entry.
-        ("create", vec![(a, want(&["10.0.0.1:80=A", "10.0.0.2:80=A"]))], vec![
-            "put-backend 0 10.0.0.1:80 A",
-            "put-backend 1 10.0.0.2:80 A",
-            "table 0",
-            "service 0 10.96.0.10 n=2 t=0",
-        ]),
-        // Same desired state: nothing to write.
-        ("unchanged", vec![(a, want(&["10.0.0.1:80=A", "10.0.0.2:80=A"]))], vec![]),
-        // Add a backend: new id, new table in a FREE slot (1, not 0), switch.
-        ("add backend", vec![(a, want(&["10.0.0.1:80=A", "10.0.0.2:80=A", "10.0.0.3:80=A"]))], vec![
-            "put-backend 2 10.0.0.3:80 A",
-            "table 1",
-            "service 0 10.96.0.10 n=3 t=1",
-        ]),
-        // Demote one to terminating: new table without it, switch, and only
-        // then mark it TERMINATING (its flows keep it). Slot 0 is free again.
-        ("terminating", vec![(a, want(&["10.0.0.1:80=A", "10.0.0.2:80=T", "10.0.0.3:80=A"]))], vec![
-            "table 0",
-            "service 0 10.96.0.10 n=2 t=0",
-            "put-backend 1 10.0.0.2:80 T",
-        ]),
-        // Remove it: no table change (it was not in the table), just delete.
-        ("remove terminating", vec![(a, want(&["10.0.0.1:80=A", "10.0.0.3:80=A"]))], vec![
-            "delete-backend 1",
-        ]),
-        // Its id is reused by the next new backend (released last plan).
-        ("reuse id", vec![(a, want(&["10.0.0.1:80=A", "10.0.0.3:80=A", "10.0.0.4:80=A"]))], vec![
-            "put-backend 1 10.0.0.4:80 A",
-            "table 1",
-            "service 0 10.96.0.10 n=3 t=1",
-        ]),
-        // Nothing ready and nothing serving: the service stays with count 0
-        // (reject), the table is dropped, backends deleted after the switch.
-        ("no endpoints", vec![(a, want(&[]))], vec![
-            "service 0 10.96.0.10 n=0 t=-",
-            "delete-backend 0",
-            "delete-backend 2",
-            "delete-backend 1",
-        ]),
-        // Only terminating endpoints, none active: no new-flow population.
-        ("terminating only", vec![(a, want(&["10.0.0.9:80=T"]))], vec![
-            "put-backend 0 10.0.0.9:80 T",
-        ]),
-        // Promoted: the backend is ACTIVE before the table points at it.
-        ("promote", vec![(a, want(&["10.0.0.9:80=A"]))], vec![
-            "put-backend 0 10.0.0.9:80 A",
-            "table 0",
-            "service 0 10.96.0.10 n=1 t=0",
-        ]),
-        // Service gone: entry first, then its backends.
-        ("delete", vec![], vec!["delete-service 10.96.0.10", "delete-backend 0", "reset 0"]),
-    ]);
+    run_rows(
+        &mut p,
+        vec![
+            // New frontend: backends, table, counters, then the service entry.
+            (
+                "create",
+                vec![(a, want(&["10.0.0.1:80=A", "10.0.0.2:80=A"]))],
+                vec![
+                    "put-backend 0 10.0.0.1:80 A",
+                    "put-backend 1 10.0.0.2:80 A",
+                    "table 0",
+                    "service 0 10.96.0.10 n=2 t=0",
+                ],
+            ),
+            // Same desired state: nothing to write.
+            ("unchanged", vec![(a, want(&["10.0.0.1:80=A", "10.0.0.2:80=A"]))], vec![]),
+            // Add a backend: new id, new table in a FREE slot (1, not 0), switch.
+            (
+                "add backend",
+                vec![(a, want(&["10.0.0.1:80=A", "10.0.0.2:80=A", "10.0.0.3:80=A"]))],
+                vec!["put-backend 2 10.0.0.3:80 A", "table 1", "service 0 10.96.0.10 n=3 t=1"],
+            ),
+            // Demote one to terminating: new table without it, switch, and only
+            // then mark it TERMINATING (its flows keep it). Slot 0 is free again.
+            (
+                "terminating",
+                vec![(a, want(&["10.0.0.1:80=A", "10.0.0.2:80=T", "10.0.0.3:80=A"]))],
+                vec!["table 0", "service 0 10.96.0.10 n=2 t=0", "put-backend 1 10.0.0.2:80 T"],
+            ),
+            // Remove it: no table change (it was not in the table), just delete.
+            ("remove terminating", vec![(a, want(&["10.0.0.1:80=A", "10.0.0.3:80=A"]))], vec!["delete-backend 1"]),
+            // Its id is reused by the next new backend (released last plan).
+            (
+                "reuse id",
+                vec![(a, want(&["10.0.0.1:80=A", "10.0.0.3:80=A", "10.0.0.4:80=A"]))],
+                vec!["put-backend 1 10.0.0.4:80 A", "table 1", "service 0 10.96.0.10 n=3 t=1"],
+            ),
+            // Nothing ready and nothing serving: the service stays with count 0
+            // (reject), the table is dropped, backends deleted after the switch.
+            (
+                "no endpoints",
+                vec![(a, want(&[]))],
+                vec!["service 0 10.96.0.10 n=0 t=-", "delete-backend 0", "delete-backend 2", "delete-backend 1"],
+            ),
+            // Only terminating endpoints, none active: no new-flow population.
+            ("terminating only", vec![(a, want(&["10.0.0.9:80=T"]))], vec!["put-backend 0 10.0.0.9:80 T"]),
+            // Promoted: the backend is ACTIVE before the table points at it.
+            (
+                "promote",
+                vec![(a, want(&["10.0.0.9:80=A"]))],
+                vec!["put-backend 0 10.0.0.9:80 A", "table 0", "service 0 10.96.0.10 n=1 t=0"],
+            ),
+            // Service gone: entry first, then its backends.
+            ("delete", vec![], vec!["delete-service 10.96.0.10", "delete-backend 0", "reset 0"]),
+        ],
+    );
     assert!(p.frontends.is_empty());
 }
 
@@ -149,23 +151,30 @@ fn ids_released_in_a_plan_are_not_reused_by_it() {
     let a = fe("10.96.0.10", 80);
     let b = fe("10.96.0.11", 80);
     let mut p = Programmed::new(LIMITS);
-    run_rows(&mut p, vec![
-        ("a", vec![(a, want(&["10.0.0.1:80=A"]))], vec![
-            "put-backend 0 10.0.0.1:80 A",
-            "table 0",
-            "service 0 10.96.0.10 n=1 t=0",
-        ]),
-        // Replacing a by b in one plan: b must not get service id 0, backend
-        // id 0 or table 0, which a still uses until its entry is deleted.
-        ("swap", vec![(b, want(&["10.0.0.2:80=A"]))], vec![
-            "put-backend 1 10.0.0.2:80 A",
-            "table 1",
-            "delete-service 10.96.0.10",
-            "service 1 10.96.0.11 n=1 t=1",
-            "delete-backend 0",
-            "reset 0",
-        ]),
-    ]);
+    run_rows(
+        &mut p,
+        vec![
+            (
+                "a",
+                vec![(a, want(&["10.0.0.1:80=A"]))],
+                vec!["put-backend 0 10.0.0.1:80 A", "table 0", "service 0 10.96.0.10 n=1 t=0"],
+            ),
+            // Replacing a by b in one plan: b must not get service id 0, backend
+            // id 0 or table 0, which a still uses until its entry is deleted.
+            (
+                "swap",
+                vec![(b, want(&["10.0.0.2:80=A"]))],
+                vec![
+                    "put-backend 1 10.0.0.2:80 A",
+                    "table 1",
+                    "delete-service 10.96.0.10",
+                    "service 1 10.96.0.11 n=1 t=1",
+                    "delete-backend 0",
+                    "reset 0",
+                ],
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -262,13 +271,10 @@ fn a_restarted_agent_adopts_ids_and_rebuilds_tables_in_place() {
     // and switched (the same backends give the same slots, so no flow
     // moves); no backend is rewritten; the orphan is deleted.
     let ops = render(&plan(&mut second, &d, Scope::All).ops);
-    assert_eq!(ops, vec![
-        "table 2",
-        "table 3",
-        "service 0 10.96.0.10 n=1 t=2",
-        "service 1 10.96.0.11 n=2 t=3",
-        "delete-backend 20",
-    ]);
+    assert_eq!(
+        ops,
+        vec!["table 2", "table 3", "service 0 10.96.0.10 n=1 t=2", "service 1 10.96.0.11 n=2 t=3", "delete-backend 20",]
+    );
     // And then it is steady.
     assert!(plan(&mut second, &d, Scope::All).ops.is_empty());
 }

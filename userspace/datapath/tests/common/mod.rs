@@ -67,11 +67,7 @@ impl Pkt {
     }
 
     pub fn udp(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Self {
-        Pkt {
-            proto: UDP,
-            payload: payload.to_vec(),
-            ..Pkt::tcp(src, sport, dst, dport, 0)
-        }
+        Pkt { proto: UDP, payload: payload.to_vec(), ..Pkt::tcp(src, sport, dst, dport, 0) }
     }
 
     fn l4(&self) -> Vec<u8> {
@@ -144,9 +140,7 @@ impl Pkt {
 }
 
 fn sum(b: &[u8]) -> u32 {
-    b.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
+    b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
 }
 
 fn fold(mut s: u32) -> u16 {
