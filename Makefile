@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Privileged tests build whole network topologies; two at a time fits 2 cores.
 TEST_THREADS ?= 2
 
-.PHONY: all bootstrap bootstrap-bench build demo test lint bench bench-cni bench-lb bench-dns clean
+.PHONY: all bootstrap bootstrap-bench build demo test lint bench bench-cni bench-lb bench-socklb bench-dns clean
 
 all: build
 
@@ -42,6 +42,10 @@ bench-cni: build bootstrap-bench
 
 bench-lb: build bootstrap-bench
 	@bash bench/lb/run.sh
+
+# Only the socket-LB figures of bench-lb (a minute).
+bench-socklb: build bootstrap-bench
+	@mkdir -p bench/results && python3 bench/lb/socklb.py bench/results/socklb.json
 
 bench-dns: build bootstrap-bench
 	@bash bench/dns/run.sh

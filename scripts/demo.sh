@@ -160,8 +160,14 @@ echo "  Service demo/web: ClusterIP 10.96.0.10:80 -> ${POD_IP[0]}, ${POD_IP[1]},
 # nsenter switches only the network namespace (ip netns exec would remount
 # /sys and hide bpffs). The pods' host veths are fer<12 hex>; the bridge is not.
 PODS="fer0*,fer1*,fer2*,fer3*,fer4*,fer5*,fer6*,fer7*,fer8*,fer9*,fera*,ferb*,ferc*,ferd*,fere*,ferf*"
+# The socket LB goes on a cgroup of the demo's own (in a cluster: the node's
+# root cgroup), so "host" processes the demo starts in it reach ClusterIPs.
+CGROUP="$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)/${ID}-host"
+mkdir "$CGROUP"
+on_exit "rmdir '$CGROUP'"
 nsenter --net="/run/netns/$NODE_NS" "$BIN/ferry-agent" --yaml-dir "$CATALOG" --pin-dir "$PIN" \
     --state-dir "$WORK/agent-state" --iface-pattern "$PODS" --metrics-addr 127.0.0.1:9962 \
+    --socket-lb-cgroup "$CGROUP" \
     --maglev-size 1021 --max-tables 64 --max-services 256 --max-backends 1024 --ct-size 16384 --affinity-size 1024 \
     >"$WORK/agent.log" 2>&1 &
 AGENT=$!
@@ -172,7 +178,7 @@ for _ in $(seq 200); do
 import socket, sys
 s = socket.create_connection(("127.0.0.1", 9962), timeout=0.5)
 s.sendall(b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n")
-sys.exit(0 if b" 200 " in s.recv(100) else 1)' 2>/dev/null && [ "$(ls "$PIN/links" 2>/dev/null | wc -l)" -ge 8 ]; then
+sys.exit(0 if b" 200 " in s.recv(100) else 1)' 2>/dev/null && [ "$(ls "$PIN/links" 2>/dev/null | grep -c -- '-in$')" -ge 4 ]; then
         ready=1; break
     fi
     kill -0 "$AGENT" 2>/dev/null || break
@@ -191,6 +197,14 @@ for _ in range(30):
 for k in sorted(n):
     print("    %s served %d" % (k, n[k]))
 '
+echo "  from the node itself (a hostNetwork process, in the socket LB's cgroup), 6 connects to 10.96.0.10:80:"
+sh -c 'echo $$ > "$1/cgroup.procs" && exec nsenter --net="/run/netns/$2" python3 -c "
+import socket
+for _ in range(6):
+    c = socket.create_connection((\"10.96.0.10\", 80), timeout=2)
+    print(\"    %s (getpeername %s:%d)\" % (c.recv(100).decode().strip(), *c.getpeername()))
+    c.close()
+"' _ "$CGROUP" "$NODE_NS"
 echo "  ferryctl service list:"
 "$BIN/ferryctl" --pin-dir "$PIN" --state-dir "$WORK/agent-state" service list | sed 's/^/    /'
 echo "  ferryctl conntrack list (first 10):"

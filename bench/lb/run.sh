@@ -4,7 +4,8 @@
 # kube-proxy harness topology (vendored in kubeproxy/, see README.md), plus
 # the Ferry-only figures (cold programming of 10,000 Services x 10
 # endpoints, endpoint-change latency, agent RSS, map memory, iperf direct vs
-# VIP). Writes bench/results/lb.json and prints a summary.
+# VIP), and the socket LB for host-network clients (socklb.py). Writes
+# bench/results/lb.json and socklb.json and prints a summary.
 #
 #   bash bench/lb/run.sh            # N = 1, 1000, 10000; ~25 min on 2 vCPUs
 #   bash bench/lb/run.sh --quick    # N = 1, 1000; 1 rep; a few minutes
@@ -45,3 +46,6 @@ python3 "$HERE/kubeproxy/bench.py" \
   --out "$RUN" "${EXTRA_ARGS[@]}" 2>&1 | tee "$RUN/harness.log"
 python3 "$HERE/extra.py" "$RUN/extra.json" $([ $QUICK = 1 ] && echo --quick) 2>&1 | tee "$RUN/extra.log"
 python3 "$HERE/report.py" "$RUN" "$OUT/lb.json"
+# The socket LB: a host-network client through a ClusterIP vs straight to
+# the pod (issue 11's goal: >= 0.98x). Its own JSON beside lb.json.
+python3 "$HERE/socklb.py" "$OUT/socklb.json" $([ $QUICK = 1 ] && echo --quick) 2>&1 | tee "$RUN/socklb.log" || true

@@ -95,6 +95,10 @@ elif mode == "refused":
 
 /// Runs the client in the node namespace, inside `cgroup` when given.
 fn client(node: &Node, cgroup: Option<&Path>, args: &[&str]) -> Vec<Value> {
+    try_client(node, cgroup, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_client(node: &Node, cgroup: Option<&Path>, args: &[&str]) -> Result<Vec<Value>, String> {
     let mut cmd = util::timeout_command(Duration::from_secs(20), "python3");
     cmd.arg("-c").arg(CLIENT).args(args);
     if let Some(cg) = cgroup {
@@ -115,8 +119,10 @@ fn client(node: &Node, cgroup: Option<&Path>, args: &[&str]) -> Vec<Value> {
     util::in_netns(&mut cmd, node.netns_path());
     let out = cmd.output().expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "client {args:?}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+    if !out.status.success() {
+        return Err(format!("client {args:?}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr)));
+    }
+    stdout.lines().map(|l| serde_json::from_str(l).map_err(|e| format!("{l}: {e}"))).collect()
 }
 
 struct World {
@@ -149,16 +155,23 @@ impl World {
         agent.write("web-eps4.yaml", &slice("web-4", "web", &slice_ports, &eps4));
         agent.write("web-eps6.yaml", &slice("web-6", "web", &slice_ports, &eps6));
         let w = World { agent, cgroup, backends, _servers: servers, node };
-        w.wait_programmed("10.96.0.10:80 ");
-        w.wait_programmed("[fd00:96::10]:80 ");
+        // Both backends behind every frontend, not only the frontends: a
+        // Service synced before its slices has none yet.
+        for fe in ["10.96.0.10:80", "10.96.0.10:53", "[fd00:96::10]:80", "[fd00:96::10]:53"] {
+            w.wait_active(fe, 2);
+        }
         w
     }
 
-    fn wait_programmed(&self, frontend: &str) {
+    fn wait_active(&self, frontend: &str, active: u64) {
+        let active_of = || -> Option<u64> {
+            let rows: Value = serde_json::from_str(&self.agent.ferryctl(&["-o", "json", "service", "list"])).ok()?;
+            rows.as_array()?.iter().find(|r| r["frontend"] == frontend).and_then(|r| r["active"].as_u64())
+        };
         assert_eventually!(
-            self.agent.ferryctl(&["service", "list"]).contains(frontend),
+            active_of() == Some(active),
             Duration::from_secs(5),
-            "{frontend} programmed: {}",
+            "{frontend} with {active} active backends: {}",
             self.agent.ferryctl(&["service", "list"])
         );
     }
@@ -233,7 +246,7 @@ fn socklb_service_without_endpoints_refuses_connect_and_affinity_holds() {
     let cg = Some(w.cgroup.path());
     w.agent.write("empty-svc.yaml", &service("empty", &["10.96.0.20"], &[("http", "TCP", 80, "8080")], ""));
     w.agent.write("empty-eps.yaml", &slice("empty-1", "empty", &[("http", "TCP", 8080)], &[]));
-    w.wait_programmed("10.96.0.20:80 ");
+    w.wait_active("10.96.0.20:80", 0);
     let rows = client(&w.node, cg, &["refused", "10.96.0.20", "80"]);
     assert_eq!(rows[0]["errno"], libc::ECONNREFUSED, "connect to a Service without endpoints: {rows:?}");
     assert!(w.global("sock_refused") >= 1);
@@ -258,10 +271,11 @@ fn socklb_survives_an_agent_restart_and_detaches_when_unconfigured() {
     let cg = Some(w.cgroup.path().to_path_buf());
     w.agent.kill9();
     // No agent at all: the pinned links keep translating.
-    let rows = client(&w.node, cg.as_deref(), &["tcp", VIP, "80", "4"]);
+    let diag = |w: &World, e: String| panic!("{e}\nstats: {}\nagent log:\n{}", w.stats(), w.agent.log_text());
+    let rows = try_client(&w.node, cg.as_deref(), &["tcp", VIP, "80", "4"]).unwrap_or_else(|e| diag(&w, e));
     assert!(rows.iter().all(|r| r["peer"] == serde_json::json!([VIP, 80])), "{rows:?}");
     w.agent.restart();
-    let rows = client(&w.node, cg.as_deref(), &["tcp", VIP, "80", "4"]);
+    let rows = try_client(&w.node, cg.as_deref(), &["tcp", VIP, "80", "4"]).unwrap_or_else(|e| diag(&w, e));
     assert!(rows.iter().all(|r| r["id"].as_str().is_some_and(|i| i.starts_with('b'))), "{rows:?}");
     // Restarted without the flag: the socket LB goes away.
     w.agent.kill9();
