@@ -58,7 +58,7 @@ def connbench(bins, cg, ip, port, seconds, conc):
 
 def main():
     out_path = sys.argv[1]
-    secs, reps, conc = (2, 2, 4) if QUICK else (3, 5, 4)
+    secs, reps, conc = (2, 3, 4) if QUICK else (3, 9, 4)
     work = tempfile.mkdtemp(prefix="ferry-socklb-")
     timings = os.path.join(work, "timings.jsonl")
     cg = os.path.join(cgroup2_root(), "ferry-bench-socklb-%d" % os.getpid())
@@ -86,13 +86,16 @@ def main():
         med = lambda k: statistics.median(x["conn_per_s"] for x in res[k])
         ratios = [v["conn_per_s"] / d["conn_per_s"] for d, v in zip(res["direct"], res["vip"]) if d["conn_per_s"]]
         res["direct_median"], res["vip_median"] = med("direct"), med("vip")
-        res["vip_vs_direct"] = res["vip_median"] / res["direct_median"] if res["direct_median"] else None
+        # The ratio is the median of back-to-back pairs: this machine's
+        # speed drifts between phases (seen here: 20k and 31k conn/s minutes
+        # apart for the same path), and a pair shares its phase.
         res["paired_ratios"] = ratios
+        res["vip_vs_direct"] = statistics.median(ratios) if ratios else None
         res["errors"] = sum(x["errors"] for k in ("direct", "vip") for x in res[k])
         res["goal_0_98x"] = bool(res["vip_vs_direct"] and res["vip_vs_direct"] >= 0.98 and res["errors"] == 0)
         print("\nsocket LB, host-network client, %d x %ds, concurrency %d" % (reps, secs, conc))
         print("  direct to pod  %10.0f conn/s (median)" % res["direct_median"])
-        print("  through VIP    %10.0f conn/s (median)   ratio %.3f  (paired: %s)" % (
+        print("  through VIP    %10.0f conn/s (median)   ratio %.3f, median of pairs (%s)" % (
             res["vip_median"], res["vip_vs_direct"], ", ".join("%.3f" % r for r in ratios)))
         print("  goal >= 0.98x: %s" % ("met" if res["goal_0_98x"] else "NOT met"))
     finally:

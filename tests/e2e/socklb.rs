@@ -228,6 +228,20 @@ fn socklb_host_process_reaches_cluster_ips_translated_at_connect() {
     assert!(w.global("sock_translated") > 24 + 8 + 12, "{stats}");
     assert_eq!(stats["conntrack_entries"], 0, "no conntrack entry for socket-LB flows: {stats}");
 
+    // Closed sockets take their entries with them (sock_release): of the
+    // 45 sockets above only the two unconnected UDP ones leave theirs (one
+    // backend each) to the LRU.
+    let dump = util::sh(&[
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "pinned",
+        &format!("{}/maps/FERRY_SOCK_REVNAT", w.agent.pin.path().display()),
+    ]);
+    let entries = serde_json::from_str::<Value>(&dump).map(|v| v.as_array().map_or(0, Vec::len)).unwrap_or(usize::MAX);
+    assert!(entries <= 2, "{entries} socket-LB entries left after every socket closed: {dump}");
+
     // A pod address is not a frontend: untouched.
     let b1 = w.backends[0].ipv4().to_string();
     let rows = client(&w.node, cg, &["tcp", &b1, "8080", "1"]);

@@ -44,6 +44,7 @@ pub mod prog_names {
     pub const SOCK_RECVMSG6: &str = "ferry_sock_recvmsg6";
     pub const SOCK_GETPEERNAME4: &str = "ferry_sock_getpeername4";
     pub const SOCK_GETPEERNAME6: &str = "ferry_sock_getpeername6";
+    pub const SOCK_RELEASE: &str = "ferry_sock_release";
 }
 
 /// Default map capacities. The Maglev array holds `MAX_TABLES * MAGLEV_SIZE`

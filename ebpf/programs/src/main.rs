@@ -22,8 +22,8 @@ mod sock;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, SockContext, TcContext},
 };
 use ferry_common::{DropReason, AF_INET, AF_INET6};
 
@@ -81,6 +81,12 @@ pub fn ferry_sock_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn ferry_sock_getpeername6(ctx: SockAddrContext) -> i32 {
     sock::reverse(&ctx, AF_INET6)
+}
+
+/// cgroup sock_release: forgets what the socket LB kept for the socket.
+#[cgroup_sock(sock_release)]
+pub fn ferry_sock_release(ctx: SockContext) -> i32 {
+    sock::release(&ctx)
 }
 
 #[inline(always)]

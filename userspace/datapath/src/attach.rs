@@ -7,7 +7,8 @@ use std::{
 };
 
 use aya::programs::{
-    links::FdLink, tc::TcAttachOptions, CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier,
+    links::FdLink, tc::TcAttachOptions, CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, ProgramError,
+    SchedClassifier,
 };
 use tracing::debug;
 
@@ -166,22 +167,29 @@ pub fn attach_cgroup(pin_dir: &Path, cgroup: &Path) -> Result<usize> {
             }
             fs::remove_file(&path).map_err(io_err("remove link pin of another cgroup", &path))?;
         }
-        let Hook::Cgroup(attach_type) = prog.hook() else { unreachable!("Prog::SOCK are cgroup programs") };
         let prog_path = prog.pin_path(pin_dir);
         if !prog_path.exists() {
             return Err(Error::NotLoaded(prog_path));
         }
         let program_err = |source| Error::Program { name: prog.name().to_owned(), source };
-        let mut program = CgroupSockAddr::from_pin(&prog_path, attach_type).map_err(program_err)?;
+        let link_err = |source| Error::Link { path: path.clone(), source };
         // A bpf_link on a cgroup is always multi-attach; the kernel refuses
         // any flag with it (kernel/bpf/cgroup.c, cgroup_bpf_link_attach), so
         // the mode must be the flagless one.
-        let link_id = program.attach(&dir, CgroupAttachMode::Single).map_err(program_err)?;
-        let link: FdLink = program
-            .take_link(link_id)
-            .map_err(program_err)?
-            .try_into()
-            .map_err(|source| Error::Link { path: path.clone(), source })?;
+        let mode = CgroupAttachMode::Single;
+        let link: FdLink = match prog.hook() {
+            Hook::Cgroup(attach_type) => {
+                let mut program = CgroupSockAddr::from_pin(&prog_path, attach_type).map_err(program_err)?;
+                let id = program.attach(&dir, mode).map_err(program_err)?;
+                program.take_link(id).map_err(program_err)?.try_into().map_err(link_err)?
+            }
+            Hook::CgroupSock(attach_type) => {
+                let mut program = CgroupSock::from_pin(&prog_path, attach_type).map_err(program_err)?;
+                let id = program.attach(&dir, mode).map_err(program_err)?;
+                program.take_link(id).map_err(program_err)?.try_into().map_err(link_err)?
+            }
+            Hook::TcxIngress | Hook::TcxEgress => unreachable!("Prog::SOCK are cgroup programs"),
+        };
         link.pin(&path).map_err(|source| Error::Pin { path: path.clone(), source })?;
         created += 1;
     }

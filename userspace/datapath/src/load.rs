@@ -8,8 +8,8 @@ use std::{
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
-        links::FdLink, links::PinnedLink, tc::SchedClassifierLink, CgroupSockAddr, Program, SchedClassifier, TestRun,
-        TestRunOptions,
+        links::FdLink, links::PinnedLink, tc::SchedClassifierLink, CgroupSock, CgroupSockAddr, Program,
+        SchedClassifier, TestRun, TestRunOptions,
     },
     EbpfLoader,
 };
@@ -238,7 +238,12 @@ pub fn load_or_adopt(pin_dir: &Path, config: &DatapathConfig) -> Result<Datapath
             Hook::Cgroup(_) => {
                 let program: &mut CgroupSockAddr = program.try_into().map_err(err)?;
                 program.load().map_err(err)?;
-                links_updated += replace_in_cgroup_link(pin_dir, prog, program)?;
+                links_updated += replace_in_cgroup_link(pin_dir, prog, program.fd().map_err(err)?.as_fd())?;
+            }
+            Hook::CgroupSock(_) => {
+                let program: &mut CgroupSock = program.try_into().map_err(err)?;
+                program.load().map_err(err)?;
+                links_updated += replace_in_cgroup_link(pin_dir, prog, program.fd().map_err(err)?.as_fd())?;
             }
         }
         let program = ebpf.program_mut(name).ok_or_else(|| err(aya::programs::ProgramError::NotLoaded))?;
@@ -317,13 +322,12 @@ fn replace_in_links(pin_dir: &Path, prog: Prog, program: &mut SchedClassifier) -
 /// Switches the pinned cgroup link of a socket-LB program (if any) to the
 /// new `program` with `BPF_LINK_UPDATE`: no connect() in between goes
 /// untranslated.
-fn replace_in_cgroup_link(pin_dir: &Path, prog: Prog, program: &CgroupSockAddr) -> Result<usize> {
+fn replace_in_cgroup_link(pin_dir: &Path, prog: Prog, fd: std::os::fd::BorrowedFd<'_>) -> Result<usize> {
     let path = cgroup_link_path(pin_dir, prog);
     if !path.exists() {
         return Ok(0);
     }
-    let fd = program.fd().map_err(|source| Error::Program { name: prog.name().to_owned(), source })?;
-    match crate::sys::link_update(&path, fd.as_fd()) {
+    match crate::sys::link_update(&path, fd) {
         Ok(()) => Ok(1),
         Err(e) => {
             warn!(path = %path.display(), error = %e, "could not replace program in cgroup link; re-attaching");

@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{tc::TcAttachType, CgroupSockAddrAttachType};
+use aya::programs::{tc::TcAttachType, CgroupSockAddrAttachType, CgroupSockAttachType};
 use ferry_common::prog_names;
 
 use crate::{io_err, Result};
@@ -29,6 +29,8 @@ pub enum Hook {
     TcxEgress,
     /// A cgroup socket-address hook (the socket LB), on one cgroup.
     Cgroup(CgroupSockAddrAttachType),
+    /// A cgroup socket hook (the socket LB's cleanup), on the same cgroup.
+    CgroupSock(CgroupSockAttachType),
 }
 
 /// The programs.
@@ -47,6 +49,7 @@ pub enum Prog {
     SockRecvmsg6,
     SockGetpeername4,
     SockGetpeername6,
+    SockRelease,
 }
 
 impl Prog {
@@ -55,7 +58,8 @@ impl Prog {
     pub const TC: [Prog; 2] = [Prog::ToPod, Prog::FromPod];
     /// The socket LB, in attach order: the reverse hooks first, so no
     /// translated socket ever shows the application a backend's address.
-    pub const SOCK: [Prog; 8] = [
+    pub const SOCK: [Prog; 9] = [
+        Prog::SockRelease,
         Prog::SockRecvmsg4,
         Prog::SockRecvmsg6,
         Prog::SockGetpeername4,
@@ -65,9 +69,10 @@ impl Prog {
         Prog::SockSendmsg4,
         Prog::SockSendmsg6,
     ];
-    pub const ALL: [Prog; 10] = [
+    pub const ALL: [Prog; 11] = [
         Prog::ToPod,
         Prog::FromPod,
+        Prog::SockRelease,
         Prog::SockRecvmsg4,
         Prog::SockRecvmsg6,
         Prog::SockGetpeername4,
@@ -91,6 +96,7 @@ impl Prog {
             Prog::SockRecvmsg6 => prog_names::SOCK_RECVMSG6,
             Prog::SockGetpeername4 => prog_names::SOCK_GETPEERNAME4,
             Prog::SockGetpeername6 => prog_names::SOCK_GETPEERNAME6,
+            Prog::SockRelease => prog_names::SOCK_RELEASE,
         }
     }
 
@@ -107,6 +113,7 @@ impl Prog {
             Prog::SockRecvmsg6 => Hook::Cgroup(C::UDPRecvMsg6),
             Prog::SockGetpeername4 => Hook::Cgroup(C::GetPeerName4),
             Prog::SockGetpeername6 => Hook::Cgroup(C::GetPeerName6),
+            Prog::SockRelease => Hook::CgroupSock(CgroupSockAttachType::SockRelease),
         }
     }
 
@@ -115,7 +122,7 @@ impl Prog {
         match self.hook() {
             Hook::TcxIngress => Some(TcAttachType::Ingress),
             Hook::TcxEgress => Some(TcAttachType::Egress),
-            Hook::Cgroup(_) => None,
+            Hook::Cgroup(_) | Hook::CgroupSock(_) => None,
         }
     }
 
@@ -137,6 +144,7 @@ impl Prog {
             Prog::SockRecvmsg6 => "recvmsg6",
             Prog::SockGetpeername4 => "getpeername4",
             Prog::SockGetpeername6 => "getpeername6",
+            Prog::SockRelease => "release",
         }
     }
 }
