@@ -104,6 +104,9 @@ pub struct NodeContext {
     /// `--service-proxy-name`: the `service.kubernetes.io/service-proxy-name`
     /// value this agent answers to. See [`is_ours`].
     pub service_proxy_name: Option<String>,
+    /// This node's `topology.kubernetes.io/zone`, from its Node object
+    /// (the reconciler keeps it current); topology hints match against it.
+    pub zone: Option<String>,
 }
 
 /// Whether this agent programs `svc`, by the labels that hand a Service to
@@ -237,6 +240,58 @@ fn category(ep: &Endpoint) -> Option<Category> {
     }
 }
 
+/// Which endpoints a Service port's new flows may use on this node, from
+/// the EndpointSlice hints: kube-proxy's `topologyModeFromHints`
+/// (pkg/proxy/topology.go). Hints are followed only when every ready
+/// endpoint carries them and some are for this node (or its zone);
+/// otherwise every endpoint is used, as a partly hinted or mismatched set
+/// means the controller's allocation is not one this node can follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    All,
+    /// `trafficDistribution: PreferSameNode`: `hints.forNodes`.
+    SameNode,
+    /// `PreferClose` / topology-aware routing: `hints.forZones`.
+    SameZone,
+}
+
+fn topology_mode<'a>(ready: impl Iterator<Item = &'a Endpoint>, node: &NodeContext) -> Topology {
+    let (mut all_node_hints, mut for_node) = (true, false);
+    let (mut all_zone_hints, mut for_zone) = (true, false);
+    let mut any = false;
+    for ep in ready {
+        any = true;
+        if ep.node_hints.is_empty() {
+            all_node_hints = false;
+        } else if node.node_name.as_ref().is_some_and(|n| ep.node_hints.contains(n)) {
+            for_node = true;
+        }
+        if ep.zone_hints.is_empty() {
+            all_zone_hints = false;
+        } else if node.zone.as_ref().is_some_and(|z| ep.zone_hints.contains(z)) {
+            for_zone = true;
+        }
+    }
+    if !any {
+        Topology::All
+    } else if all_node_hints && for_node {
+        Topology::SameNode
+    } else if all_zone_hints && for_zone {
+        Topology::SameZone
+    } else {
+        Topology::All
+    }
+}
+
+/// kube-proxy's `availableForTopology`.
+fn available(ep: &Endpoint, mode: Topology, node: &NodeContext) -> bool {
+    match mode {
+        Topology::All => true,
+        Topology::SameNode => node.node_name.as_ref().is_some_and(|n| ep.node_hints.contains(n)),
+        Topology::SameZone => node.zone.as_ref().is_some_and(|z| ep.zone_hints.contains(z)),
+    }
+}
+
 fn backends_for(
     svc: &Service,
     port: &ServicePort,
@@ -253,15 +308,33 @@ fn backends_for(
     // category either listing gives it; kube-proxy keeps whichever slice it
     // happens to read first, which is not a rule worth copying.
     let mut cands: BTreeMap<BackendAddr, Category> = BTreeMap::new();
+    // Topology applies to cluster-wide endpoints; internalTrafficPolicy:
+    // Local uses the local ones alone instead (kube-proxy:
+    // `UsesClusterEndpoints`).
+    let topology = if svc.internal_traffic_local {
+        Topology::All
+    } else {
+        let ready = slices
+            .iter()
+            .filter(|s| s.address_type == want && s.port_for(port).is_some())
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|ep| ep.ready);
+        topology_mode(ready, node)
+    };
     for slice in slices.iter().filter(|s| s.address_type == want) {
         // A slice without this port contributes no endpoints to it.
         let Some(target) = slice.port_for(port) else {
             continue;
         };
         for ep in &slice.endpoints {
-            let Some(cat) = category(ep) else {
+            let Some(mut cat) = category(ep) else {
                 continue;
             };
+            // Not for this node's topology: no new flows from here, but its
+            // flows from here keep it (hints move without breaking them).
+            if !available(ep, topology, node) {
+                cat = Category::KeepOnly;
+            }
             // internalTrafficPolicy: Local applies the same categorisation
             // to the local endpoints alone (CategorizeEndpoints'
             // localEndpoints: local ready, else local serving-terminating).
@@ -356,6 +429,8 @@ mod tests {
                     hostname: None,
                     node_name: (!n.is_empty()).then(|| n.to_string()),
                     zone: None,
+                    zone_hints: vec![],
+                    node_hints: vec![],
                     target_pod: None,
                 })
                 .collect(),
@@ -942,5 +1017,82 @@ mod tests {
         assert_eq!(fes.values().next().unwrap().service.name, "a");
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].ignored.name, "b");
+    }
+
+    /// Topology hints as kube-proxy follows them (pkg/proxy/topology.go,
+    /// `topologyModeFromHints` / `availableForTopology`): this node is `n1`
+    /// in zone `a`. Each row: endpoints as (address, zone hints, node
+    /// hints), and which get new flows ("A") or only keep theirs ("T").
+    #[test]
+    fn topology_hints() {
+        type Row<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, &'a [&'a str], &'a [&'a str])], &'a [&'a str]);
+        let rows: &[Row<'_>] = &[
+            // PreferClose: every endpoint hinted, two for zone a -> only those.
+            (
+                "zone hints for this zone",
+                Some("a"),
+                &[("10.0.0.1", &["a"], &[]), ("10.0.0.2", &["b"], &[]), ("10.0.0.3", &["a"], &[])],
+                &["10.0.0.1:8080 A", "10.0.0.2:8080 T", "10.0.0.3:8080 A"],
+            ),
+            // One endpoint without hints: hints are ignored, all serve.
+            (
+                "not every endpoint hinted",
+                Some("a"),
+                &[("10.0.0.1", &["a"], &[]), ("10.0.0.2", &[], &[])],
+                &["10.0.0.1:8080 A", "10.0.0.2:8080 A"],
+            ),
+            // No hint names this zone: fall back to all.
+            (
+                "no hint for this zone",
+                Some("c"),
+                &[("10.0.0.1", &["a"], &[]), ("10.0.0.2", &["b"], &[])],
+                &["10.0.0.1:8080 A", "10.0.0.2:8080 A"],
+            ),
+            // The Node has no zone label: hints cannot be matched, all serve.
+            (
+                "node without a zone",
+                None,
+                &[("10.0.0.1", &["a"], &[]), ("10.0.0.2", &["b"], &[])],
+                &["10.0.0.1:8080 A", "10.0.0.2:8080 A"],
+            ),
+            // PreferSameNode: node hints win over zone hints.
+            (
+                "node hints for this node",
+                Some("a"),
+                &[("10.0.0.1", &["a"], &["n1"]), ("10.0.0.2", &["a"], &["n2"])],
+                &["10.0.0.1:8080 A", "10.0.0.2:8080 T"],
+            ),
+            // Node hints, none for this node: zone hints still apply.
+            (
+                "node hints for other nodes, zone hints for this zone",
+                Some("a"),
+                &[("10.0.0.1", &["a"], &["n3"]), ("10.0.0.2", &["b"], &["n2"])],
+                &["10.0.0.1:8080 A", "10.0.0.2:8080 T"],
+            ),
+        ];
+        let s = svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(8080))]);
+        for (what, zone, eps, want) in rows {
+            let mut sl = slice("web", AddressType::IPv4, &[("http", 8080)], &[]);
+            sl.endpoints = eps
+                .iter()
+                .map(|(a, zh, nh)| Endpoint {
+                    addresses: vec![ip(a)],
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    hostname: None,
+                    node_name: None,
+                    zone: None,
+                    zone_hints: zh.iter().map(|z| z.to_string()).collect(),
+                    node_hints: nh.iter().map(|n| n.to_string()).collect(),
+                    target_pod: None,
+                })
+                .collect();
+            let ctx =
+                NodeContext { node_name: Some("n1".into()), zone: zone.map(str::to_string), ..NodeContext::default() };
+            let got: Vec<String> =
+                service_frontends(&s, &[sl], &ctx).into_iter().flat_map(|(_, d)| backends(&d)).collect();
+            assert_eq!(&got, want, "{what}");
+        }
     }
 }

@@ -199,7 +199,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new(Some(collector)));
     let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
 
-    let node = NodeContext { node_name: args.node_name.clone(), service_proxy_name: args.service_proxy_name.clone() };
+    let node = NodeContext {
+        node_name: args.node_name.clone(),
+        service_proxy_name: args.service_proxy_name.clone(),
+        zone: None, // from the Node object, at each sync
+    };
     let rec = sync::Reconciler::new(node, programmed);
     let sync_task = tokio::spawn(sync::run_loop(rx, rec, maps, metrics, names_file));
 

@@ -64,6 +64,15 @@ impl Reconciler {
 
     pub fn sync(&mut self, catalog: &Arc<Catalog>, w: &mut impl MapWriter) -> Result<SyncReport, ApplyError> {
         let t_diff = Instant::now();
+        // This node's zone (its Node's topology label) decides which hinted
+        // endpoints it uses: when it changes, every Service is translated
+        // again.
+        let zone = self.node.node_name.as_ref().and_then(|n| catalog.nodes.get(n)).and_then(|n| n.zone.clone());
+        if zone != self.node.zone {
+            info!(zone = ?zone, was = ?self.node.zone, "this node's zone changed: full sync");
+            self.node.zone = zone;
+            self.prev = None;
+        }
         let (scope_set, full) = match self.prev.take() {
             Some(prev) => {
                 let r = match self.update_incrementally(&prev, catalog) {
@@ -377,6 +386,8 @@ mod tests {
                             hostname: None,
                             node_name: None,
                             zone: None,
+                            zone_hints: vec![],
+                            node_hints: vec![],
                             target_pod: None,
                         })
                         .collect(),

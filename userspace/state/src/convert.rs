@@ -393,6 +393,18 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
             hostname,
             node_name: ep.node_name.clone().filter(|n| !n.is_empty()),
             zone: ep.zone.clone().filter(|z| !z.is_empty()),
+            zone_hints: ep
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).filter(|n| !n.is_empty()).collect())
+                .unwrap_or_default(),
+            node_hints: ep
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).filter(|n| !n.is_empty()).collect())
+                .unwrap_or_default(),
             target_pod: ep
                 .target_ref
                 .as_ref()
@@ -403,6 +415,9 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
 
     Ok(EndpointSlice { key, service, address_type, ports, endpoints })
 }
+
+/// The well-known label of a Node's zone (`v1.LabelTopologyZone`).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 pub fn node(node: &core::Node) -> Result<Node, ConvertError> {
     let name = node.metadata.name.clone().unwrap_or_default();
@@ -428,7 +443,8 @@ pub fn node(node: &core::Node) -> Result<Node, ConvertError> {
     for (i, c) in cidrs.iter().enumerate() {
         validate_cidr(&format!("{field}[{i}]"), c)?;
     }
-    Ok(Node { name, addresses, pod_cidrs: cidrs })
+    let zone = node.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).filter(|z| !z.is_empty()).cloned();
+    Ok(Node { name, addresses, pod_cidrs: cidrs, zone })
 }
 
 fn protocol(field: &str, value: Option<&str>) -> Result<Protocol, ConvertError> {

@@ -138,6 +138,12 @@ pub struct Endpoint {
     pub hostname: Option<String>,
     pub node_name: Option<String>,
     pub zone: Option<String>,
+    /// `hints.forZones[].name`: the zones whose nodes should send this
+    /// endpoint traffic (topology-aware routing, `trafficDistribution:
+    /// PreferClose`). Empty: no zone hints.
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes[].name` (`trafficDistribution: PreferSameNode`).
+    pub node_hints: Vec<String>,
     /// Name of the Pod in `targetRef`, if any.
     pub target_pod: Option<String>,
 }
@@ -164,6 +170,9 @@ pub struct Node {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub pod_cidrs: Vec<String>,
+    /// The `topology.kubernetes.io/zone` label: where topology hints are
+    /// matched (kube-proxy reads the same label of its own Node).
+    pub zone: Option<String>,
 }
 
 /// One consistent view of the cluster: every Service with the EndpointSlices
