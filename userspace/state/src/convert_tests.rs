@@ -296,6 +296,12 @@ fn slice_defaults() {
                     && e.target_pod.as_deref() == Some("web-0")
             },
         ),
+        // topology hints: zones and nodes (trafficDistribution PreferClose / PreferSameNode)
+        ("hints", one(", hints: {forZones: [{name: a}, {name: b}], forNodes: [{name: n1}]}"), &|s| {
+            s.endpoints[0].zone_hints == ["a", "b"] && s.endpoints[0].node_hints == ["n1"]
+        }),
+        // no hints: empty lists
+        ("no hints", one(""), &|s| s.endpoints[0].zone_hints.is_empty() && s.endpoints[0].node_hints.is_empty()),
         // IPv6 slice
         ("ipv6", eps("addressType: IPv6\nendpoints: [{addresses: ['fd00::1']}]"), &|s| {
             s.endpoints[0].addresses == [ip("fd00::1")]
@@ -359,6 +365,11 @@ fn node_rules() {
                 && n.addresses == [ip("192.168.1.10"), ip("2001:db8::10")]
                 && n.pod_cidrs == ["10.244.1.0/24", "fd00:1::/64"]
         }),
+        // the zone label is the node's zone, for topology hints
+        ("zone label", node_doc("apiVersion: v1\nkind: Node\nmetadata: {name: n3, labels: {topology.kubernetes.io/zone: z1}}"), &|n| {
+            n.zone.as_deref() == Some("z1")
+        }),
+        ("no zone label", node_doc("apiVersion: v1\nkind: Node\nmetadata: {name: n4}"), &|n| n.zone.is_none()),
         // podCIDRs absent -> podCIDR
         ("podCIDR fallback", node_doc("apiVersion: v1\nkind: Node\nmetadata: {name: n2}\nspec: {podCIDR: 10.244.2.0/24}"), &|n| {
             n.pod_cidrs == ["10.244.2.0/24"]
