@@ -11,7 +11,7 @@
 //! Every count, wait and load loop is bounded; each test takes seconds.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::assert_eventually;
 use ferry_tests::harness::lb::{lb_node, service, slice, Agent, Ep, POD_VETHS};
-use ferry_tests::harness::{tcp_id, udp_id, IdServer, Node, Pod};
+use ferry_tests::harness::{tcp_id, udp_id, Held, IdServer, Node, Pod};
 
 const T: Duration = Duration::from_secs(2);
 const VIP: &str = "10.96.0.10";
@@ -86,9 +86,7 @@ impl World {
     }
 
     fn active_of(&self, vip_port: &str) -> Option<u32> {
-        let out = self.agent.ferryctl(&["-o", "json", "service", "list"]);
-        let rows: serde_json::Value = serde_json::from_str(&out).ok()?;
-        rows.as_array()?.iter().find(|r| r["frontend"] == vip_port).and_then(|r| r["active"].as_u64()).map(|n| n as u32)
+        self.agent.frontend_row(vip_port).map(|(a, _)| a)
     }
 }
 
@@ -103,35 +101,6 @@ fn spread(pod: &Pod, addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
         }
         counts
     })
-}
-
-/// A connection kept open: the server wrote its id on accept and echoes.
-struct Held {
-    conn: BufReader<TcpStream>,
-    backend: String,
-}
-
-impl Held {
-    fn open(addr: SocketAddr) -> std::io::Result<Held> {
-        let c = TcpStream::connect_timeout(&addr, T)?;
-        c.set_read_timeout(Some(T))?;
-        let mut conn = BufReader::new(c);
-        let mut id = String::new();
-        conn.read_line(&mut id)?;
-        Ok(Held { conn, backend: id.trim_end().to_string() })
-    }
-
-    /// One echo round trip: the connection still works, with its backend.
-    fn ping(&mut self, n: usize) -> std::io::Result<()> {
-        let msg = format!("ping {n}\n");
-        self.conn.get_mut().write_all(msg.as_bytes())?;
-        let mut back = String::new();
-        self.conn.read_line(&mut back)?;
-        if back != msg {
-            return Err(std::io::Error::other(format!("echo mismatch: {back:?}")));
-        }
-        Ok(())
-    }
 }
 
 #[test]

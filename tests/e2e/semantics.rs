@@ -20,13 +20,13 @@
 //!    reachable when the label goes).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry_tests::assert_eventually;
 use ferry_tests::harness::lb::{lb_node, service, slice, Agent, Ep};
-use ferry_tests::harness::{tcp_id, IdServer, Node, Pod};
+use ferry_tests::harness::{tcp_id, Held, IdServer, Node, Pod};
 
 const T: Duration = Duration::from_secs(2);
 const VIP: &str = "10.96.0.20";
@@ -80,10 +80,7 @@ impl World {
     /// all backends including terminating ones), or `None` when the frontend
     /// is not programmed.
     fn row(&self, vip_port: &str) -> Option<(u32, usize)> {
-        let out = self.agent.ferryctl(&["-o", "json", "service", "list"]);
-        let rows: serde_json::Value = serde_json::from_str(&out).ok()?;
-        let r = rows.as_array()?.iter().find(|r| r["frontend"] == vip_port)?;
-        Some((r["active"].as_u64()? as u32, r["backends"].as_u64()? as usize))
+        self.agent.frontend_row(vip_port)
     }
 
     fn active_of(&self, vip_port: &str) -> Option<u32> {
@@ -156,34 +153,6 @@ fn labelled(yaml: String, labels: &str) -> String {
     let meta = "  namespace: default\n";
     assert!(yaml.contains(meta), "service YAML shape changed:\n{yaml}");
     yaml.replacen(meta, &format!("{meta}  labels: {{{labels}}}\n"), 1)
-}
-
-/// A connection kept open: the server wrote its id on accept and echoes.
-struct Held {
-    conn: BufReader<TcpStream>,
-    backend: String,
-}
-
-impl Held {
-    fn open(addr: SocketAddr) -> std::io::Result<Held> {
-        let c = TcpStream::connect_timeout(&addr, T)?;
-        c.set_read_timeout(Some(T))?;
-        let mut conn = BufReader::new(c);
-        let mut id = String::new();
-        conn.read_line(&mut id)?;
-        Ok(Held { conn, backend: id.trim_end().to_string() })
-    }
-
-    fn ping(&mut self, n: usize) -> std::io::Result<()> {
-        let msg = format!("ping {n}\n");
-        self.conn.get_mut().write_all(msg.as_bytes())?;
-        let mut back = String::new();
-        self.conn.read_line(&mut back)?;
-        if back != msg {
-            return Err(std::io::Error::other(format!("echo mismatch: {back:?}")));
-        }
-        Ok(())
-    }
 }
 
 /// The Service of endpointslice.go's two multi-slice cases: ports 80 and

@@ -163,13 +163,9 @@ impl World {
         w
     }
 
-    fn wait_active(&self, frontend: &str, active: u64) {
-        let active_of = || -> Option<u64> {
-            let rows: Value = serde_json::from_str(&self.agent.ferryctl(&["-o", "json", "service", "list"])).ok()?;
-            rows.as_array()?.iter().find(|r| r["frontend"] == frontend).and_then(|r| r["active"].as_u64())
-        };
+    fn wait_active(&self, frontend: &str, active: u32) {
         assert_eventually!(
-            active_of() == Some(active),
+            self.agent.frontend_row(frontend).map(|(a, _)| a) == Some(active),
             Duration::from_secs(5),
             "{frontend} with {active} active backends: {}",
             self.agent.ferryctl(&["service", "list"])

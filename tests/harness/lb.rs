@@ -163,6 +163,15 @@ impl Agent {
         self.http_get("/readyz").is_some_and(|(s, _)| s.contains(" 200 "))
     }
 
+    /// `ferryctl service list`'s row for a frontend (`10.96.0.10:80`,
+    /// `[fd00::10]:80`): (backends taking new flows, all backends), or
+    /// `None` when it is not programmed.
+    pub fn frontend_row(&self, frontend: &str) -> Option<(u32, usize)> {
+        let rows: serde_json::Value = serde_json::from_str(&self.ferryctl(&["-o", "json", "service", "list"])).ok()?;
+        let r = rows.as_array()?.iter().find(|r| r["frontend"] == frontend)?;
+        Some((r["active"].as_u64()? as u32, r["backends"].as_u64()? as usize))
+    }
+
     /// Runs `ferryctl` against this agent's maps.
     pub fn ferryctl(&self, args: &[&str]) -> String {
         let mut v: Vec<String> = vec![

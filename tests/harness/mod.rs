@@ -50,7 +50,7 @@ pub mod underlay;
 pub mod util;
 
 pub use node::{cni_path, ferry_bin_dir, merge, CniCall, CniOutput, Node, NodeConfig, Pod, Proc, Sandbox};
-pub use server::{tcp_id, udp_id, IdServer};
+pub use server::{tcp_id, udp_id, Held, IdServer};
 
 /// Retries a boolean expression until it is true or the timeout expires:
 /// `assert_eventually!(cond, Duration::from_secs(2))` or with a message.

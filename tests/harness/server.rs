@@ -127,3 +127,35 @@ pub fn udp_id(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     let text = String::from_utf8_lossy(&buf[..n]);
     Ok(text.lines().next().unwrap_or("").to_string())
 }
+
+/// A connection kept open to an [`IdServer`]: the server wrote its id on
+/// accept and echoes. Open it from inside `Pod::run`.
+#[derive(Debug)]
+pub struct Held {
+    conn: BufReader<TcpStream>,
+    /// The id of the server that accepted it.
+    pub backend: String,
+}
+
+impl Held {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Held> {
+        let c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut conn = BufReader::new(c);
+        let mut id = String::new();
+        conn.read_line(&mut id)?;
+        Ok(Held { conn, backend: id.trim_end().to_string() })
+    }
+
+    /// One echo round trip: the connection still works, with its backend.
+    pub fn ping(&mut self, n: usize) -> std::io::Result<()> {
+        let msg = format!("ping {n}\n");
+        self.conn.get_mut().write_all(msg.as_bytes())?;
+        let mut back = String::new();
+        self.conn.read_line(&mut back)?;
+        if back != msg {
+            return Err(std::io::Error::other(format!("echo mismatch: {back:?}")));
+        }
+        Ok(())
+    }
+}

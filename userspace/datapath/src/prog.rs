@@ -69,19 +69,16 @@ impl Prog {
         Prog::SockSendmsg4,
         Prog::SockSendmsg6,
     ];
-    pub const ALL: [Prog; 11] = [
-        Prog::ToPod,
-        Prog::FromPod,
-        Prog::SockRelease,
-        Prog::SockRecvmsg4,
-        Prog::SockRecvmsg6,
-        Prog::SockGetpeername4,
-        Prog::SockGetpeername6,
-        Prog::SockConnect4,
-        Prog::SockConnect6,
-        Prog::SockSendmsg4,
-        Prog::SockSendmsg6,
-    ];
+    /// Every program: `TC` then `SOCK`.
+    pub const ALL: [Prog; Self::TC.len() + Self::SOCK.len()] = {
+        let mut all = [Prog::ToPod; Self::TC.len() + Self::SOCK.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = if i < Self::TC.len() { Self::TC[i] } else { Self::SOCK[i - Self::TC.len()] };
+            i += 1;
+        }
+        all
+    };
 
     /// The ELF symbol, which is also the pin name.
     pub fn name(self) -> &'static str {
@@ -198,6 +195,14 @@ pub fn link_pins(pin_dir: &Path) -> Result<Vec<(u32, Prog, PathBuf)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_program_is_listed_once() {
+        for p in Prog::ALL {
+            assert_eq!(Prog::ALL.iter().filter(|q| **q == p).count(), 1, "{p:?}");
+        }
+        assert_eq!(Prog::ALL.len(), 11);
+    }
 
     #[test]
     fn link_pin_names_round_trip() {
