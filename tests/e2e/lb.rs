@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::assert_eventually;
 use ferry_tests::harness::lb::{lb_node, service, slice, Agent, Ep, POD_VETHS};
-use ferry_tests::harness::{tcp_id, udp_id, Held, IdServer, Node, Pod};
+use ferry_tests::harness::{tcp_id, udp_echo, udp_id, Held, IdServer, Node, Pod};
 
 const T: Duration = Duration::from_secs(2);
 const VIP: &str = "10.96.0.10";
@@ -206,6 +206,46 @@ fn lb_udp_request_response_through_a_vip() {
         .client
         .run(|| (0..50).map(|_| udp_id(sa("10.96.0.53", 53), T).unwrap_or_else(|e| format!("error: {e}"))).collect());
     assert!(answers.iter().all(|a| a == "u1" || a == "u2"), "{answers:?}");
+}
+
+/// A UDP datagram larger than the pods' MTU (1500) leaves the client as IP
+/// fragments and the backend's echo comes back as fragments too: through
+/// the VIP it must arrive whole, as it does sent straight to the pod, over
+/// IPv4 and IPv6 (DNS with EDNS, syslog, NFS, QUIC send such datagrams).
+#[test]
+fn lb_udp_datagrams_larger_than_the_mtu_cross_a_vip() {
+    let w = World::new(1);
+    let _udp = IdServer::udp(w.backends[0].0.netns_path(), 5353, "u1");
+    let (vip4, vip6) = ("10.96.0.53", "fd00:96::53");
+    w.agent.write("dns-svc.yaml", &service("dns", &[vip4, vip6], &[("dns", "UDP", 53, "5353")], ""));
+    let b = &w.backends[0].0;
+    w.agent.write("dns-eps.yaml", &slice("dns-v4", "dns", &[("dns", "UDP", 5353)], &[Ep::ready(b.ipv4())]));
+    w.agent.write("dns-eps6.yaml", &slice("dns-v6", "dns", &[("dns", "UDP", 5353)], &[Ep::ready(b.ipv6())]));
+    w.wait_active("10.96.0.53:53", 1);
+    w.wait_active("[fd00:96::53]:53", 1);
+    let followed = || {
+        let stats: serde_json::Value = serde_json::from_str(&w.agent.ferryctl(&["-o", "json", "stats"])).expect("json");
+        stats["global"]["fragments_followed"].as_u64().expect("fragments_followed")
+    };
+    let echo_whole = |what: &str, addr: SocketAddr| {
+        for size in [2000usize, 4000, 9000] {
+            let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let sent = payload.clone();
+            // A lost fragment loses the datagram: a few tries, as a DNS
+            // client would make; what comes back must be whole.
+            let echo = w.client.run(move || (0..3).find_map(|_| udp_echo(addr, &sent, T).ok()).unwrap_or_default());
+            assert_eq!(echo.len(), size, "{what} {addr}: {size}-byte datagram echoed whole");
+            assert!(echo == payload, "{what} {addr}: {size} bytes echoed unchanged");
+        }
+    };
+    echo_whole("direct", SocketAddr::new(b.ipv4().into(), 5353));
+    echo_whole("direct", SocketAddr::new(b.ipv6().into(), 5353));
+    let before = followed();
+    echo_whole("VIP", sa(vip4, 53));
+    echo_whole("VIP", sa(vip6, 53));
+    // Per family, 1 + 2 + 6 later fragments (MTU 1500) each way.
+    let n = followed() - before;
+    assert!(n >= 2 * 9 * 2, "later fragments followed their first fragment: {n}");
 }
 
 #[test]

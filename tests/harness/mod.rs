@@ -33,7 +33,8 @@
 //!   Drop runs DEL and removes the netns.
 //! - [`IdServer::tcp`]`(pod.netns_path(), port, "id")` / [`IdServer::udp`]: a
 //!   server on `[::]:port` in a pod answering `<id>\n` (TCP then echoes), and
-//!   the clients [`tcp_id`] / [`udp_id`] to call from inside `Pod::run`.
+//!   the clients [`tcp_id`] / [`udp_id`] to call from inside `Pod::run`;
+//!   [`udp_echo`] sends one datagram of any size and returns the echo.
 //! - [`assert_eventually!`]`(cond, timeout, "msg {}", args)`: retries `cond`
 //!   every 10 ms until it holds or the deadline passes (then panics).
 //! - [`util`]: `sh`, `run_timeout` (every external command has a time
@@ -50,7 +51,7 @@ pub mod underlay;
 pub mod util;
 
 pub use node::{cni_path, ferry_bin_dir, merge, CniCall, CniOutput, Node, NodeConfig, Pod, Proc, Sandbox};
-pub use server::{tcp_id, udp_id, Held, IdServer};
+pub use server::{tcp_id, udp_echo, udp_id, Held, IdServer};
 
 /// Retries a boolean expression until it is true or the timeout expires:
 /// `assert_eventually!(cond, Duration::from_secs(2))` or with a message.

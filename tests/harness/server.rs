@@ -128,6 +128,19 @@ pub fn udp_id(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     Ok(text.lines().next().unwrap_or("").to_string())
 }
 
+/// Sends `payload` as one datagram to a UDP [`IdServer`] and returns what
+/// came back after its id line: the echo, whole, if it arrived.
+pub fn udp_echo(addr: SocketAddr, payload: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("addr");
+    let s = UdpSocket::bind(bind)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send_to(payload, addr)?;
+    let mut buf = vec![0u8; 65536];
+    let n = s.recv(&mut buf)?;
+    let nl = buf[..n].iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+    Ok(buf[nl..n].to_vec())
+}
+
 /// A connection kept open to an [`IdServer`]: the server wrote its id on
 /// accept and echoes. Open it from inside `Pod::run`.
 #[derive(Debug)]

@@ -30,6 +30,8 @@ pub mod map_names {
     pub const PORTS: &str = "FERRY_PORTS";
     pub const NEXTHOPS: &str = "FERRY_NEXTHOPS";
     pub const SOCK_REVNAT: &str = "FERRY_SOCK_REVNAT";
+    pub const FRAGMENTS: &str = "FERRY_FRAGS";
+    pub const VIPS: &str = "FERRY_VIPS";
 }
 
 /// Names of the programs (ELF symbol names and pin names under `<pin>/progs`).
@@ -63,6 +65,10 @@ pub const DEFAULT_AFFINITY_SIZE: u32 = 65_536;
 pub const DEFAULT_MAX_ENDPOINTS: u32 = 4096;
 /// Learned pod MACs (`FERRY_PORTS`, LRU): pods on one node, with room.
 pub const DEFAULT_MAX_PORTS: u32 = 4096;
+/// Fragmented datagrams in flight (`FERRY_FRAGS`, LRU): an entry is needed
+/// only from a datagram's first fragment to its last, microseconds apart.
+/// Cilium's default for its fragments map is the same.
+pub const DEFAULT_FRAG_SIZE: u32 = 8192;
 
 /// Source address a hairpin flow (a pod reaching itself through its own
 /// Service) is SNATed to, so that the pod's reply leaves it and comes back
@@ -289,6 +295,31 @@ pub struct SockRevKey {
     pub _pad2: u32,
 }
 
+/// Key of `FERRY_FRAGS` (LRU): one fragmented datagram, as RFC 791 / RFC
+/// 8200 identify it (source, destination, protocol, identification). The
+/// IPv4 identification is 16 bits, in the low half, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// As on the wire (network order).
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `FERRY_FRAGS`: the ports the datagram's first fragment carried
+/// (network order), before any translation. Later fragments have no L4
+/// header; with these they are looked up, and translated, as the first was.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub sport: u16,
+    pub dport: u16,
+}
+
 /// Value of `FERRY_SOCK_REVNAT`: the frontend the application asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -335,12 +366,15 @@ pub enum GlobalCounter {
     /// connect / sendmsg calls to a frontend with no endpoints, refused
     /// with ECONNREFUSED.
     SockRefused = 9,
+    /// Non-first fragments given the ports of their datagram's first
+    /// fragment (`FERRY_FRAGS`), so they follow its translation.
+    FragmentFollowed = 10,
 }
 
 impl GlobalCounter {
     /// Length of `FERRY_GLOBAL` (room to append without resizing a pinned map).
     pub const MAX: u32 = 16;
-    pub const ALL: [GlobalCounter; 10] = [
+    pub const ALL: [GlobalCounter; 11] = [
         GlobalCounter::CtCreated,
         GlobalCounter::CtInsertFailed,
         GlobalCounter::NoEndpointsRejected,
@@ -351,6 +385,7 @@ impl GlobalCounter {
         GlobalCounter::LearnedPeer,
         GlobalCounter::SockTranslated,
         GlobalCounter::SockRefused,
+        GlobalCounter::FragmentFollowed,
     ];
 
     /// The counter's name: `ferryctl stats` row, and the metric
@@ -367,6 +402,7 @@ impl GlobalCounter {
             GlobalCounter::LearnedPeer => "learned_peer_packets",
             GlobalCounter::SockTranslated => "sock_translated",
             GlobalCounter::SockRefused => "sock_refused",
+            GlobalCounter::FragmentFollowed => "fragments_followed",
         }
     }
 
@@ -388,6 +424,9 @@ impl GlobalCounter {
             }
             GlobalCounter::SockRefused => {
                 "connect/sendmsg calls to a frontend without endpoints, refused (ECONNREFUSED)"
+            }
+            GlobalCounter::FragmentFollowed => {
+                "non-first IP fragments translated with the ports of their datagram's first fragment"
             }
         }
     }
@@ -434,7 +473,9 @@ pub struct Config {
 pub enum DropReason {
     /// Headers shorter than they claim, or cut off.
     Malformed = 1,
-    /// A fragment of a packet to a VIP (no L4 header to translate).
+    /// A non-first fragment to a VIP whose first fragment was not seen:
+    /// without its ports it cannot be translated, and it must not leave
+    /// towards the VIP untranslated.
     Fragment = 2,
     /// A new flow to a Service with no endpoints (answered with RST/ICMP).
     NoEndpoints = 3,
@@ -498,6 +539,8 @@ const _: () = assert!(core::mem::size_of::<EndpointValue>() == 12);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<PortValue>() == 4);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -530,6 +573,8 @@ mod pod {
         NextHop,
         SockRevKey,
         SockRevValue,
+        FragKey,
+        FragValue,
     );
 }
 
@@ -543,7 +588,7 @@ mod tests {
     #[test]
     fn sizes_and_alignment() {
         // (type, size, sum of field sizes, alignment)
-        let rows: [(&str, usize, usize, usize); 18] = [
+        let rows: [(&str, usize, usize, usize); 20] = [
             ("ServiceKey", size_of::<ServiceKey>(), 16 + 2 + 1 + 1, align_of::<ServiceKey>()),
             ("ServiceValue", size_of::<ServiceValue>(), 6 * 4, align_of::<ServiceValue>()),
             ("BackendValue", size_of::<BackendValue>(), 16 + 2 + 1 + 1 + 4 + 1 + 3, align_of::<BackendValue>()),
@@ -562,6 +607,8 @@ mod tests {
             ("PortKey", size_of::<PortKey>(), 6 + 2, align_of::<PortKey>()),
             ("PortValue", size_of::<PortValue>(), 4, align_of::<PortValue>()),
             ("NextHop", size_of::<NextHop>(), 4 + 6 + 6, align_of::<NextHop>()),
+            ("FragKey", size_of::<FragKey>(), 16 + 16 + 4 + 1 + 1 + 2, align_of::<FragKey>()),
+            ("FragValue", size_of::<FragValue>(), 2 + 2, align_of::<FragValue>()),
         ];
         for (name, size, fields, align) in rows {
             assert_eq!(size, fields, "{name}: implicit padding");

@@ -5,6 +5,11 @@
 //! `BPF_F_PSEUDO_HDR` they fix the pseudo-header sum that the partial
 //! checksum holds, and without it they leave a partial checksum alone
 //! (the payload sum is finished later). Verified on this machine's kernel.
+//!
+//! A later fragment ([`Packet::has_l4`] false) has no L4 header: its
+//! address rewrites touch only the IP header (the datagram's L4 checksum,
+//! pseudo-header included, lives in the first fragment and was fixed
+//! there), and its port rewrites are no-ops.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_csum_diff,
@@ -31,6 +36,9 @@ fn l4_flags(pkt: &Packet) -> u64 {
 pub fn set_addr4(ctx: &TcContext, pkt: &Packet, off: usize, old: u32, new: u32) -> Result<(), DropReason> {
     ctx.store(off, &new, 0).map_err(|_| DropReason::HelperFailed)?;
     ctx.l3_csum_replace(IP4_CSUM_OFF, old as u64, new as u64, 4).map_err(|_| DropReason::HelperFailed)?;
+    if !pkt.has_l4() {
+        return Ok(());
+    }
     ctx.l4_csum_replace(pkt.l4_csum_off(), old as u64, new as u64, BPF_F_PSEUDO_HDR as u64 | l4_flags(pkt) | 4)
         .map_err(|_| DropReason::HelperFailed)
 }
@@ -39,6 +47,9 @@ pub fn set_addr4(ctx: &TcContext, pkt: &Packet, off: usize, old: u32, new: u32) 
 /// four words (IPv6 has no header checksum).
 #[inline(always)]
 pub fn set_addr6(ctx: &TcContext, pkt: &Packet, off: usize, old: &[u32; 4], new: &[u32; 4]) -> Result<(), DropReason> {
+    if !pkt.has_l4() {
+        return ctx.store(off, new, 0).map_err(|_| DropReason::HelperFailed);
+    }
     let mut from = *old;
     let mut to = *new;
     // SAFETY: both buffers are 16 bytes on our stack.
@@ -72,7 +83,7 @@ pub fn set_addr(
 /// Rewrites a 2-byte L4 port at `off` (not part of the pseudo-header).
 #[inline(always)]
 pub fn set_port(ctx: &TcContext, pkt: &Packet, off: usize, old: u16, new: u16) -> Result<(), DropReason> {
-    if old == new {
+    if old == new || !pkt.has_l4() {
         return Ok(());
     }
     ctx.store(off, &new, 0).map_err(|_| DropReason::HelperFailed)?;

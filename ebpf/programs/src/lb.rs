@@ -21,9 +21,10 @@ use crate::{
 };
 
 pub fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
-    let Some(pkt) = parse(ctx) else {
+    let mut pkt = Packet::EMPTY;
+    if !parse(ctx, &mut pkt)? {
         return Ok(TC_ACT_OK);
-    };
+    }
     let hairpin = hairpin_addr(pkt.family);
     if pkt.dst == hairpin {
         return nat::hairpin_reply(ctx, &pkt);

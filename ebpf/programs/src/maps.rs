@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use ferry_common::{
     AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason, EndpointKey, EndpointValue,
-    MaglevPair, NextHop, PortKey, PortValue, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue, BPF_F_MMAPABLE, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_ENDPOINTS,
-    DEFAULT_MAX_PORTS, DEFAULT_MAX_SERVICES,
+    FragKey, FragValue, MaglevPair, NextHop, PortKey, PortValue, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, BPF_F_MMAPABLE, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE, DEFAULT_FRAG_SIZE,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_PORTS, DEFAULT_MAX_SERVICES,
 };
 
 #[map]
@@ -54,6 +54,17 @@ pub static FERRY_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap:
 
 #[map]
 pub static FERRY_NEXTHOPS: LruHashMap<EndpointKey, NextHop> = LruHashMap::with_max_entries(DEFAULT_MAX_PORTS, 0);
+
+/// Fragmented datagrams: (source, destination, protocol, id) -> the ports
+/// of their first fragment, for the fragments after it.
+#[map]
+pub static FERRY_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(DEFAULT_FRAG_SIZE, 0);
+
+/// Every frontend address (written by the agent, value: its number of
+/// frontends): a fragment whose ports are unknown may still be known to be
+/// VIP-bound, and then it is dropped rather than sent on untranslated.
+#[map]
+pub static FERRY_VIPS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map]
 pub static FERRY_CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -12,7 +12,8 @@ use crate::{
     csum::{set_addr, set_l4_word, set_port},
     maps::FERRY_REVNAT,
     parse::{
-        parse, Packet, ETH_HLEN, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        parse, Frag, Packet, ETH_HLEN, IP4_DST_OFF, IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
     },
 };
 
@@ -41,9 +42,10 @@ pub fn revnat(pkt: &Packet) -> Option<RevNatValue> {
 /// tcx egress: a backend's reply on its way into the client pod gets the
 /// VIP:port back as its source.
 pub fn try_to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
-    let Some(pkt) = parse(ctx) else {
+    let mut pkt = Packet::EMPTY;
+    if !parse(ctx, &mut pkt)? {
         return Ok(TC_ACT_OK);
-    };
+    }
     if pkt.problem.is_some() {
         // Never rewrite what we could not fully validate.
         return Ok(TC_ACT_OK);
@@ -81,6 +83,14 @@ pub fn hairpin_reply(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
 /// unreachable (what a closed port answers).
 #[inline(never)]
 pub fn reject(ctx: &TcContext, pkt: &Packet) -> Result<i32, DropReason> {
+    // A fragment is answered only when it is an IPv4 UDP first fragment,
+    // whose error can quote the UDP header as RFC 792 asks; the others
+    // (later fragments have no ports, an IPv6 quote would need the
+    // fragment header too, a TCP fragment's RST its whole segment length)
+    // are dropped and counted.
+    if pkt.frag_hdr || pkt.frag == Frag::Later || (pkt.frag == Frag::First && pkt.proto == IPPROTO_TCP) {
+        return Err(DropReason::NoEndpoints);
+    }
     if pkt.proto == IPPROTO_TCP {
         if pkt.tcp_flags & TCP_RST != 0 {
             // Never answer a RST (RFC 9293 3.10.7.1).

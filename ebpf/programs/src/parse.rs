@@ -4,8 +4,23 @@
 //!
 //! Addresses and ports are kept exactly as on the wire (network order), the
 //! byte order of every map key.
+//!
+//! Fragments: only a datagram's first fragment carries the L4 header. Its
+//! ports are remembered in `FERRY_FRAGS` under the datagram's identity, and
+//! the fragments after it (in any order) are given them, so every fragment
+//! is looked up and translated as its first was, and only the first has its
+//! ports and L4 checksum rewritten ([`Frag`]). A fragment that arrives
+//! before its first (or whose first was never seen) cannot be translated:
+//! if it is bound for a VIP it is dropped and counted, never sent on
+//! untranslated; to any other address it passes untouched. Cilium's
+//! fragment tracking makes the same trade: holding fragments back for a
+//! late first one would need a reassembly buffer in the data path.
 use aya_ebpf::programs::TcContext;
-use ferry_common::{DropReason, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use ferry_common::{
+    DropReason, EndpointKey, FragKey, FragValue, GlobalCounter, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::maps::{count_global, FERRY_FRAGS, FERRY_VIPS};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -19,6 +34,9 @@ pub const IP4_L4_OFF: usize = ETH_HLEN + 20;
 pub const IP6_SRC_OFF: usize = ETH_HLEN + 8;
 pub const IP6_DST_OFF: usize = ETH_HLEN + 24;
 pub const IP6_L4_OFF: usize = ETH_HLEN + 40;
+/// The IPv6 fragment header's length (RFC 8200 4.5) and next-header value.
+const IP6_FRAG_HLEN: usize = 8;
+const IPPROTO_FRAGMENT: u8 = 44;
 
 const TCP_HLEN: u16 = 20;
 const UDP_HLEN: u16 = 8;
@@ -56,6 +74,20 @@ pub struct Ipv6Hdr {
     pub daddr: [u32; 4],
 }
 
+/// Where a packet stands in its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not a fragment.
+    Whole,
+    /// Offset 0: carries the L4 header (ports, checksum) of the whole
+    /// datagram, the first of several fragments. An IPv6 atomic fragment
+    /// (RFC 6946) is `Whole`, only its L4 header is 8 bytes further.
+    First,
+    /// No L4 header: the ports are the first fragment's (`FERRY_FRAGS`),
+    /// and only the IP header may be rewritten.
+    Later,
+}
+
 /// A TCP/UDP packet whose addresses and ports could be read.
 pub struct Packet {
     pub family: u8,
@@ -70,6 +102,9 @@ pub struct Packet {
     pub l4_payload: u16,
     /// TCP header length in bytes (20 for UDP's purposes: unused).
     pub tcp_hlen: u16,
+    pub frag: Frag,
+    /// IPv6 with a fragment header: the L4 header is 8 bytes further.
+    pub frag_hdr: bool,
     /// Why this packet must not be translated, if it should not: it may
     /// still be looked up (to count it against a Service and drop it), but
     /// never rewritten.
@@ -77,8 +112,11 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// Nothing parsed yet: what a caller hands to [`parse`].
+    pub const EMPTY: Packet = Packet::new(0, 0, [0; 4], [0; 4], [0, 0]);
+
     #[inline(always)]
-    fn new(family: u8, proto: u8, src: [u32; 4], dst: [u32; 4], ports: [u16; 2]) -> Self {
+    const fn new(family: u8, proto: u8, src: [u32; 4], dst: [u32; 4], ports: [u16; 2]) -> Self {
         Packet {
             family,
             proto,
@@ -89,6 +127,8 @@ impl Packet {
             tcp_flags: 0,
             l4_payload: 0,
             tcp_hlen: 0,
+            frag: Frag::Whole,
+            frag_hdr: false,
             problem: None,
         }
     }
@@ -97,9 +137,17 @@ impl Packet {
     pub fn l4_off(&self) -> usize {
         if self.family == AF_INET {
             IP4_L4_OFF
+        } else if self.frag_hdr {
+            IP6_L4_OFF + IP6_FRAG_HLEN
         } else {
             IP6_L4_OFF
         }
+    }
+
+    /// Whether the packet has an L4 header to rewrite (ports, checksum).
+    #[inline(always)]
+    pub fn has_l4(&self) -> bool {
+        self.frag != Frag::Later
     }
 
     #[inline(always)]
@@ -108,24 +156,77 @@ impl Packet {
     }
 }
 
-/// Parses an Ethernet + IPv4/IPv6 + TCP/UDP packet. `None` means "not ours
-/// to look at": not IP, another L4 protocol, an IPv6 extension header, a
-/// non-first fragment (no ports), or too short to hold the addresses and
-/// ports; such packets are passed untouched.
-// Not inlined: the header copies live in this call's frame, not in the
-// callers' (the BPF stack is 512 bytes for the whole call chain).
+/// Parses an Ethernet + IPv4/IPv6 + TCP/UDP packet (or fragment of one)
+/// into `pkt`, the caller's (one copy of the packet's fields on the stack).
+/// `Ok(false)` means "not ours to look at": not IP, another L4 protocol,
+/// an IPv6 extension header other than one fragment header, a later
+/// fragment of a datagram whose first fragment was not seen (not
+/// VIP-bound), or too short to hold the addresses and ports; such packets
+/// are passed untouched. `Err(Fragment)`: such a fragment, bound for a VIP.
+// Inlined, but its parts are not: the header copies live in the parsers'
+// frames and the fragment key in follow_fragment's, one at a time, not in
+// the callers' (the BPF stack is 512 bytes for the whole call chain).
+#[inline(always)]
+pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, DropReason> {
+    let Some(id) = parse_headers(ctx, pkt) else {
+        return Ok(false);
+    };
+    if pkt.frag == Frag::Whole {
+        return Ok(true);
+    }
+    follow_fragment(pkt, id)
+}
+
+/// The headers into `pkt`; for a fragment, its datagram's identification.
 #[inline(never)]
-pub fn parse(ctx: &TcContext) -> Option<Packet> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
-    match ethertype {
-        ETH_P_IP => parse_v4(ctx),
-        ETH_P_IPV6 => parse_v6(ctx),
+fn parse_headers(ctx: &TcContext, pkt: &mut Packet) -> Option<u32> {
+    let ethertype = ctx.load::<u16>(12).ok()?;
+    match u16::from_be(ethertype) {
+        ETH_P_IP => parse_v4(ctx, pkt),
+        ETH_P_IPV6 => parse_v6(ctx, pkt),
         _ => None,
     }
 }
 
+/// A first fragment's ports are remembered; a later fragment gets them.
+/// `Ok(false)`: a later fragment whose first was not seen, not VIP-bound.
+// Not inlined, like the header parsers: each keeps its copies in its own
+// frame, and only one of them is on the stack at a time.
+#[inline(never)]
+fn follow_fragment(pkt: &mut Packet, id: u32) -> Result<bool, DropReason> {
+    let key = FragKey { src: pkt.src, dst: pkt.dst, id, proto: pkt.proto, family: pkt.family, _pad: [0; 2] };
+    if pkt.frag == Frag::First {
+        if pkt.problem.is_none() {
+            let ports = FragValue { sport: pkt.sport, dport: pkt.dport };
+            // A full map evicts its oldest datagram (LRU): nothing to handle.
+            let _ = FERRY_FRAGS.insert(&key, &ports, 0);
+        }
+        return Ok(true);
+    }
+    match FERRY_FRAGS.get_ptr(&key) {
+        Some(v) => {
+            // SAFETY: map value pointer, read once.
+            let v = unsafe { *v };
+            pkt.sport = v.sport;
+            pkt.dport = v.dport;
+            count_global(GlobalCounter::FragmentFollowed);
+            Ok(true)
+        }
+        None => {
+            let vip = EndpointKey { addr: pkt.dst, family: pkt.family, _pad: [0; 3] };
+            if FERRY_VIPS.get_ptr(&vip).is_some() {
+                Err(DropReason::Fragment)
+            } else {
+                Ok(false)
+            }
+        }
+    }
+}
+
 #[inline(always)]
-fn parse_v4(ctx: &TcContext) -> Option<Packet> {
+fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Option<u32> {
+    const MF: u16 = 0x2000;
+    const OFFSET: u16 = 0x1fff;
     let ip = ctx.load::<Ipv4Hdr>(ETH_HLEN).ok()?;
     if ip.vihl >> 4 != 4 || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
         return None;
@@ -134,43 +235,95 @@ fn parse_v4(ctx: &TcContext) -> Option<Packet> {
     if ihl < 20 {
         return None;
     }
-    let frag = u16::from_be(ip.frag_off);
-    if frag & 0x1fff != 0 {
-        // A non-first fragment has no L4 header: nothing to look up.
-        return None;
+    let frag_off = u16::from_be(ip.frag_off);
+    let tot_len = u16::from_be(ip.tot_len);
+    let (src, dst) = ([ip.saddr, 0, 0, 0], [ip.daddr, 0, 0, 0]);
+    let len_ok = ip_len_matches(ctx, tot_len as u32) && tot_len >= ihl;
+    if frag_off & OFFSET != 0 {
+        // A later fragment: no L4 header, its ports come from the first.
+        *pkt = Packet::new(AF_INET, ip.proto, src, dst, [0, 0]);
+        pkt.frag = Frag::Later;
+        pkt.problem = if ihl != 20 {
+            Some(DropReason::Unsupported)
+        } else if !len_ok {
+            Some(DropReason::Malformed)
+        } else {
+            None
+        };
+        return Some(ip.id as u32);
     }
     let l4 = ETH_HLEN + ihl as usize;
     let ports = ctx.load::<[u16; 2]>(l4).ok()?;
-    let tot_len = u16::from_be(ip.tot_len);
-    let mut pkt = Packet::new(AF_INET, ip.proto, [ip.saddr, 0, 0, 0], [ip.daddr, 0, 0, 0], ports);
+    *pkt = Packet::new(AF_INET, ip.proto, src, dst, ports);
+    if frag_off & MF != 0 {
+        pkt.frag = Frag::First;
+    }
     pkt.problem = if ihl != 20 {
         Some(DropReason::Unsupported)
-    } else if frag & 0x2000 != 0 {
-        Some(DropReason::Fragment)
-    } else if !ip_len_matches(ctx, tot_len as u32) || tot_len < ihl {
+    } else if !len_ok {
         Some(DropReason::Malformed)
     } else {
-        check_l4(ctx, &mut pkt, tot_len - ihl)
+        check_l4(ctx, pkt, tot_len - ihl)
     };
-    Some(pkt)
+    Some(ip.id as u32)
+}
+
+/// The IPv6 fragment header (RFC 8200 4.5).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6FragHdr {
+    nexthdr: u8,
+    _reserved: u8,
+    /// Offset in 8-byte units (13 bits), 2 reserved bits, M (more).
+    off_m: u16,
+    id: u32,
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext) -> Option<Packet> {
+fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Option<u32> {
     let ip = ctx.load::<Ipv6Hdr>(ETH_HLEN).ok()?;
-    if (ip.nexthdr != IPPROTO_TCP && ip.nexthdr != IPPROTO_UDP) || (ip.vtc_flow & 0xf0) != 0x60 {
-        // Extension headers (fragments included) are passed untouched.
+    if (ip.vtc_flow & 0xf0) != 0x60 {
         return None;
     }
-    let ports = ctx.load::<[u16; 2]>(IP6_L4_OFF).ok()?;
     let payload = u16::from_be(ip.payload_len);
-    let mut pkt = Packet::new(AF_INET6, ip.nexthdr, ip.saddr, ip.daddr, ports);
-    pkt.problem = if !ip_len_matches(ctx, payload as u32 + 40) {
+    let len_ok = ip_len_matches(ctx, payload as u32 + 40);
+    let (mut proto, mut l4_len, mut frag, mut id) = (ip.nexthdr, payload, Frag::Whole, 0);
+    if ip.nexthdr == IPPROTO_FRAGMENT {
+        // One fragment header right after the fixed header (where Linux
+        // puts it); any other extension header is passed untouched.
+        let fh = ctx.load::<Ipv6FragHdr>(IP6_L4_OFF).ok()?;
+        let off_m = u16::from_be(fh.off_m);
+        proto = fh.nexthdr;
+        l4_len = payload.wrapping_sub(IP6_FRAG_HLEN as u16);
+        id = fh.id;
+        frag = if off_m & 0xfff8 != 0 {
+            Frag::Later
+        } else if off_m & 1 != 0 {
+            Frag::First
+        } else {
+            Frag::Whole
+        };
+    }
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return None;
+    }
+    let frag_hdr = ip.nexthdr == IPPROTO_FRAGMENT;
+    *pkt = Packet::new(AF_INET6, proto, ip.saddr, ip.daddr, [0, 0]);
+    pkt.frag = frag;
+    pkt.frag_hdr = frag_hdr;
+    if frag == Frag::Later {
+        pkt.problem = if len_ok && payload >= IP6_FRAG_HLEN as u16 { None } else { Some(DropReason::Malformed) };
+        return Some(id);
+    }
+    let ports = ctx.load::<[u16; 2]>(pkt.l4_off()).ok()?;
+    pkt.sport = ports[0];
+    pkt.dport = ports[1];
+    pkt.problem = if !len_ok || (frag_hdr && payload < IP6_FRAG_HLEN as u16) {
         Some(DropReason::Malformed)
     } else {
-        check_l4(ctx, &mut pkt, payload)
+        check_l4(ctx, pkt, l4_len)
     };
-    Some(pkt)
+    Some(id)
 }
 
 /// The IP length must cover exactly the frame after the Ethernet header
@@ -182,7 +335,9 @@ fn ip_len_matches(ctx: &TcContext, ip_len: u32) -> bool {
 }
 
 /// Checks the L4 header is whole and consistent with the IP length
-/// `l4_len`; fills in the TCP flags and payload length.
+/// `l4_len` (this packet's L4 bytes); fills in the TCP flags and payload
+/// length. A first fragment holds only the start of its datagram: the
+/// header must be whole in it, and a UDP length must exceed it.
 #[inline(always)]
 fn check_l4(ctx: &TcContext, pkt: &mut Packet, l4_len: u16) -> Option<DropReason> {
     let l4 = pkt.l4_off();
@@ -208,7 +363,8 @@ fn check_l4(ctx: &TcContext, pkt: &mut Packet, l4_len: u16) -> Option<DropReason
             return Some(DropReason::Malformed);
         };
         let udp_len = u16::from_be(udp_len);
-        if udp_len != l4_len {
+        let consistent = if pkt.frag == Frag::First { udp_len > l4_len } else { udp_len == l4_len };
+        if !consistent {
             return Some(DropReason::Malformed);
         }
         pkt.l4_payload = l4_len - UDP_HLEN;

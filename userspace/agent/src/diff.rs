@@ -14,6 +14,10 @@
 //! 5. removed backends deleted, and the counters of removed frontends
 //!    zeroed for the id's next owner.
 //!
+//! Beside them, `FERRY_VIPS` lists every frontend address (with its number
+//! of frontends): an address is put with the new backends, before its first
+//! service entry, and deleted with the removed backends, after its last.
+//!
 //! Ids and table slots released by a plan are only reused by the next one:
 //! within a plan, step 1 or 2 would otherwise overwrite something steps 4-6
 //! have not yet stopped using.
@@ -21,7 +25,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ferry_common::{backend_state, service_flags, BackendValue, ServiceKey, ServiceValue, AF_INET, AF_INET6};
+use ferry_common::{
+    backend_state, service_flags, BackendValue, EndpointKey, ServiceKey, ServiceValue, AF_INET, AF_INET6,
+};
 use ferry_state::Protocol;
 use thiserror::Error;
 
@@ -43,12 +49,35 @@ pub struct Limits {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    PutBackend { id: u32, value: BackendValue },
-    WriteTable { table: u32, slots: Vec<u32> },
-    ResetCounters { service_id: u32 },
-    PutService { key: ServiceKey, value: ServiceValue },
-    DeleteService { key: ServiceKey },
-    DeleteBackend { id: u32 },
+    PutBackend {
+        id: u32,
+        value: BackendValue,
+    },
+    WriteTable {
+        table: u32,
+        slots: Vec<u32>,
+    },
+    ResetCounters {
+        service_id: u32,
+    },
+    PutService {
+        key: ServiceKey,
+        value: ServiceValue,
+    },
+    DeleteService {
+        key: ServiceKey,
+    },
+    DeleteBackend {
+        id: u32,
+    },
+    /// A frontend address and how many frontends it has (`FERRY_VIPS`).
+    PutVip {
+        key: EndpointKey,
+        frontends: u32,
+    },
+    DeleteVip {
+        key: EndpointKey,
+    },
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -134,6 +163,8 @@ pub struct Programmed {
     /// between deleting a service and its backends); deleted by the next plan.
     stale_backends: Vec<u32>,
     stale_services: Vec<ServiceKey>,
+    /// What `FERRY_VIPS` holds: address -> number of frontends.
+    vips: BTreeMap<IpAddr, u32>,
 }
 
 impl Programmed {
@@ -147,6 +178,7 @@ impl Programmed {
             tables: IdPool::new(limits.max_tables),
             stale_backends: Vec::new(),
             stale_services: Vec::new(),
+            vips: BTreeMap::new(),
         }
     }
 
@@ -156,8 +188,12 @@ impl Programmed {
         limits: Limits,
         services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
         backends: impl IntoIterator<Item = (u32, BackendValue)>,
+        vips: impl IntoIterator<Item = (EndpointKey, u32)>,
     ) -> Self {
         let mut p = Self::new(limits);
+        // An unreadable key cannot be deleted by address: left as it is (it
+        // only makes fragments to it count as VIP-bound).
+        p.vips = vips.into_iter().filter_map(|(k, n)| Some((ip_of(&k.addr, k.family)?, n))).collect();
         let mut by_service_id: BTreeMap<u32, Frontend> = BTreeMap::new();
         let (mut sids, mut tables) = (BTreeSet::new(), BTreeSet::new());
         for (key, value) in services {
@@ -242,6 +278,7 @@ pub fn plan(p: &mut Programmed, desired: &BTreeMap<Frontend, DesiredFrontend>, s
             }
         }
     }
+    sync_vips(p, scope, &mut phases);
     p.service_ids.commit();
     p.backend_ids.commit();
     p.tables.commit();
@@ -294,6 +331,46 @@ impl Phases {
         v.extend(self.demote_backends);
         v.extend(self.delete_backends);
         v
+    }
+}
+
+/// `FERRY_VIPS` brought to the frontends now modelled, for the addresses
+/// `scope` may have changed (all, or those of the frontends looked at).
+fn sync_vips(p: &mut Programmed, scope: Scope<'_>, ph: &mut Phases) {
+    let mut wanted: BTreeMap<IpAddr, u32> = BTreeMap::new();
+    let addrs: BTreeSet<IpAddr> = match scope {
+        Scope::All => {
+            for fe in p.frontends.keys() {
+                *wanted.entry(fe.vip).or_default() += 1;
+            }
+            wanted.keys().chain(p.vips.keys()).copied().collect()
+        }
+        Scope::Only(set) => {
+            let addrs: BTreeSet<IpAddr> = set.iter().map(|fe| fe.vip).collect();
+            for vip in &addrs {
+                let first = Frontend { vip: *vip, port: 0, proto: Protocol::Tcp };
+                let n = p.frontends.range(first..).take_while(|(fe, _)| fe.vip == *vip).count();
+                if n > 0 {
+                    wanted.insert(*vip, n as u32);
+                }
+            }
+            addrs
+        }
+    };
+    for vip in addrs {
+        let (addr, family) = addr_words(&vip);
+        let key = EndpointKey { addr, family, _pad: [0; 3] };
+        match (wanted.get(&vip), p.vips.get(&vip)) {
+            (Some(n), cur) if cur != Some(n) => {
+                ph.add_backends.push(Op::PutVip { key, frontends: *n });
+                p.vips.insert(vip, *n);
+            }
+            (None, Some(_)) => {
+                ph.delete_backends.push(Op::DeleteVip { key });
+                p.vips.remove(&vip);
+            }
+            _ => {}
+        }
     }
 }
 

@@ -58,7 +58,8 @@ impl PinnedMaps {
             self.maps.services.iter().collect::<Result<_, _>>().map_err(|e| read(map_names::SERVICES, e))?;
         let backends: Vec<_> =
             self.maps.backends.iter().collect::<Result<_, _>>().map_err(|e| read(map_names::BACKENDS, e))?;
-        Ok(Programmed::adopt(limits, services, backends))
+        let vips: Vec<_> = self.maps.vips.iter().collect::<Result<_, _>>().map_err(|e| read(map_names::VIPS, e))?;
+        Ok(Programmed::adopt(limits, services, backends, vips))
     }
 
     /// Consecutive puts into one hash map go down in one batch syscall
@@ -236,6 +237,13 @@ impl MapWriter for PinnedMaps {
                 },
                 Op::DeleteBackend { id } => match self.maps.backends.remove(id) {
                     Err(e) if !not_found(&e) => return Err(err("remove", map_names::BACKENDS)(e)),
+                    _ => {}
+                },
+                Op::PutVip { key, frontends } => {
+                    self.maps.vips.insert(key, frontends, 0).map_err(err("put", map_names::VIPS))?
+                }
+                Op::DeleteVip { key } => match self.maps.vips.remove(key) {
+                    Err(e) if !not_found(&e) => return Err(err("remove", map_names::VIPS)(e)),
                     _ => {}
                 },
             }

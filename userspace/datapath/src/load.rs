@@ -93,7 +93,7 @@ impl DatapathConfig {
     }
 
     /// `max_entries` of every map, by name.
-    fn map_sizes(&self) -> Result<[(&'static str, u32); 14]> {
+    fn map_sizes(&self) -> Result<[(&'static str, u32); 16]> {
         Ok([
             (map_names::SERVICES, self.max_services),
             (map_names::BACKENDS, self.max_backends),
@@ -109,6 +109,8 @@ impl DatapathConfig {
             (map_names::PORTS, ferry_common::DEFAULT_MAX_PORTS),
             (map_names::NEXTHOPS, ferry_common::DEFAULT_MAX_PORTS),
             (map_names::SOCK_REVNAT, self.ct_size),
+            (map_names::FRAGMENTS, ferry_common::DEFAULT_FRAG_SIZE),
+            (map_names::VIPS, self.max_services),
         ])
     }
 }
@@ -134,6 +136,9 @@ pub struct Maps {
     /// Local pod address -> (host veth, pod MAC), for `bpf_redirect_peer`;
     /// written by the CNI plugin ([`crate::register_endpoint`]).
     pub endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    /// Every frontend address -> its number of frontends; written by the
+    /// agent beside the services (fragments to a VIP are recognised by it).
+    pub vips: HashMap<MapData, EndpointKey, u32>,
 }
 
 impl Maps {
@@ -169,6 +174,7 @@ impl Maps {
             global: typed!(map_names::GLOBAL_STATS),
             config: typed!(map_names::CONFIG),
             endpoints: typed!(map_names::ENDPOINTS),
+            vips: typed!(map_names::VIPS),
         })
     }
 }

@@ -7,7 +7,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use ferry_common::{BackendValue, ServiceKey, ServiceValue, AF_INET, AF_INET6};
+use ferry_common::{BackendValue, EndpointKey, ServiceKey, ServiceValue, AF_INET, AF_INET6};
 
 use crate::Maps;
 
@@ -103,5 +103,9 @@ pub fn program_service(
     let value =
         ServiceValue { id, backend_count: ids.len() as u32, maglev_table: id, flags, affinity_timeout_s, _pad: 0 };
     maps.services.insert(svc_key(vip, port, proto), value, 0).unwrap();
+    let (addr, family) = addr_words(vip);
+    let vkey = EndpointKey { addr, family, _pad: [0; 3] };
+    let n = maps.vips.get(&vkey, 0).unwrap_or(0);
+    maps.vips.insert(vkey, n + 1, 0).unwrap();
     ids
 }

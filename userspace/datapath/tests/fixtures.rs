@@ -247,8 +247,30 @@ fn malformed_fixtures() {
             Drop(DropReason::Malformed),
         ),
         ("IPv4 with options", Prog::FromPod, Pkt { ip_opts: vec![1, 1, 1, 0], ..syn() }, Drop(DropReason::Unsupported)),
-        ("first fragment (MF set)", Prog::FromPod, Pkt { frag: 0x2000, ..syn() }, Drop(DropReason::Fragment)),
-        ("non-first fragment (no L4 header)", Prog::FromPod, Pkt { frag: 185, ..syn() }, Pass),
+        (
+            "a later fragment to a VIP whose first fragment was never seen",
+            Prog::FromPod,
+            Pkt { frag: 185, ..syn() },
+            Drop(DropReason::Fragment),
+        ),
+        (
+            "an IPv6 later fragment to a VIP whose first fragment was never seen",
+            Prog::FromPod,
+            Pkt { frag6: Some((185, false)), ..Pkt::udp(CLIENT6, 42005, VIP6, 80, &payload) },
+            Drop(DropReason::Fragment),
+        ),
+        (
+            "a later fragment to another address whose first fragment was never seen",
+            Prog::FromPod,
+            Pkt { frag: 185, ..Pkt::tcp(CLIENT, 42000, BACKEND, 8080, SYN) },
+            Pass,
+        ),
+        (
+            "a first fragment whose UDP length does not exceed it",
+            Prog::FromPod,
+            Pkt { frag: 0x2000, ..Pkt::udp(CLIENT, 42006, VIP, 53, &payload) },
+            Drop(DropReason::Malformed),
+        ),
         (
             "IPv4 total length larger than the packet",
             Prog::FromPod,
@@ -445,4 +467,97 @@ fn syn_on_stale_conntrack_entry_takes_the_new_flow_path() {
         ip(VIP),
         "and its reply is reverse-translated"
     );
+}
+
+/// A UDP datagram larger than the MTU reaches a VIP as IP fragments; only
+/// the first carries the UDP header. Every fragment must follow the first
+/// one's translation, in whatever order the later ones come, and the
+/// datagram the backend reassembles must be the client's, ports and UDP
+/// checksum translated; the backend's fragmented answer likewise comes back
+/// from the VIP. IPv4 and IPv6.
+#[test]
+fn fragments_follow_their_first_fragment() {
+    let (_pin, mut dp) = setup();
+    program_service(&mut dp.maps, 10, ip(VIP6), 53, UDP, &[(ip(BACKEND6), 5353)], 0, 0);
+    let payload: Vec<u8> = (0..2000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let followed = |dp: &Datapath| -> u64 {
+        dp.maps.global.get(&(ferry_common::GlobalCounter::FragmentFollowed as u32), 0).unwrap().iter().sum()
+    };
+    for (client, vip, backend) in [(CLIENT, VIP, BACKEND), (CLIENT6, VIP6, BACKEND6)] {
+        // Orders the later fragments may come in (the first is always first:
+        // see parse.rs on fragments that overtake it).
+        let orders: [(&str, &[usize]); 3] =
+            [("in order", &[0, 1, 2]), ("last before middle", &[0, 2, 1]), ("middle twice", &[0, 1, 2, 1])];
+        for (n, (what, order)) in orders.iter().enumerate() {
+            let sport = 46000 + n as u16;
+            let query = Pkt::udp(client, sport, vip, 53, &payload).build();
+            let frags = fragment(&query, 1000, 0x4200 + n as u32);
+            assert_eq!(frags.len(), 3);
+            let before = followed(&dp);
+            let mut out = Vec::new();
+            for &i in order.iter() {
+                let (v, o) = run(&dp, Prog::FromPod, &frags[i]);
+                assert_eq!(v, OK, "{client} {what}: fragment {i} passed on");
+                out.push(o);
+            }
+            assert_eq!(followed(&dp) - before, order.len() as u64 - 1, "{client} {what}: later fragments followed");
+            out.dedup();
+            let (src, dst, l4, hdr_ok) = reassemble(&out[..3]);
+            assert_eq!((src, dst), (ip(client), ip(backend)), "{client} {what}: every fragment DNATed");
+            assert!(hdr_ok, "{client} {what}: IPv4 header checksums");
+            assert_eq!(u16::from_be_bytes([l4[2], l4[3]]), 5353, "{client} {what}: port of the first");
+            assert_eq!(&l4[8..], &payload[..], "{client} {what}: payload intact");
+            assert!(udp_checksum_ok(src, dst, &l4), "{client} {what}: UDP checksum of the datagram");
+
+            // The backend's answer, as large, fragmented too.
+            let answer = Pkt::udp(backend, 5353, client, sport, &payload).build();
+            let back: Vec<Vec<u8>> = fragment(&answer, 1000, 0x5200 + n as u32)
+                .iter()
+                .map(|f| {
+                    let (v, o) = run(&dp, Prog::ToPod, f);
+                    assert_eq!(v, OK);
+                    o
+                })
+                .collect();
+            let (src, dst, l4, hdr_ok) = reassemble(&back);
+            assert_eq!((src, dst), (ip(vip), ip(client)), "{client} {what}: the answer comes from the VIP");
+            assert_eq!(u16::from_be_bytes([l4[0], l4[1]]), 53);
+            assert!(hdr_ok && udp_checksum_ok(src, dst, &l4), "{client} {what}: answer checksums");
+        }
+
+        // Two datagrams of two flows, interleaved: each follows its own.
+        let a = fragment(&Pkt::udp(client, 46100, vip, 53, &payload).build(), 1000, 0x6100);
+        let b = fragment(&Pkt::udp(client, 46101, vip, 53, &payload).build(), 1000, 0x6101);
+        let mut outs = (Vec::new(), Vec::new());
+        for i in 0..3 {
+            outs.0.push(run(&dp, Prog::FromPod, &a[i]).1);
+            outs.1.push(run(&dp, Prog::FromPod, &b[i]).1);
+        }
+        for out in [outs.0, outs.1] {
+            let (_, dst, l4, _) = reassemble(&out);
+            assert_eq!(dst, ip(backend));
+            assert!(udp_checksum_ok(ip(client), dst, &l4), "{client}: interleaved datagrams");
+        }
+
+        // A later fragment whose first never came: dropped and counted,
+        // never sent on to the VIP untranslated.
+        let orphan = fragment(&Pkt::udp(client, 46200, vip, 53, &payload).build(), 1000, 0x7100);
+        let dropped = drops(&dp, DropReason::Fragment);
+        let (v, _) = run(&dp, Prog::FromPod, &orphan[2]);
+        assert_eq!(v, SHOT, "{client}: orphan fragment dropped");
+        assert_eq!(drops(&dp, DropReason::Fragment), dropped + 1, "{client}: and counted");
+        // Fragments of a datagram that is not a Service's pass untouched.
+        for f in fragment(&Pkt::udp(client, 46201, backend, 9, &payload).build(), 1000, 0x7200) {
+            let (v, o) = run(&dp, Prog::FromPod, &f);
+            assert_eq!((v, &o), (OK, &f), "{client}: pod-to-pod fragment untouched");
+        }
+    }
+
+    // A fragmented datagram to a Service with no endpoints: the first
+    // fragment (IPv4) gets the port unreachable, the later ones are dropped.
+    let frags = fragment(&Pkt::udp(CLIENT, 46300, VIP_EMPTY, 53, &payload).build(), 1000, 0x7300);
+    let (v, out) = run(&dp, Prog::FromPod, &frags[0]);
+    assert_eq!((v, out[14 + 9], out[34]), (REDIRECT, 1, 3), "ICMP destination unreachable");
+    let (v, _) = run(&dp, Prog::FromPod, &frags[1]);
+    assert_eq!(v, SHOT);
 }

@@ -46,6 +46,8 @@ fn render(ops: &[Op]) -> Vec<String> {
             }
             Op::DeleteService { key } => format!("delete-service {}", frontend_of(key).unwrap().vip),
             Op::DeleteBackend { id } => format!("delete-backend {id}"),
+            Op::PutVip { key, frontends } => format!("vip {} n={frontends}", ip_of(&key.addr, key.family).unwrap()),
+            Op::DeleteVip { key } => format!("delete-vip {}", ip_of(&key.addr, key.family).unwrap()),
         })
         .collect()
 }
@@ -59,6 +61,8 @@ fn phase(op: &Op) -> u8 {
         Op::ResetCounters { .. } => 6,
         Op::PutService { .. } | Op::DeleteService { .. } => 4,
         Op::DeleteBackend { .. } => 6,
+        Op::PutVip { .. } => 1,
+        Op::DeleteVip { .. } => 6,
     }
 }
 
@@ -97,6 +101,7 @@ fn lifecycle_of_one_frontend() {
                 vec![
                     "put-backend 0 10.0.0.1:80 A",
                     "put-backend 1 10.0.0.2:80 A",
+                    "vip 10.96.0.10 n=1",
                     "table 0",
                     "service 0 10.96.0.10 n=2 t=0",
                 ],
@@ -140,7 +145,11 @@ fn lifecycle_of_one_frontend() {
                 vec!["put-backend 0 10.0.0.9:80 A", "table 0", "service 0 10.96.0.10 n=1 t=0"],
             ),
             // Service gone: entry first, then its backends.
-            ("delete", vec![], vec!["delete-service 10.96.0.10", "delete-backend 0", "reset 0"]),
+            (
+                "delete",
+                vec![],
+                vec!["delete-service 10.96.0.10", "delete-backend 0", "reset 0", "delete-vip 10.96.0.10"],
+            ),
         ],
     );
     assert!(p.frontends.is_empty());
@@ -157,7 +166,7 @@ fn ids_released_in_a_plan_are_not_reused_by_it() {
             (
                 "a",
                 vec![(a, want(&["10.0.0.1:80=A"]))],
-                vec!["put-backend 0 10.0.0.1:80 A", "table 0", "service 0 10.96.0.10 n=1 t=0"],
+                vec!["put-backend 0 10.0.0.1:80 A", "vip 10.96.0.10 n=1", "table 0", "service 0 10.96.0.10 n=1 t=0"],
             ),
             // Replacing a by b in one plan: b must not get service id 0, backend
             // id 0 or table 0, which a still uses until its entry is deleted.
@@ -166,11 +175,13 @@ fn ids_released_in_a_plan_are_not_reused_by_it() {
                 vec![(b, want(&["10.0.0.2:80=A"]))],
                 vec![
                     "put-backend 1 10.0.0.2:80 A",
+                    "vip 10.96.0.11 n=1",
                     "table 1",
                     "delete-service 10.96.0.10",
                     "service 1 10.96.0.11 n=1 t=1",
                     "delete-backend 0",
                     "reset 0",
+                    "delete-vip 10.96.0.10",
                 ],
             ),
         ],
@@ -209,6 +220,30 @@ fn flags_and_table_contents() {
     assert_eq!(frontend_of(&service_key(&v6)), Some(v6));
 }
 
+/// `FERRY_VIPS` counts the frontends of each address: put when the first
+/// appears, rewritten as the count changes, deleted after the last, also
+/// when only some frontends are in scope.
+#[test]
+fn frontend_addresses_follow_their_frontends() {
+    let (a80, a53, b) = (fe("10.96.0.10", 80), fe("10.96.0.10", 53), fe("fd00::10", 80));
+    let mut p = Programmed::new(LIMITS);
+    let vip_ops = |plan: Plan| -> Vec<String> { render(&plan.ops).into_iter().filter(|o| o.contains("vip")).collect() };
+    let d = BTreeMap::from([(a80, want(&["10.0.0.1:80=A"])), (b, want(&["fd00::1:80=A"]))]);
+    assert_eq!(vip_ops(plan(&mut p, &d, Scope::All)), ["vip 10.96.0.10 n=1", "vip fd00::10 n=1"]);
+    let d = BTreeMap::from([(a80, want(&["10.0.0.1:80=A"])), (a53, want(&[])), (b, want(&["fd00::1:80=A"]))]);
+    let only = BTreeSet::from([a53]);
+    assert_eq!(vip_ops(plan(&mut p, &d, Scope::Only(&only))), ["vip 10.96.0.10 n=2"]);
+    let d = BTreeMap::from([(a53, want(&[])), (b, want(&["fd00::1:80=A"]))]);
+    let only = BTreeSet::from([a80]);
+    assert_eq!(vip_ops(plan(&mut p, &d, Scope::Only(&only))), ["vip 10.96.0.10 n=1"]);
+    let only = BTreeSet::from([a53, b]);
+    assert_eq!(
+        vip_ops(plan(&mut p, &BTreeMap::new(), Scope::Only(&only))),
+        ["delete-vip 10.96.0.10", "delete-vip fd00::10"]
+    );
+    assert!(plan(&mut p, &BTreeMap::new(), Scope::All).ops.is_empty());
+}
+
 #[test]
 fn scope_limits_the_plan() {
     let (a, b) = (fe("10.96.0.10", 80), fe("10.96.0.11", 80));
@@ -224,8 +259,13 @@ fn scope_limits_the_plan() {
 }
 
 /// The maps as a plan's ops leave them (what a restarted agent reads back).
-/// Services by key bytes, and backends by id, as the maps would hold them.
-type Replayed = (BTreeMap<Vec<u32>, (ServiceKey, ServiceValue)>, BTreeMap<u32, BackendValue>);
+/// Services by key bytes, backends by id and frontend addresses, as the
+/// maps would hold them.
+type Replayed = (
+    BTreeMap<Vec<u32>, (ServiceKey, ServiceValue)>,
+    BTreeMap<u32, BackendValue>,
+    BTreeMap<Vec<u32>, (EndpointKey, u32)>,
+);
 
 fn replay(ops: &[Op], maps: &mut Replayed) {
     let k = |key: &ServiceKey| key.addr.iter().copied().chain([u32::from(key.port)]).collect::<Vec<_>>();
@@ -242,6 +282,12 @@ fn replay(ops: &[Op], maps: &mut Replayed) {
             }
             Op::DeleteService { key } => {
                 maps.0.remove(&k(key));
+            }
+            Op::PutVip { key, frontends } => {
+                maps.2.insert(key.addr.to_vec(), (*key, *frontends));
+            }
+            Op::DeleteVip { key } => {
+                maps.2.remove(key.addr.as_slice());
             }
             Op::WriteTable { .. } | Op::ResetCounters { .. } => {}
         }
@@ -260,8 +306,19 @@ fn a_restarted_agent_adopts_ids_and_rebuilds_tables_in_place() {
     replay(&plan(&mut first, &d, Scope::All).ops, &mut maps);
     // A leftover backend of a service that no longer exists.
     maps.1.insert(20, BackendValue { service_id: 7, family: AF_INET, ..Default::default() });
+    // The address of a Service deleted while no agent ran, and a count
+    // that is wrong.
+    let (gone, family) = addr_words(&"10.96.0.99".parse().unwrap());
+    maps.2.insert(gone.to_vec(), (EndpointKey { addr: gone, family, _pad: [0; 3] }, 1));
+    let (b_addr, _) = addr_words(&b.vip);
+    maps.2.get_mut(b_addr.as_slice()).unwrap().1 = 5;
 
-    let mut second = Programmed::adopt(LIMITS, maps.0.values().copied(), maps.1.iter().map(|(k, v)| (*k, *v)));
+    let mut second = Programmed::adopt(
+        LIMITS,
+        maps.0.values().copied(),
+        maps.1.iter().map(|(k, v)| (*k, *v)),
+        maps.2.values().copied(),
+    );
     for (fe, f) in &first.frontends {
         let adopted = &second.frontends[fe];
         assert_eq!(adopted.value, f.value, "service entry adopted as is");
@@ -273,7 +330,15 @@ fn a_restarted_agent_adopts_ids_and_rebuilds_tables_in_place() {
     let ops = render(&plan(&mut second, &d, Scope::All).ops);
     assert_eq!(
         ops,
-        vec!["table 2", "table 3", "service 0 10.96.0.10 n=1 t=2", "service 1 10.96.0.11 n=2 t=3", "delete-backend 20",]
+        vec![
+            "vip 10.96.0.11 n=1",
+            "table 2",
+            "table 3",
+            "service 0 10.96.0.10 n=1 t=2",
+            "service 1 10.96.0.11 n=2 t=3",
+            "delete-backend 20",
+            "delete-vip 10.96.0.99",
+        ]
     );
     // And then it is steady.
     assert!(plan(&mut second, &d, Scope::All).ops.is_empty());

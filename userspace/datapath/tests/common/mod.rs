@@ -35,6 +35,10 @@ pub struct Pkt {
     pub len_delta: i32,
     /// IPv6 hop-by-hop extension header before the L4 header.
     pub ext_hdr: bool,
+    /// An IPv6 fragment header (offset in 8-byte units, more fragments)
+    /// before the L4 header (datagram id 7). Offset > 0 leaves the L4
+    /// header out, as a later fragment has none.
+    pub frag6: Option<(u16, bool)>,
     /// Override of the TCP data offset (in 32-bit words).
     pub doff: Option<u8>,
     /// Override of the IPv4 header length (in 32-bit words).
@@ -60,6 +64,7 @@ impl Pkt {
             frag: 0,
             len_delta: 0,
             ext_hdr: false,
+            frag6: None,
             doff: None,
             ihl: None,
             truncate: None,
@@ -95,7 +100,12 @@ impl Pkt {
     }
 
     pub fn build(&self) -> Vec<u8> {
-        let l4 = self.l4();
+        let mut l4 = self.l4();
+        if let Some((off, _)) = self.frag6 {
+            if off > 0 {
+                l4 = self.payload.clone();
+            }
+        }
         let mut f = vec![0x02, 0, 0, 0, 0, 0xbb, 0x02, 0, 0, 0, 0, 0xaa];
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -116,17 +126,25 @@ impl Pkt {
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 f.extend_from_slice(&0x86ddu16.to_be_bytes());
-                let ext = if self.ext_hdr { 8 } else { 0 };
+                let ext = if self.ext_hdr || self.frag6.is_some() { 8 } else { 0 };
                 let plen = (ext + l4.len()) as i32 + self.len_delta;
                 f.extend_from_slice(&[0x60, 0, 0, 0]);
                 f.extend_from_slice(&(plen as u16).to_be_bytes());
-                f.push(if self.ext_hdr { 0 } else { self.proto });
+                f.push(match (self.ext_hdr, self.frag6) {
+                    (true, _) => 0,
+                    (false, Some(_)) => 44,
+                    (false, None) => self.proto,
+                });
                 f.push(64);
                 f.extend_from_slice(&s.octets());
                 f.extend_from_slice(&d.octets());
                 if self.ext_hdr {
                     // Hop-by-hop: next header, length 0 (8 bytes), PadN.
                     f.extend_from_slice(&[self.proto, 0, 1, 4, 0, 0, 0, 0]);
+                } else if let Some((off, more)) = self.frag6 {
+                    f.extend_from_slice(&[self.proto, 0]);
+                    f.extend_from_slice(&((off << 3) | more as u16).to_be_bytes());
+                    f.extend_from_slice(&7u32.to_be_bytes());
                 }
             }
             _ => panic!("mixed families"),
@@ -220,4 +238,90 @@ pub fn decode(f: &[u8]) -> Seen {
         src_mac: f[6..12].try_into().unwrap(),
         checksums_ok: ip_ok && l4_ok,
     }
+}
+
+/// Splits a built (unfragmented, no options, no extension headers) frame
+/// into IP fragments of at most `chunk` L4 bytes each (a multiple of 8), as
+/// a sending kernel does: IPv4 with the datagram's id in every header,
+/// IPv6 with a fragment header (RFC 8200 4.5). In order, first first.
+pub fn fragment(frame: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0);
+    let v4 = u16::from_be_bytes([frame[12], frame[13]]) == 0x0800;
+    let hlen = if v4 { 20 } else { 40 };
+    let (ip, l4) = (&frame[14..14 + hlen], &frame[14 + hlen..]);
+    let n = l4.len().div_ceil(chunk);
+    (0..n)
+        .map(|i| {
+            let part = &l4[i * chunk..((i + 1) * chunk).min(l4.len())];
+            let more = i + 1 < n;
+            let units = (i * chunk / 8) as u16;
+            let mut f = frame[..14].to_vec();
+            if v4 {
+                let mut h = ip.to_vec();
+                h[2..4].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
+                h[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+                h[6..8].copy_from_slice(&(units | if more { 0x2000 } else { 0 }).to_be_bytes());
+                h[10..12].copy_from_slice(&[0, 0]);
+                let c = fold(sum(&h));
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+                f.extend_from_slice(&h);
+            } else {
+                let mut h = ip.to_vec();
+                h[4..6].copy_from_slice(&((8 + part.len()) as u16).to_be_bytes());
+                let next = h[6];
+                h[6] = 44;
+                f.extend_from_slice(&h);
+                f.extend_from_slice(&[next, 0]);
+                f.extend_from_slice(&((units << 3) | more as u16).to_be_bytes());
+                f.extend_from_slice(&id.to_be_bytes());
+            }
+            f.extend_from_slice(part);
+            f
+        })
+        .collect()
+}
+
+/// What a receiver makes of fragments (in any order): the datagram's
+/// addresses, its L4 bytes in offset order, and whether every IPv4 header
+/// checksum verified. Panics on a gap or an id mismatch.
+pub fn reassemble(frags: &[Vec<u8>]) -> (IpAddr, IpAddr, Vec<u8>, bool) {
+    let mut parts: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut hdr_ok = true;
+    let mut addrs = None;
+    let mut ids = std::collections::BTreeSet::new();
+    for f in frags {
+        let v4 = u16::from_be_bytes([f[12], f[13]]) == 0x0800;
+        let (src, dst, off, id, data): (IpAddr, IpAddr, usize, u32, &[u8]) = if v4 {
+            let ip = &f[14..34];
+            hdr_ok &= fold(sum(ip)) == 0;
+            let s: [u8; 4] = ip[12..16].try_into().unwrap();
+            let d: [u8; 4] = ip[16..20].try_into().unwrap();
+            let off = (u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff) as usize * 8;
+            (s.into(), d.into(), off, u16::from_be_bytes([ip[4], ip[5]]) as u32, &f[34..])
+        } else {
+            assert_eq!(f[20], 44, "a fragment header");
+            let s: [u8; 16] = f[22..38].try_into().unwrap();
+            let d: [u8; 16] = f[38..54].try_into().unwrap();
+            let off = (u16::from_be_bytes([f[56], f[57]]) >> 3) as usize * 8;
+            (s.into(), d.into(), off, u32::from_be_bytes(f[58..62].try_into().unwrap()), &f[62..])
+        };
+        assert!(addrs.is_none() || addrs == Some((src, dst)), "fragments disagree on addresses");
+        addrs = Some((src, dst));
+        ids.insert(id);
+        parts.push((off, data.to_vec()));
+    }
+    assert_eq!(ids.len(), 1, "one datagram");
+    parts.sort();
+    let mut l4 = Vec::new();
+    for (off, data) in parts {
+        assert_eq!(off, l4.len(), "no gap, no overlap");
+        l4.extend_from_slice(&data);
+    }
+    let (src, dst) = addrs.unwrap();
+    (src, dst, l4, hdr_ok)
+}
+
+/// The UDP checksum of a reassembled datagram verifies against `src`/`dst`.
+pub fn udp_checksum_ok(src: IpAddr, dst: IpAddr, l4: &[u8]) -> bool {
+    fold(pseudo(src, dst, UDP, l4.len()) + sum(l4)) == 0
 }
