@@ -23,6 +23,8 @@ use serde_json::Value;
 
 const VIP: &str = "10.96.0.10";
 const VIP6: &str = "fd00:96::10";
+/// The agent's node name (endpoints name it or another node).
+const NODE: &str = "node-a";
 
 /// A cgroup v2 directory of this test's own under the cgroup2 mount;
 /// removed on drop (its processes have exited by then).
@@ -138,7 +140,7 @@ impl World {
         let cgroup = TestCgroup::new();
         let (node, pin) = lb_node();
         let cg = cgroup.path().to_str().expect("utf-8").to_string();
-        let agent = Agent::start_with(&node, pin, &["--socket-lb-cgroup", &cg]);
+        let agent = Agent::start_with(&node, pin, &["--socket-lb-cgroup", &cg, "--node-name", NODE]);
         let mut backends = vec![];
         let mut servers = vec![];
         for i in 1..=2 {
@@ -273,6 +275,17 @@ fn socklb_service_without_endpoints_refuses_connect_and_affinity_holds() {
     );
     let rows = client(&w.node, cg, &["tcp", VIP, "80", "16"]);
     assert_eq!(ids(&rows).len(), 1, "affinity keeps one backend: {:?}", ids(&rows));
+
+    // internalTrafficPolicy: Local: a host process reaches only the
+    // endpoints of its own node, as pods do.
+    let on = |i: usize, node: &str| Ep { node: Some(node.to_string()), ..Ep::ready(w.backends[i].ipv4()) };
+    let itp = "  internalTrafficPolicy: Local\n";
+    w.agent.write("local-svc.yaml", &service("local", &["10.96.0.30"], &[("http", "TCP", 80, "8080")], itp));
+    w.agent
+        .write("local-eps.yaml", &slice("local-1", "local", &[("http", "TCP", 8080)], &[on(0, "node-b"), on(1, NODE)]));
+    w.wait_active("10.96.0.30:80", 1);
+    let rows = client(&w.node, cg, &["tcp", "10.96.0.30", "80", "16"]);
+    assert_eq!(ids(&rows), [("b2".to_string(), 16)].into(), "only this node's endpoint");
 }
 
 #[test]
