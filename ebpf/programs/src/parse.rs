@@ -239,17 +239,18 @@ fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Option<u32> {
     let tot_len = u16::from_be(ip.tot_len);
     let (src, dst) = ([ip.saddr, 0, 0, 0], [ip.daddr, 0, 0, 0]);
     let len_ok = ip_len_matches(ctx, tot_len as u32) && tot_len >= ihl;
+    let ip_problem = if ihl != 20 {
+        Some(DropReason::Unsupported)
+    } else if !len_ok {
+        Some(DropReason::Malformed)
+    } else {
+        None
+    };
     if frag_off & OFFSET != 0 {
         // A later fragment: no L4 header, its ports come from the first.
         *pkt = Packet::new(AF_INET, ip.proto, src, dst, [0, 0]);
         pkt.frag = Frag::Later;
-        pkt.problem = if ihl != 20 {
-            Some(DropReason::Unsupported)
-        } else if !len_ok {
-            Some(DropReason::Malformed)
-        } else {
-            None
-        };
+        pkt.problem = ip_problem;
         return Some(ip.id as u32);
     }
     let l4 = ETH_HLEN + ihl as usize;
@@ -258,12 +259,10 @@ fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Option<u32> {
     if frag_off & MF != 0 {
         pkt.frag = Frag::First;
     }
-    pkt.problem = if ihl != 20 {
-        Some(DropReason::Unsupported)
-    } else if !len_ok {
-        Some(DropReason::Malformed)
-    } else {
-        check_l4(ctx, pkt, tot_len - ihl)
+    // The L4 header is only read when the IP header is sound.
+    pkt.problem = match ip_problem {
+        Some(p) => Some(p),
+        None => check_l4(ctx, pkt, tot_len - ihl),
     };
     Some(ip.id as u32)
 }
