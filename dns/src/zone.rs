@@ -470,10 +470,10 @@ impl ZoneCache {
         let mut gone: Vec<u32> = Vec::new();
         let mut redo: Vec<(&ferry_state::ObjectKey, &Service, Option<u32>)> = Vec::new();
         let known = self.last_changes.as_ref().and_then(|last| cat.changes.since(last));
-        if let Some(keys) = known {
+        if let Some(changed) = known {
             // The catalog names what changed since the one built last: only
             // those Services are looked at.
-            for key in keys {
+            for key in changed.services {
                 let id = self.ids.get(key).copied();
                 match (cat.services.get_key_value(key), id) {
                     (Some((key, svc)), Some(id)) => {
@@ -488,24 +488,11 @@ impl ZoneCache {
                 }
             }
         } else {
-            // Both maps are sorted by key: one merged walk finds what was
-            // removed, changed or added without hashing 10,000 keys.
-            let mut have = self.ids.iter().peekable();
-            for (key, svc) in &cat.services {
-                while let Some((_, id)) = have.next_if(|(k, _)| *k < key) {
-                    gone.push(*id);
-                }
-                match have.next_if(|(k, _)| *k == key) {
-                    Some((_, &id)) => {
-                        let c = self.slots[id as usize].as_ref().expect("live id");
-                        if c.svc != *svc || c.slices != cat.slices_of(key) {
-                            redo.push((key, svc, Some(id)));
-                        }
-                    }
-                    None => redo.push((key, svc, None)),
-                }
-            }
-            gone.extend(have.map(|(_, id)| *id));
+            // Nothing is known of how this catalog relates to the last one
+            // built (the first build, or one too far behind for the change
+            // log): every Service's records are made again.
+            gone.extend(self.ids.values().copied());
+            redo.extend(cat.services.iter().map(|(key, svc)| (key, svc, None)));
         }
         self.last_changes = Some(cat.changes.clone());
         for id in gone {

@@ -121,19 +121,9 @@ impl Reconciler {
         if Arc::ptr_eq(prev, cur) {
             return Some(touched);
         }
-        // Merge-joins over the sorted maps: one pass, no lookups (a lookup
-        // per Service made a one-endpoint change cost ~100 ms at 10,000).
-        // The store says what changed when `prev` is the catalog published
-        // just before `cur` (the merge-join compared every Service: 15-50 ms
-        // at 10,000 for one endpoint change).
-        let mut keys: BTreeSet<&ObjectKey> = BTreeSet::new();
-        match cur.changes.since(&prev.changes) {
-            Some(changed) => keys.extend(changed),
-            None => {
-                changed_keys(&prev.services, &cur.services, &mut keys);
-                changed_keys(&prev.slices, &cur.slices, &mut keys);
-            }
-        }
+        // The store says which Services changed since `prev`; when it cannot
+        // (a catalog older than its change log), rebuild.
+        let keys = cur.changes.since(&prev.changes)?.services;
         for key in keys {
             for fe in self.by_service.remove(key).unwrap_or_default() {
                 if self.desired.get(&fe).is_some_and(|d| &d.service == key) {
@@ -186,46 +176,6 @@ fn trim_heap() {
     // SAFETY: malloc_trim only releases free memory of the allocator.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Adds to `out` every key whose value differs between `a` and `b`
-/// (present in one only, or unequal), walking both sorted maps once.
-fn changed_keys<'a, V: PartialEq>(
-    a: &'a BTreeMap<ObjectKey, V>,
-    b: &'a BTreeMap<ObjectKey, V>,
-    out: &mut BTreeSet<&'a ObjectKey>,
-) {
-    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
-    loop {
-        match (ia.peek(), ib.peek()) {
-            (None, None) => return,
-            (Some((ka, _)), None) => {
-                out.insert(ka);
-                ia.next();
-            }
-            (None, Some((kb, _))) => {
-                out.insert(kb);
-                ib.next();
-            }
-            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                std::cmp::Ordering::Less => {
-                    out.insert(ka);
-                    ia.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.insert(kb);
-                    ib.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    if va != vb {
-                        out.insert(ka);
-                    }
-                    ia.next();
-                    ib.next();
-                }
-            },
-        }
     }
 }
 
@@ -400,29 +350,18 @@ mod tests {
     const LIMITS: Limits = Limits { maglev_size: 251, max_tables: 64, max_services: 64, max_backends: 256 };
 
     #[test]
-    fn changed_keys_merge_join() {
-        let k = |n: &str| ObjectKey::new("d", n);
-        let a = BTreeMap::from([(k("a"), 1), (k("b"), 2), (k("c"), 3)]);
-        let b = BTreeMap::from([(k("b"), 2), (k("c"), 4), (k("d"), 5)]);
-        let mut out = BTreeSet::new();
-        changed_keys(&a, &b, &mut out);
-        // a removed, c changed, d added; b unchanged.
-        let names: Vec<&str> = out.iter().map(|k| k.name.as_str()).collect();
-        assert_eq!(names, vec!["a", "c", "d"]);
-    }
-
-    #[test]
     fn an_endpoint_change_touches_only_its_service() {
         let mut rec = Reconciler::new(NodeContext::default(), Programmed::new(LIMITS));
         let mut w = Recorder::default();
-        let r = rec.sync(&catalog(20, &["10.0.0.1"]), &mut w).unwrap();
+        let mut feed = ferry_state::Feed::new();
+        let r = rec.sync(&feed.publish(&catalog(20, &["10.0.0.1"])), &mut w).unwrap();
         assert!(r.full && r.frontends_changed);
         assert_eq!(rec.programmed().frontends.len(), 20);
         // Same content, new snapshot: nothing written.
-        let r = rec.sync(&catalog(20, &["10.0.0.1"]), &mut w).unwrap();
+        let r = rec.sync(&feed.publish(&catalog(20, &["10.0.0.1"])), &mut w).unwrap();
         assert_eq!((r.ops, r.full), (0, false));
         // One endpoint added to svc0: its backend, its table, its entry.
-        let r = rec.sync(&catalog(20, &["10.0.0.1", "10.0.0.2"]), &mut w).unwrap();
+        let r = rec.sync(&feed.publish(&catalog(20, &["10.0.0.1", "10.0.0.2"])), &mut w).unwrap();
         assert!(!r.full && !r.frontends_changed);
         let kinds: Vec<&str> = w
             .batches
@@ -438,7 +377,7 @@ mod tests {
             .collect();
         assert_eq!(kinds, vec!["backend", "table", "service"]);
         // A Service removed: its frontend goes, names change.
-        let r = rec.sync(&catalog(19, &["10.0.0.1", "10.0.0.2"]), &mut w).unwrap();
+        let r = rec.sync(&feed.publish(&catalog(19, &["10.0.0.1", "10.0.0.2"])), &mut w).unwrap();
         assert!(r.frontends_changed);
         assert_eq!(rec.programmed().frontends.len(), 19);
         assert_eq!(rec.names().len(), 19);
@@ -452,18 +391,19 @@ mod tests {
     fn a_service_proxy_name_label_toggles_its_frontends() {
         let mut rec = Reconciler::new(NodeContext::default(), Programmed::new(LIMITS));
         let mut w = Recorder::default();
+        let mut feed = ferry_state::Feed::new();
         let first = catalog(3, &["10.0.0.1"]);
-        rec.sync(&first, &mut w).unwrap();
+        rec.sync(&feed.publish(&first), &mut w).unwrap();
         assert_eq!(rec.programmed().frontends.len(), 3);
         let svc0 = ObjectKey::new("default", "svc0");
         let mut c = (*first).clone();
         c.services.get_mut(&svc0).unwrap().proxy_name = Some("other".into());
-        let r = rec.sync(&Arc::new(c.clone()), &mut w).unwrap();
+        let r = rec.sync(&feed.publish(&c), &mut w).unwrap();
         assert!(!r.full && r.frontends_changed);
         assert_eq!(rec.programmed().frontends.len(), 2);
         assert!(rec.names().values().all(|n| n.service != "default/svc0"));
         c.services.get_mut(&svc0).unwrap().proxy_name = None;
-        let r = rec.sync(&Arc::new(c), &mut w).unwrap();
+        let r = rec.sync(&feed.publish(&c), &mut w).unwrap();
         assert!(!r.full && r.frontends_changed);
         assert_eq!(rec.programmed().frontends.len(), 3);
     }

@@ -51,6 +51,36 @@ pub enum ObjectId {
     Node(String),
 }
 
+/// The kinds a source lists, each with its own readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+            Kind::Node => "nodes",
+        }
+    }
+}
+
+impl ObjectId {
+    pub fn kind(&self) -> Kind {
+        match self {
+            ObjectId::Service(_) => Kind::Service,
+            ObjectId::EndpointSlice(_) => Kind::EndpointSlice,
+            ObjectId::Node(_) => Kind::Node,
+        }
+    }
+}
+
 impl Object {
     pub fn id(&self) -> ObjectId {
         match self {

@@ -42,7 +42,7 @@ pub mod parse;
 pub mod store;
 pub mod yaml_dir;
 
-pub use convert::{Object, ObjectId};
+pub use convert::{Kind, Object, ObjectId};
 pub use error::{ConvertError, ObjectError, SourceError};
 pub use model::*;
 pub use parse::{parse_documents, Format};
@@ -54,6 +54,45 @@ pub fn catalog_from_objects(objects: impl IntoIterator<Item = Object>) -> Catalo
     let mut store = Store::new();
     store.replace_origin("objects", objects.into_iter().collect());
     store.into_catalog()
+}
+
+impl Catalog {
+    /// Every object of the catalog (copies), as a source would declare them.
+    pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
+        let services = self.services.values().cloned().map(Object::Service);
+        let slices = self.slices.values().flatten().cloned().map(Object::EndpointSlice);
+        let nodes = self.nodes.values().cloned().map(Object::Node);
+        services.chain(slices).chain(nodes)
+    }
+}
+
+/// Whole catalogs in, snapshots out as a store publishes them (with their
+/// change log): for consumers' tests that build catalogs by hand.
+pub struct Feed {
+    store: Store,
+    rx: tokio::sync::watch::Receiver<Snapshot>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Feed {
+    pub fn new() -> Self {
+        let mut store = Store::new();
+        store.set_ready();
+        let rx = store.subscribe();
+        Self { store, rx }
+    }
+
+    /// The store now holds exactly `catalog`; the catalog it publishes.
+    pub fn publish(&mut self, catalog: &Catalog) -> std::sync::Arc<Catalog> {
+        self.store.replace_origin("feed", catalog.objects().collect());
+        self.store.publish();
+        self.rx.borrow().catalog.clone()
+    }
 }
 
 impl Catalog {

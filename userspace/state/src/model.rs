@@ -2,7 +2,7 @@
 //! EndpointSlices, already validated. Sources (YAML directory, Kubernetes API)
 //! translate Kubernetes objects into these; consumers never see raw objects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,15 +187,37 @@ pub struct Catalog {
     pub changes: Changes,
 }
 
-/// The Service keys whose object or EndpointSlice group changed between the
-/// catalog published as `generation - 1` and this one (`generation`), so a
-/// consumer that saw the previous one need not compare 10,000 Services to
-/// find one changed endpoint. `generation == 0`: unknown, compare. Not part
-/// of the catalog's content: ignored by equality.
+/// What changed between catalogs, as the store published them: a consumer
+/// that built its state from the catalog of generation `g` asks the current
+/// one [`since`](Changes::since)`(g)` and gets exactly the Services (object
+/// or EndpointSlice group) and Nodes that changed after it, so it never
+/// compares 100,000 Services to find one changed endpoint, even when the
+/// `watch` channel skipped the generations in between. Not part of the
+/// catalog's content: ignored by equality.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
+    /// The generation of the catalog this belongs to (0: not published by a
+    /// store, nothing is known).
     pub generation: u64,
-    pub services: std::collections::BTreeSet<ObjectKey>,
+    /// The most recent generations' change sets, oldest first, ending with
+    /// this one's. Shared between catalogs: a publish copies only the list
+    /// of `Arc`s.
+    log: Arc<[Arc<Step>]>,
+}
+
+/// What one publish changed.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub generation: u64,
+    pub services: BTreeSet<ObjectKey>,
+    pub nodes: BTreeSet<String>,
+}
+
+/// The changes from one catalog to a later one (borrowed from the later).
+#[derive(Debug, Default, PartialEq)]
+pub struct Changed<'a> {
+    pub services: BTreeSet<&'a ObjectKey>,
+    pub nodes: BTreeSet<&'a str>,
 }
 
 impl PartialEq for Changes {
@@ -204,11 +226,55 @@ impl PartialEq for Changes {
     }
 }
 
+/// How much history a catalog carries: enough for a consumer that fell
+/// behind by a relist of every kind at 100,000 Services; one further behind
+/// rebuilds from scratch (what it would do at start anyway).
+pub(crate) const LOG_STEPS: usize = 4096;
+const LOG_MAX_KEYS: usize = 400_000;
+
 impl Changes {
-    /// The changed Service keys from `prev` to `self`'s catalog, when
-    /// `prev` is exactly the catalog published before it.
-    pub fn since(&self, prev: &Changes) -> Option<&std::collections::BTreeSet<ObjectKey>> {
-        (self.generation != 0 && prev.generation + 1 == self.generation).then_some(&self.services)
+    /// The change record of generation `step.generation`, after `prev`'s.
+    pub fn next(prev: &Changes, step: Step) -> Changes {
+        let generation = step.generation;
+        let mut keys = step.services.len() + step.nodes.len();
+        let mut kept = 1;
+        for s in prev.log.iter().rev() {
+            keys += s.services.len() + s.nodes.len();
+            if kept >= LOG_STEPS || keys > LOG_MAX_KEYS || s.generation + kept as u64 != generation {
+                break;
+            }
+            kept += 1;
+        }
+        let older = &prev.log[prev.log.len() + 1 - kept..];
+        let log: Arc<[Arc<Step>]> = older.iter().cloned().chain(std::iter::once(Arc::new(step))).collect();
+        Changes { generation, log }
+    }
+
+    /// What the publish of this generation itself changed.
+    pub fn last_step(&self) -> Option<&Step> {
+        self.log.last().filter(|s| s.generation == self.generation).map(|s| &**s)
+    }
+
+    /// Everything that changed after the catalog of `prev` up to this one;
+    /// `None` when that is not known (`prev` is not an earlier catalog of
+    /// the same store, or too old for the log): compare everything.
+    pub fn since(&self, prev: &Changes) -> Option<Changed<'_>> {
+        if self.generation == 0 || prev.generation == 0 || prev.generation > self.generation {
+            return None;
+        }
+        let mut out = Changed::default();
+        if prev.generation == self.generation {
+            return Some(out);
+        }
+        let first = self.log.first()?;
+        if first.generation > prev.generation + 1 {
+            return None;
+        }
+        for step in self.log.iter().filter(|s| s.generation > prev.generation) {
+            out.services.extend(step.services.iter());
+            out.nodes.extend(step.nodes.iter().map(String::as_str));
+        }
+        Some(out)
     }
 }
 

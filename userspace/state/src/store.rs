@@ -26,17 +26,17 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::convert::{Object, ObjectId};
-use crate::model::{Catalog, Changes, EndpointSlice, ObjectKey, Snapshot};
+use crate::convert::{Kind, Object, ObjectId};
+use crate::model::{Catalog, Changes, EndpointSlice, ObjectKey, Snapshot, Step};
 
 /// Mutable merge of every source's objects. Not shared: one task owns it and
 /// publishes; consumers only see the immutable snapshots.
 #[derive(Debug)]
 pub struct Store {
-    /// Every declaration of every object, by origin. The same object declared
-    /// by two origins (two files) is a conflict: the one from the origin that
-    /// sorts last wins, deterministically, and a warning names both.
-    decls: HashMap<ObjectId, BTreeMap<Arc<str>, Object>>,
+    /// Who declares every object. The same object declared by two origins
+    /// (two files) is a conflict: the one from the origin that sorts last
+    /// wins, deterministically, and a warning names both.
+    decls: HashMap<ObjectId, Decls>,
     by_origin: HashMap<Arc<str>, Vec<ObjectId>>,
     /// Which Service group of `catalog.slices` holds each slice.
     slice_owner: HashMap<ObjectKey, ObjectKey>,
@@ -49,6 +49,12 @@ pub struct Store {
     touched: BTreeSet<ObjectKey>,
     /// Node names changed since the last publish.
     touched_nodes: BTreeSet<String>,
+    /// The change log of the last publish, which the next one extends.
+    last_changes: Changes,
+    /// The kinds whose first full listing readiness waits for.
+    required: BTreeSet<Kind>,
+    /// The kinds whose first full listing is done.
+    listed: BTreeSet<Kind>,
     ready: bool,
     generation: u64,
     dirty: bool,
@@ -74,6 +80,9 @@ impl Store {
             detached: None,
             touched: BTreeSet::new(),
             touched_nodes: BTreeSet::new(),
+            last_changes: Changes::default(),
+            required: Kind::ALL.into_iter().collect(),
+            listed: BTreeSet::new(),
             ready: false,
             generation: 0,
             dirty: false,
@@ -170,10 +179,31 @@ impl Store {
         self.undeclare(&origin, id)
     }
 
-    /// The source has delivered its first complete view: from now on absence
-    /// from the catalog means the object does not exist.
+    /// Readiness waits for the first full listing of these kinds only (all
+    /// three by default): ferry-dns needs no Nodes.
+    pub fn require(&mut self, kinds: impl IntoIterator<Item = Kind>) {
+        self.required = kinds.into_iter().collect();
+        self.update_ready();
+    }
+
+    /// The first full listing of `kind` is done. The catalog is ready once
+    /// every required kind is listed: before that, absence proves nothing
+    /// (a Service whose slices are not listed yet has no endpoints only in
+    /// appearance).
+    pub fn set_listed(&mut self, kind: Kind) {
+        self.listed.insert(kind);
+        self.update_ready();
+    }
+
+    /// Every kind is listed (a directory scanned whole).
     pub fn set_ready(&mut self) {
-        if !self.ready {
+        self.listed.extend(Kind::ALL);
+        self.update_ready();
+    }
+
+    fn update_ready(&mut self) {
+        let ready = self.required.is_subset(&self.listed);
+        if ready && !self.ready {
             self.ready = true;
             self.dirty = true;
         }
@@ -190,15 +220,20 @@ impl Store {
         self.attach();
         self.dirty = false;
         self.generation += 1;
-        self.catalog.changes = Changes { generation: self.generation, services: mem::take(&mut self.touched) };
+        let step = Step {
+            generation: self.generation,
+            services: mem::take(&mut self.touched),
+            nodes: mem::take(&mut self.touched_nodes),
+        };
+        self.catalog.changes = Changes::next(&self.last_changes, step);
+        self.last_changes = self.catalog.changes.clone();
         let published = Arc::new(mem::take(&mut self.catalog));
         let replaced = self.tx.send_replace(Snapshot {
             catalog: published.clone(),
             ready: self.ready,
             generation: self.generation,
         });
-        self.detached =
-            Some(Detached { published, previous: replaced.catalog, nodes: mem::take(&mut self.touched_nodes) });
+        self.detached = Some(Detached { published, previous: replaced.catalog });
         self.generation
     }
 
@@ -214,11 +249,12 @@ impl Store {
         match Arc::try_unwrap(d.previous) {
             Ok(mut old) if old.changes.generation + 1 == d.published.changes.generation => {
                 let new = &*d.published;
-                for key in &new.changes.services {
+                let step = new.changes.last_step().expect("a published catalog has its step");
+                for key in &step.services {
                     sync_entry(&mut old.services, &new.services, key);
                     sync_entry(&mut old.slices, &new.slices, key);
                 }
-                for name in &d.nodes {
+                for name in &step.nodes {
                     sync_entry(&mut old.nodes, &new.nodes, name);
                 }
                 debug_assert!(old == *new, "a recycled catalog equals the published one");
@@ -250,34 +286,92 @@ impl Store {
     }
 
     fn declare(&mut self, origin: &Arc<str>, id: ObjectId, obj: Object) -> bool {
-        let decls = self.decls.entry(id.clone()).or_default();
-        if decls.get(origin) == Some(&obj) {
-            return false;
-        }
-        decls.insert(origin.clone(), obj);
-        if decls.len() > 1 {
-            let origins: Vec<&str> = decls.keys().map(|o| &**o).collect();
-            warn!(object = %id, ?origins, "object declared in several files; the last one (by name) wins");
-        }
-        self.refresh(&id)
+        let winner = match self.decls.get_mut(&id) {
+            None => {
+                self.decls.insert(id.clone(), Decls::One(origin.clone()));
+                obj
+            }
+            Some(Decls::One(only)) if only == origin => {
+                if self.holds(&id, &obj) {
+                    return false;
+                }
+                obj
+            }
+            Some(Decls::One(other)) => {
+                let other = other.clone();
+                let theirs = self.entry(&id).expect("a declared object is in the catalog");
+                let many = BTreeMap::from([(other, theirs), (origin.clone(), obj)]);
+                let winner = many.values().next_back().cloned().expect("two declarations");
+                warn_conflict(&id, &many);
+                self.decls.insert(id.clone(), Decls::Many(many));
+                winner
+            }
+            Some(Decls::Many(many)) => {
+                if many.get(origin) == Some(&obj) {
+                    return false;
+                }
+                many.insert(origin.clone(), obj);
+                warn_conflict(&id, many);
+                many.values().next_back().cloned().expect("declared")
+            }
+        };
+        self.set_entry(&id, Some(winner))
     }
 
     fn undeclare(&mut self, origin: &Arc<str>, id: &ObjectId) -> bool {
-        let Some(decls) = self.decls.get_mut(id) else {
-            return false;
+        let winner = match self.decls.get_mut(id) {
+            None => return false,
+            Some(Decls::One(only)) => {
+                if only != origin {
+                    return false;
+                }
+                self.decls.remove(id);
+                None
+            }
+            Some(Decls::Many(many)) => {
+                if many.remove(origin).is_none() {
+                    return false;
+                }
+                if many.len() == 1 {
+                    let (only, obj) = many.pop_first().expect("one left");
+                    self.decls.insert(id.clone(), Decls::One(only));
+                    Some(obj)
+                } else {
+                    many.values().next_back().cloned()
+                }
+            }
         };
-        if decls.remove(origin).is_none() {
-            return false;
-        }
-        if decls.is_empty() {
-            self.decls.remove(id);
-        }
-        self.refresh(id)
+        self.set_entry(id, winner)
     }
 
-    /// Make the catalog entry for `id` match its winning declaration.
-    fn refresh(&mut self, id: &ObjectId) -> bool {
-        let winner = self.decls.get(id).and_then(|d| d.values().next_back()).cloned();
+    /// The catalog's entry for `id`, as an object.
+    fn entry(&self, id: &ObjectId) -> Option<Object> {
+        let cat = &self.catalog;
+        match id {
+            ObjectId::Service(key) => cat.services.get(key).cloned().map(Object::Service),
+            ObjectId::Node(name) => cat.nodes.get(name).cloned().map(Object::Node),
+            ObjectId::EndpointSlice(key) => self.slice(key).cloned().map(Object::EndpointSlice),
+        }
+    }
+
+    /// Whether the catalog's entry for `id` is `obj` (no copy made).
+    fn holds(&self, id: &ObjectId, obj: &Object) -> bool {
+        let cat = &self.catalog;
+        match (id, obj) {
+            (ObjectId::Service(key), Object::Service(s)) => cat.services.get(key) == Some(s),
+            (ObjectId::Node(name), Object::Node(n)) => cat.nodes.get(name) == Some(n),
+            (ObjectId::EndpointSlice(key), Object::EndpointSlice(s)) => self.slice(key) == Some(s),
+            _ => false,
+        }
+    }
+
+    fn slice(&self, key: &ObjectKey) -> Option<&EndpointSlice> {
+        let group = self.catalog.slices.get(self.slice_owner.get(key)?)?;
+        group.binary_search_by(|s| s.key.cmp(key)).ok().map(|i| &group[i])
+    }
+
+    /// Make the catalog entry for `id` this declaration (`None`: none left).
+    fn set_entry(&mut self, id: &ObjectId, winner: Option<Object>) -> bool {
         let cat = &mut self.catalog;
         let changed = match (id, winner) {
             (ObjectId::Service(key), Some(Object::Service(svc))) => {
@@ -347,14 +441,30 @@ fn remove_slice(cat: &mut Catalog, svc: &ObjectKey, key: &ObjectKey) -> Option<E
     Some(slice)
 }
 
-/// What the last batch published for the detached working copy to catch up.
+/// What the last batch published for the detached working copy to catch up
+/// (what changed between the two is `published.changes`' last step).
 #[derive(Debug)]
 struct Detached {
     published: Arc<Catalog>,
     /// The catalog published before `published`: recycled when unshared.
     previous: Arc<Catalog>,
-    /// Nodes changed between the two (Services are in `published.changes`).
-    nodes: BTreeSet<String>,
+}
+
+/// Who declares an object. Most objects have one origin (an API list, one
+/// file); the catalog's entry is then the declaration and no second copy is
+/// kept: at 100,000 Services a copy of every object is ~40% of the
+/// source's memory.
+#[derive(Debug)]
+enum Decls {
+    One(Arc<str>),
+    /// Several origins (two files): every declaration; the last origin's is
+    /// the catalog's entry.
+    Many(BTreeMap<Arc<str>, Object>),
+}
+
+fn warn_conflict(id: &ObjectId, decls: &BTreeMap<Arc<str>, Object>) {
+    let origins: Vec<&str> = decls.keys().map(|o| &**o).collect();
+    warn!(object = %id, ?origins, "object declared in several files; the last one (by name) wins");
 }
 
 /// Make `map[key]` what it is in `from`.
@@ -381,6 +491,7 @@ fn put<K: Ord + Clone, V: PartialEq>(map: &mut std::collections::BTreeMap<K, V>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Changed, LOG_STEPS};
     use crate::parse::parse_documents;
 
     fn objs(text: &str) -> Vec<Object> {
@@ -440,7 +551,7 @@ mod tests {
         st.set_ready();
         st.publish();
         let first = rx.borrow().catalog.changes.clone();
-        let names = |c: &BTreeSet<ObjectKey>| c.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+        let names = |c: Changed<'_>| c.services.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
         // One endpoint of a: only a. A file re-read with equal content adds nothing.
         st.replace_origin(
             "f",
@@ -457,8 +568,54 @@ mod tests {
         st.publish();
         let third = rx.borrow().catalog.changes.clone();
         assert_eq!(third.since(&second).map(names), Some(vec!["a".to_string(), "b".to_string()]));
-        // A skipped generation: unknown, the consumer must compare.
-        assert_eq!(third.since(&first), None);
+        // A consumer that skipped a generation gets both steps' changes.
+        assert_eq!(third.since(&first).map(names), Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(third.since(&third).map(names), Some(vec![]), "nothing since itself");
+        assert_eq!(first.since(&third), None, "not a later catalog");
+        assert_eq!(third.since(&Changes::default()), None, "not a store's catalog");
+        // Nodes are named too.
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
+        st.upsert("g", objs(node).remove(0));
+        st.publish();
+        let fourth = rx.borrow().catalog.changes.clone();
+        let changed = fourth.since(&second).unwrap();
+        assert_eq!(changed.nodes.into_iter().collect::<Vec<_>>(), ["n1"]);
+        assert_eq!(changed.services.len(), 2, "a and b, from the third step");
+    }
+
+    #[test]
+    fn the_change_log_is_bounded_and_then_unknown() {
+        let mut st = Store::new();
+        let rx = st.subscribe();
+        st.upsert("f", objs(&svc("a", "10.96.0.1")).remove(0));
+        st.publish();
+        let first = rx.borrow().catalog.changes.clone();
+        for i in 0..LOG_STEPS + 1 {
+            st.upsert("f", objs(&svc("a", &format!("10.96.{}.{}", i / 250, i % 250 + 2))).remove(0));
+            st.publish();
+        }
+        let last = rx.borrow().catalog.changes.clone();
+        assert_eq!(last.since(&first), None, "further behind than the log: rebuild");
+        assert!(last.since(&rx.borrow().catalog.changes).is_some());
+    }
+
+    #[test]
+    fn readiness_waits_for_every_required_kind() {
+        let mut st = Store::new();
+        let rx = st.subscribe();
+        st.require([Kind::Service, Kind::EndpointSlice]);
+        st.set_listed(Kind::Service);
+        st.publish();
+        assert!(!rx.borrow().ready, "Services alone: a Service's endpoints are not known yet");
+        st.set_listed(Kind::EndpointSlice);
+        st.publish();
+        assert!(rx.borrow().ready, "Nodes are not required here");
+        let mut st = Store::new();
+        st.set_listed(Kind::Service);
+        st.set_listed(Kind::EndpointSlice);
+        assert!(!st.is_ready(), "all three kinds by default");
+        st.set_listed(Kind::Node);
+        assert!(st.is_ready());
     }
 
     #[test]
