@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod install;
 pub mod ipam;
 pub mod names;
 pub mod netconf;
