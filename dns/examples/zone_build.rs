@@ -1,7 +1,7 @@
 //! Times a full and an incremental zone build for a fixture (dev tool).
 fn main() {
     let p = std::path::PathBuf::from(std::env::args().nth(1).expect("fixture path"));
-    let (mut cat, _) = ferry_dns::fixture::load_fixture(&p).unwrap();
+    let (mut cat, _) = ferry_state::load_fixture(&p).unwrap();
     let mut cache = ferry_dns::zone::ZoneCache::new(Default::default());
     let t = std::time::Instant::now();
     let z = cache.build(&cat).unwrap();

@@ -8,7 +8,6 @@
 //! [`metrics`] Prometheus and health endpoints.
 
 pub mod answer;
-pub mod fixture;
 pub mod forward;
 pub mod metrics;
 pub mod server;

@@ -12,7 +12,7 @@ use ferry_dns::forward::{read_resolv_conf, Forwarder};
 use ferry_dns::metrics::{serve_http, Metrics};
 use ferry_dns::server::{bind, follow_catalog, serve, worker_count, Limits};
 use ferry_dns::zone::ZoneConfig;
-use ferry_state::Snapshot;
+use ferry_state::Kind;
 
 /// Cluster DNS for Ferry: the Kubernetes DNS specification's records for
 /// the cluster zone, from a YAML directory (or a one-shot fixture), and
@@ -27,12 +27,9 @@ struct Args {
     /// Address of the HTTP endpoint for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9153")]
     metrics_addr: SocketAddr,
-    /// Directory of Kubernetes YAML (Service, EndpointSlice), followed live.
-    #[arg(long, conflicts_with = "fixture")]
-    yaml_dir: Option<PathBuf>,
-    /// A YAML or JSON file (a List, or documents) loaded once as the catalog.
-    #[arg(long)]
-    fixture: Option<PathBuf>,
+    /// Where Services and EndpointSlices come from.
+    #[command(flatten)]
+    source: ferry_state::SourceArgs,
     /// The cluster domain.
     #[arg(long, default_value = "cluster.local")]
     zone: String,
@@ -85,6 +82,20 @@ fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip, 53))
 }
 
+/// Copies the source's status into the channel the metrics were built with
+/// (they exist before the source starts, so probes answer meanwhile).
+async fn forward_status(
+    mut from: tokio::sync::watch::Receiver<ferry_state::SourceStatus>,
+    to: tokio::sync::watch::Sender<ferry_state::SourceStatus>,
+) {
+    loop {
+        to.send_replace(from.borrow_and_update().clone());
+        if from.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // One malloc arena for every thread: the zone is built on a blocking
     // thread, and with per-thread arenas it could not reuse the memory the
@@ -125,7 +136,9 @@ fn main() -> anyhow::Result<()> {
     // Forwarding to ourselves would loop until every query times out.
     upstreams.retain(|u| *u != local);
     let zone_config = ZoneConfig { zone: args.zone.clone(), ttl: args.ttl, pods_insecure: args.pods_insecure };
-    let metrics = Metrics::new();
+    let source_config = args.source.config().map_err(anyhow::Error::msg)?;
+    let (status_tx, status_rx) = tokio::sync::watch::channel(ferry_state::SourceStatus::default());
+    let metrics = Metrics::with_source(Some(status_rx));
     let forwarder = Forwarder::new(
         upstreams.clone(),
         Duration::from_millis(args.upstream_timeout_ms),
@@ -145,25 +158,12 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("binding metrics address {}", args.metrics_addr))?;
         let http_addr = http.local_addr()?;
         tokio::spawn(serve_http(http, metrics));
-        // Held until serve() returns: a closed channel would end the follower.
-        let mut fixture_tx = None;
-        let rx = if let Some(dir) = &args.yaml_dir {
-            let (rx, _task) = ferry_state::watch_dir(dir)
-                .await
-                .with_context(|| format!("loading YAML directory {}", dir.display()))?;
-            rx
-        } else if let Some(file) = &args.fixture {
-            let (catalog, errors) = ferry_dns::fixture::load_fixture(file)?;
-            for e in &errors {
-                tracing::warn!(error = %e, "fixture object skipped");
-            }
-            let snap = Snapshot { catalog: Arc::new(catalog), ready: true, generation: 1 };
-            let (tx, rx) = tokio::sync::watch::channel(snap);
-            fixture_tx = Some(tx);
-            rx
-        } else {
-            bail!("one of --yaml-dir or --fixture is required");
-        };
+        let source = ferry_state::start(source_config, &[Kind::Service, Kind::EndpointSlice])
+            .await
+            .context("starting the catalog source")?;
+        // /status and the metrics follow the source's own status channel.
+        tokio::spawn(forward_status(source.status.clone(), status_tx));
+        let rx = source.snapshots.clone();
         // The first zone is built before the listeners start, so a source
         // that is ready at start is answered from the first query on.
         let first = rx.borrow().clone();
@@ -180,7 +180,7 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(listen = %local, metrics = %http_addr, zone = %args.zone, ?upstreams, "ferry-dns started");
         println!("ferry-dns listening on {local} metrics on {http_addr}");
         serve(shared, udp, tcp, limits).await?;
-        drop(fixture_tx);
+        drop(source);
         Ok(())
     })
 }

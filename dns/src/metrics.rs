@@ -49,6 +49,8 @@ pub struct Metrics {
     pub tcp_rejected: Counter,
     pub udp_grouped: Counter,
     pub ready: Arc<AtomicBool>,
+    /// The catalog source's state, for /status.
+    source: Option<tokio::sync::watch::Receiver<ferry_state::SourceStatus>>,
 }
 
 impl Default for Metrics {
@@ -59,7 +61,15 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_source(None)
+    }
+
+    /// Also exports the catalog source's state (metrics and /status).
+    pub fn with_source(source: Option<tokio::sync::watch::Receiver<ferry_state::SourceStatus>>) -> Self {
         let mut registry = Registry::with_prefix("ferry_dns");
+        if let Some(status) = &source {
+            registry.register_collector(Box::new(ferry_state::source::StatusCollector::new(status.clone())));
+        }
         let family = Family::<Labels, Counter>::default();
         let mut queries = Vec::new();
         for (_, t) in QTYPES {
@@ -90,6 +100,7 @@ impl Metrics {
             udp_grouped: Counter::default(),
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(Registry::default()),
+            source,
         };
         registry.register("cache_hits", "Forwarded names answered from the cache", m.cache_hits.clone());
         registry.register("cache_misses", "Forwarded names not in the cache", m.cache_misses.clone());
@@ -112,6 +123,13 @@ impl Metrics {
             m.udp_grouped.clone(),
         );
         Metrics { registry: Arc::new(registry), ..m }
+    }
+
+    /// `/status`: readiness and the source's state per kind.
+    pub fn status(&self) -> String {
+        let source = self.source.as_ref().map(|s| s.borrow().clone());
+        let v = serde_json::json!({ "ready": self.ready.load(Ordering::Relaxed), "source": source });
+        v.to_string() + "\n"
     }
 
     #[inline]
@@ -161,6 +179,7 @@ pub async fn serve_http(listener: TcpListener, metrics: Metrics) {
                     ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
                 }
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/status" => ("200 OK", "application/json", metrics.status()),
                 "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_string()),
                 "/readyz" => ("503 Service Unavailable", "text/plain", "catalog not loaded yet\n".to_string()),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),

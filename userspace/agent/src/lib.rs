@@ -3,6 +3,7 @@
 //! table-tested here (maglev, desired, diff), and the side effects (map I/O,
 //! attach, HTTP) sit at the edges (maps, metrics, [`run`]).
 
+pub mod cniconf;
 pub mod desired;
 pub mod diff;
 pub mod maglev;
@@ -25,9 +26,19 @@ use crate::diff::Limits;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "ferry-agent", about = "Ferry node agent: programs the eBPF service load balancer from a catalog")]
 pub struct Args {
-    /// Directory of Kubernetes YAML/JSON (Service, EndpointSlice, Node), followed live.
-    #[arg(long)]
-    pub yaml_dir: PathBuf,
+    /// Where Services, EndpointSlices and Nodes come from.
+    #[command(flatten)]
+    pub source: ferry_state::SourceArgs,
+    /// Write this node's CNI configuration here, from its Node's spec.podCIDRs (needs
+    /// --node-name); nothing is written until the Node has a pod CIDR. Empty: never.
+    #[arg(long, env = "FERRY_WRITE_CNI_CONF")]
+    pub write_cni_conf: Option<PathBuf>,
+    /// The pod bridge named in the written CNI configuration.
+    #[arg(long, default_value = "ferry0")]
+    pub cni_bridge: String,
+    /// The pod MTU in the written CNI configuration.
+    #[arg(long, default_value_t = 1500)]
+    pub cni_mtu: u32,
     /// bpffs directory for the pinned programs, maps and links.
     #[arg(long, default_value = ferry_common::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
@@ -153,17 +164,40 @@ fn start_attach(pin_dir: PathBuf, netns: Option<PathBuf>, pattern: IfacePattern)
 /// next agent adopts them and traffic never stops.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     maglev::validate_size(args.maglev_size)?;
+    let source = match args.source.config().map_err(anyhow::Error::msg)? {
+        // Absolute, so every file is known by one name (inotify events
+        // carry the watched path).
+        ferry_state::SourceConfig::YamlDir(dir) => ferry_state::SourceConfig::YamlDir(
+            std::fs::canonicalize(&dir).with_context(|| format!("reading {}", dir.display()))?,
+        ),
+        other => other,
+    };
+    let cni = match (&args.write_cni_conf, &args.node_name) {
+        (Some(path), Some(node)) if !path.as_os_str().is_empty() => Some(cniconf::CniSettings {
+            path: path.clone(),
+            node_name: node.clone(),
+            pin_dir: args.pin_dir.clone(),
+            bridge: args.cni_bridge.clone(),
+            mtu: args.cni_mtu,
+        }),
+        (Some(path), None) if !path.as_os_str().is_empty() => {
+            anyhow::bail!("--write-cni-conf needs --node-name (or NODE_NAME): the conflist comes from this node's Node")
+        }
+        _ => None,
+    };
+    // The pin dir lives on bpffs; a node without it mounted (no systemd
+    // mount unit) gets it here, so the image needs no shell to do it.
+    let mounted = ferry_datapath::ensure_bpffs(&args.pin_dir)?;
+    if mounted {
+        info!(pin_dir = %args.pin_dir.display(), "mounted bpffs");
+    }
     // Loading the BPF objects (~0.25 s of verifier time) and reading the
     // catalog (a 10,000-file directory is about as long) do not depend on
     // each other: both run at once, so a cold start is ready sooner.
     let (pin_dir, dp_config) = (args.pin_dir.clone(), args.datapath_config());
     let loading = tokio::task::spawn_blocking(move || ferry_datapath::load_or_adopt(&pin_dir, &dp_config));
-    // Absolute, so every file is known by one name (inotify events carry
-    // the watched path).
-    let yaml_dir =
-        std::fs::canonicalize(&args.yaml_dir).with_context(|| format!("reading {}", args.yaml_dir.display()))?;
-    let (rx, _source) =
-        ferry_state::watch_dir(&yaml_dir).await.with_context(|| format!("reading {}", args.yaml_dir.display()))?;
+    let source = ferry_state::start(source, &ferry_state::Kind::ALL).await.context("starting the catalog source")?;
+    let rx = source.snapshots.clone();
     let dp = loading
         .await
         .context("data path loader panicked")?
@@ -196,7 +230,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let state_dir = args.state_dir.clone().unwrap_or_else(|| names::default_state_dir(&args.pin_dir));
     let names_file = names::names_path(&state_dir);
     let collector = metrics::MapCollector::new(ferry_datapath::open_pinned(&args.pin_dir)?, names_file.clone());
-    let metrics = Arc::new(metrics::Metrics::new(Some(collector)));
+    let metrics = Arc::new(metrics::Metrics::new(Some(collector), Some(source.status.clone())));
     let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
 
     let node = NodeContext {
@@ -204,6 +238,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         service_proxy_name: args.service_proxy_name.clone(),
         zone: None, // from the Node object, at each sync
     };
+    if let Some(cni) = cni {
+        tokio::spawn(cniconf::follow(source.snapshots.clone(), cni));
+    }
     let rec = sync::Reconciler::new(node, programmed);
     let sync_task = tokio::spawn(sync::run_loop(rx, rec, maps, metrics, names_file));
 
@@ -227,6 +264,7 @@ mod tests {
     #[test]
     fn service_proxy_name_flag_and_env() {
         let args = Args::try_parse_from(["ferry-agent", "--yaml-dir", "d", "--service-proxy-name", "ferry"]).unwrap();
+        assert!(matches!(args.source.config(), Ok(ferry_state::SourceConfig::YamlDir(_))));
         assert_eq!(args.service_proxy_name.as_deref(), Some("ferry"));
         let cmd = Args::command();
         let arg = cmd.get_arguments().find(|a| a.get_id() == "service_proxy_name").expect("the flag");

@@ -37,10 +37,15 @@ pub struct Metrics {
     /// Successful syncs, and the catalog generation of the last one.
     pub syncs: AtomicU64,
     pub generation: AtomicU64,
+    /// The catalog source's state, for /status.
+    source: Option<tokio::sync::watch::Receiver<ferry_state::SourceStatus>>,
 }
 
 impl Metrics {
-    pub fn new(collector: Option<MapCollector>) -> Self {
+    pub fn new(
+        collector: Option<MapCollector>,
+        source: Option<tokio::sync::watch::Receiver<ferry_state::SourceStatus>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("ferry");
         // 50 us .. ~1.6 s: an endpoint change is expected well under 10 ms,
         // a cold 10,000-Service sync under 1 s.
@@ -63,6 +68,9 @@ impl Metrics {
         if let Some(c) = collector {
             registry.register_collector(Box::new(c));
         }
+        if let Some(status) = &source {
+            registry.register_collector(Box::new(ferry_state::source::StatusCollector::new(status.clone())));
+        }
         Self {
             registry,
             sync_duration,
@@ -72,6 +80,7 @@ impl Metrics {
             ready: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            source,
         }
     }
 
@@ -91,6 +100,19 @@ impl Metrics {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// `/status`: readiness, syncs applied, the catalog generation of the
+    /// last one, and the source's state per kind.
+    pub fn status(&self) -> String {
+        let source = self.source.as_ref().map(|s| s.borrow().clone());
+        let v = serde_json::json!({
+            "ready": self.is_ready(),
+            "syncs": self.syncs.load(Ordering::Acquire),
+            "generation": self.generation.load(Ordering::Acquire),
+            "source": source,
+        });
+        v.to_string() + "\n"
     }
 
     pub fn encode(&self) -> String {
@@ -220,15 +242,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                 // For scripts that must wait for a change to land (the
                 // benchmark hook): how many syncs have been applied.
-                "/status" => {
-                    let body = format!(
-                        "{{\"ready\":{},\"syncs\":{},\"generation\":{}}}\n",
-                        metrics.is_ready(),
-                        metrics.syncs.load(Ordering::Acquire),
-                        metrics.generation.load(Ordering::Acquire)
-                    );
-                    ("200 OK", "application/json", body)
-                }
+                "/status" => ("200 OK", "application/json", metrics.status()),
                 "/readyz" if metrics.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
                 "/readyz" => ("503 Service Unavailable", "text/plain", "waiting for the first full sync\n".to_string()),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
@@ -248,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn health_and_metrics_endpoints() {
-        let metrics = Arc::new(Metrics::new(None));
+        let metrics = Arc::new(Metrics::new(None, None));
         metrics.sync_duration.observe(0.002);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -274,7 +288,8 @@ mod tests {
         assert!(m.contains("ferry_sync_duration_seconds_count 1"), "{m}");
         assert!(m.contains("ferry_services_programmed"));
         metrics.synced(7);
-        assert!(get("/status").await.contains("\"syncs\":1,\"generation\":7"));
+        let status = get("/status").await;
+        assert!(status.contains("\"syncs\":1") && status.contains("\"generation\":7"), "{status}");
         assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
     }
 }

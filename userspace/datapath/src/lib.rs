@@ -64,6 +64,7 @@ pub use ferry_common as common;
 pub use load::{load_or_adopt, open_pinned, programs_pinned, test_run, Datapath, DatapathConfig, Maps, TestRunOutput};
 pub use maglev::{MaglevTables, MaglevWriter};
 pub use prog::{link_pins, Hook, Prog};
+pub use sys::ensure_bpffs;
 pub use watch::{spawn_attach_watcher, AttachWatcher, WatchEvent};
 
 /// The eBPF object, built for bpfel by build.rs.

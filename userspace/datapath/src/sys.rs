@@ -120,3 +120,32 @@ pub fn netns_cookie() -> io::Result<u64> {
     }
     Ok(cookie)
 }
+
+/// Where bpffs is mounted on every distribution that mounts it.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Make sure `pin_dir` can hold pins: it must be on bpffs. A pin dir under
+/// /sys/fs/bpf whose bpffs is not mounted (a node without systemd's mount
+/// unit) gets it mounted there; one elsewhere not on bpffs is an error, as
+/// mounting over an arbitrary directory is not this program's call.
+/// Returns whether it mounted.
+pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<bool> {
+    let on_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p).map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC).unwrap_or(false)
+    };
+    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if on_bpffs(existing) {
+        return Ok(false);
+    }
+    let root = Path::new(BPFFS_ROOT);
+    if !pin_dir.starts_with(root) {
+        return Err(io::Error::other(format!(
+            "{} is not on a bpffs mount: mount one (mount -t bpf bpffs DIR) or use a pin dir under {BPFFS_ROOT}",
+            pin_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(root)?;
+    nix::mount::mount(Some("bpffs"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| io::Error::other(format!("mounting bpffs at {BPFFS_ROOT}: {e}")))?;
+    Ok(true)
+}

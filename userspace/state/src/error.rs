@@ -71,6 +71,12 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
     #[error("watching directory {path}: {source}")]
@@ -78,6 +84,12 @@ pub enum SourceError {
         path: PathBuf,
         #[source]
         source: notify::Error,
+    },
+    #[error("Kubernetes API: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// [`crate::Catalog::from_yaml`] with invalid fixture text.
     #[error("invalid catalog text: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]

@@ -1,5 +1,5 @@
-//! `--fixture`: a file loaded once as the whole catalog (what the shared
-//! benchmark feeds every server).
+//! The fixture source: a file loaded once as the whole catalog (what the
+//! shared DNS benchmark feeds every server, and tools' one-shot input).
 //!
 //! A large JSON `List` is split into its items before parsing, so only one
 //! object at a time is ever held as a `serde_json::Value` tree: the 21,000
@@ -8,17 +8,13 @@
 
 use std::path::Path;
 
-use std::collections::HashMap;
-
-use ferry_state::{catalog_from_objects, parse_documents, Catalog, Object, ObjectError, ObjectKey};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-#[derive(Debug, thiserror::Error)]
-pub enum FixtureError {
-    #[error("reading fixture {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-}
+use crate::error::{ObjectError, SourceError};
+use crate::model::Catalog;
+use crate::parse::parse_documents;
+use crate::store::Store;
 
 #[derive(Deserialize)]
 struct RawList<'a> {
@@ -26,58 +22,29 @@ struct RawList<'a> {
     items: Vec<&'a RawValue>,
 }
 
-pub fn load_fixture(path: &Path) -> Result<(Catalog, Vec<ObjectError>), FixtureError> {
+/// The catalog a file declares, with the store's merge rules (a later
+/// declaration of the same object wins, slices grouped by Service), and
+/// every object skipped.
+pub fn load_fixture(path: &Path) -> Result<(Catalog, Vec<ObjectError>), SourceError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| FixtureError::Read { path: origin.clone(), source })?;
-    match serde_json::from_str::<RawList<'_>>(&text) {
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::ReadFile { path: path.into(), source })?;
+    let (objects, errors) = match serde_json::from_str::<RawList<'_>>(&text) {
         Ok(list) => {
-            // Items are folded into the catalog as they are parsed, with the
-            // store's rules (a later declaration wins, slices grouped by
-            // Service and ordered by name), so no second copy of the
-            // objects is ever held.
-            let mut cat = Catalog::default();
-            let mut slice_owner: HashMap<ObjectKey, ObjectKey> = HashMap::new();
+            let mut objects = Vec::with_capacity(list.items.len());
             let mut errors = Vec::new();
             for item in list.items {
-                let (objects, e) = parse_documents(item.get(), &origin);
+                let (o, e) = parse_documents(item.get(), &origin);
+                objects.extend(o);
                 errors.extend(e);
-                for o in objects {
-                    fold(&mut cat, &mut slice_owner, o);
-                }
             }
-            for slices in cat.slices.values_mut() {
-                slices.sort_by(|a, b| a.key.cmp(&b.key));
-            }
-            Ok((cat, errors))
+            (objects, errors)
         }
         // YAML, or JSON that is not a List: the catalog's own parser.
-        Err(_) => {
-            let (objects, errors) = parse_documents(&text, &origin);
-            Ok((catalog_from_objects(objects), errors))
-        }
-    }
-}
-
-fn fold(cat: &mut Catalog, slice_owner: &mut HashMap<ObjectKey, ObjectKey>, o: Object) {
-    match o {
-        Object::Service(s) => {
-            cat.services.insert(s.key.clone(), s);
-        }
-        Object::EndpointSlice(e) => {
-            if let Some(prev) = slice_owner.insert(e.key.clone(), e.service.clone()) {
-                if let Some(v) = cat.slices.get_mut(&prev) {
-                    v.retain(|x| x.key != e.key);
-                    if v.is_empty() {
-                        cat.slices.remove(&prev);
-                    }
-                }
-            }
-            cat.slices.entry(e.service.clone()).or_default().push(e);
-        }
-        Object::Node(n) => {
-            cat.nodes.insert(n.name.clone(), n);
-        }
-    }
+        Err(_) => parse_documents(&text, &origin),
+    };
+    let mut store = Store::new();
+    store.replace_origin(&origin, objects);
+    Ok((store.into_catalog(), errors))
 }
 
 #[cfg(test)]

@@ -37,8 +37,11 @@
 
 pub mod convert;
 pub mod error;
+pub mod fixture;
+mod kube_source;
 pub mod model;
 pub mod parse;
+pub mod source;
 pub mod store;
 pub mod yaml_dir;
 
@@ -46,6 +49,10 @@ pub use convert::{Kind, Object, ObjectId};
 pub use error::{ConvertError, ObjectError, SourceError};
 pub use model::*;
 pub use parse::{parse_documents, Format};
+pub use fixture::load_fixture;
+#[cfg(feature = "cli")]
+pub use source::SourceArgs;
+pub use source::{start, KindState, KindStatus, KubeConfig, Source, SourceConfig, SourceStatus};
 pub use store::Store;
 pub use yaml_dir::{load_dir, watch_dir};
 

@@ -29,6 +29,11 @@ use tracing::warn;
 use crate::convert::{Kind, Object, ObjectId};
 use crate::model::{Catalog, Changes, EndpointSlice, ObjectKey, Snapshot, Step};
 
+/// How long a change waits for consumers to release the catalog published
+/// before the last one, so it can be recycled rather than copied: a copy
+/// costs ~30 ms of CPU at 10,000 Services.
+const RECYCLE_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Mutable merge of every source's objects. Not shared: one task owns it and
 /// publishes; consumers only see the immutable snapshots.
 #[derive(Debug)]
@@ -37,7 +42,7 @@ pub struct Store {
     /// (two files) is a conflict: the one from the origin that sorts last
     /// wins, deterministically, and a warning names both.
     decls: HashMap<ObjectId, Decls>,
-    by_origin: HashMap<Arc<str>, Vec<ObjectId>>,
+    by_origin: HashMap<Arc<str>, BTreeSet<ObjectId>>,
     /// Which Service group of `catalog.slices` holds each slice.
     slice_owner: HashMap<ObjectKey, ObjectKey>,
     /// The working catalog; meaningless while `detached` is set.
@@ -123,21 +128,19 @@ impl Store {
         self.attach();
         let origin: Arc<str> = Arc::from(origin);
         let old_ids = self.by_origin.remove(&origin).unwrap_or_default();
-        let mut new_ids = Vec::with_capacity(objects.len());
+        let mut new_ids = BTreeSet::new();
         let mut changed = false;
+        let declared = objects.len();
         for obj in objects {
-            new_ids.push(obj.id());
+            new_ids.insert(obj.id());
             changed |= self.declare(&origin, obj.id(), obj);
         }
-        new_ids.sort();
-        let declared = new_ids.len();
-        new_ids.dedup();
         if new_ids.len() != declared {
             // The later document wins, as with `kubectl apply -f` of such a file.
             warn!(%origin, duplicates = declared - new_ids.len(), "objects declared twice in the same file; the later one wins");
         }
         for id in old_ids {
-            if new_ids.binary_search(&id).is_err() {
+            if !new_ids.contains(&id) {
                 changed |= self.undeclare(&origin, &id);
             }
         }
@@ -157,10 +160,7 @@ impl Store {
         self.attach();
         let origin: Arc<str> = Arc::from(origin);
         let id = object.id();
-        let ids = self.by_origin.entry(origin.clone()).or_default();
-        if let Err(pos) = ids.binary_search(&id) {
-            ids.insert(pos, id.clone());
-        }
+        self.by_origin.entry(origin.clone()).or_default().insert(id.clone());
         self.declare(&origin, id, object)
     }
 
@@ -169,9 +169,7 @@ impl Store {
         self.attach();
         let origin: Arc<str> = Arc::from(origin);
         if let Some(ids) = self.by_origin.get_mut(&origin) {
-            if let Ok(pos) = ids.binary_search(id) {
-                ids.remove(pos);
-            }
+            ids.remove(id);
             if ids.is_empty() {
                 self.by_origin.remove(&origin);
             }
@@ -262,6 +260,32 @@ impl Store {
                 None
             }
             _ => Some(d.published),
+        }
+    }
+
+    /// Get the working copy back before changing the store: the catalog
+    /// published before the last one, recycled once its consumers let go
+    /// (they do as they take the last one, within milliseconds), or else a
+    /// copy made off the runtime's threads (~300 ms at 100,000 Services).
+    /// False if copying failed (a panic: nothing sane is left).
+    pub async fn working_copy(&mut self) -> bool {
+        let waited = tokio::time::Instant::now();
+        while self.previous_in_use() && waited.elapsed() < RECYCLE_WAIT {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let Some(published) = self.recycle() else {
+            return true;
+        };
+        tracing::debug!("the previous catalog is still in use: copying the published one");
+        match tokio::task::spawn_blocking(move || (*published).clone()).await {
+            Ok(copy) => {
+                self.restore(copy);
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "catalog copy failed");
+                false
+            }
         }
     }
 

@@ -38,10 +38,6 @@ use crate::store::Store;
 /// keeping a file open) is still read and published at least this often.
 /// Complete saves (CLOSE_WRITE, a rename into place, a removal) never wait.
 const WRITE_GRACE: Duration = Duration::from_millis(40);
-/// How long a change waits for consumers to release the catalog published
-/// before the last one, so it can be recycled rather than copied: a copy
-/// costs ~30 ms of CPU at 10,000 Services.
-const RECYCLE_WAIT: Duration = Duration::from_millis(10);
 /// Below this many files a rescan reads them on one thread.
 const PARALLEL_READ_MIN: usize = 64;
 
@@ -304,30 +300,8 @@ impl DirSource {
         }
     }
 
-    /// Get the store's working copy back before changing it: the catalog
-    /// published before the last one, recycled once its consumers let go
-    /// (they do as they take the last one, within milliseconds), or else a
-    /// copy made off the runtime's threads. False if copying failed.
     async fn working_copy(&mut self) -> bool {
-        let waited = tokio::time::Instant::now();
-        while self.store.previous_in_use() && waited.elapsed() < RECYCLE_WAIT {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let Some(published) = self.store.recycle() else {
-            return true;
-        };
-        debug!("the previous catalog is still in use: copying the published one");
-        match tokio::task::spawn_blocking(move || (*published).clone()).await {
-            Ok(copy) => {
-                self.store.restore(copy);
-                true
-            }
-            // Only a panic (OOM) fails a clone: nothing sane is left.
-            Err(e) => {
-                warn!(error = %e, "catalog copy failed; directory source stops");
-                false
-            }
-        }
+        self.store.working_copy().await
     }
 
     /// Next watcher event, or `None` when the watcher or every snapshot
