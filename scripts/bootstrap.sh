@@ -2,7 +2,8 @@
 # Installs what `make demo`, `make test` and the benchmarks need on a fresh
 # Debian bookworm machine that has only the Rust toolchain. Idempotent: every
 # step checks first and skips what is present.
-#   scripts/bootstrap.sh            build + test prerequisites
+#   scripts/bootstrap.sh            build + test prerequisites (a Python venv
+#                                   with the manifest checkers)
 #   scripts/bootstrap.sh bench      also the baselines' packages
 set -euo pipefail
 
@@ -11,9 +12,10 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# python3-venv: the manifest checkers' venv (below).
 pkgs=(iproute2 iptables nftables containernetworking-plugins iperf3 dnsutils knot
       llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc make python3 procps
-      bpftool jq)
+      bpftool jq python3-venv)
 if [ "$want_bench" = bench ]; then
   pkgs+=(knot-dnsutils nsd unbound dnsperf conntrack)
 fi
@@ -37,6 +39,19 @@ if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linke
   LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker \
     --no-default-features --features llvm-22 >/dev/null 2>&1 \
   || LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22
+fi
+
+# The manifest checkers (userspace/state/tests/manifests.rs): Kubernetes
+# OpenAPI schemas 1.25-1.37 (kubernetes-validate) and checkov, pinned, in a
+# venv of their own (checkov alone pulls ~400 MB of dependencies).
+venv=${FERRY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry/venv}
+py_pins="kubernetes-validate==1.37.0 checkov==3.3.30"
+if [ "$(cat "$venv/.ferry-pins" 2>/dev/null)" != "$py_pins" ]; then
+  echo "bootstrap: installing $py_pins into $venv (a few minutes, once)"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086 # the pins are words
+  "$venv/bin/pip" install -q --disable-pip-version-check $py_pins
+  echo "$py_pins" > "$venv/.ferry-pins"
 fi
 
 # bpffs, for the pinned maps and programs.
