@@ -52,3 +52,11 @@ bench-dns: build bootstrap-bench
 
 clean:
 	$(CARGO) clean
+
+# The OCI image: static ferry, ferry-agent, ferry-dns and ferryctl at /usr/bin/
+# in a FROM scratch image, built offline with podman (image/build.sh, which
+# says how). Tagged ghcr.io/ferry-project/ferry:<workspace version>, the
+# image the manifests name; IMAGE=registry/name:tag make image for another.
+.PHONY: image
+image: bootstrap
+	@bash image/build.sh

@@ -2,8 +2,8 @@
 # Installs what `make demo`, `make test` and the benchmarks need on a fresh
 # Debian bookworm machine that has only the Rust toolchain. Idempotent: every
 # step checks first and skips what is present.
-#   scripts/bootstrap.sh            build + test prerequisites (a Python venv
-#                                   with the manifest checkers)
+#   scripts/bootstrap.sh            build + test prerequisites (podman for the
+#                                   image, a Python venv with the manifest checkers)
 #   scripts/bootstrap.sh bench      also the baselines' packages
 set -euo pipefail
 
@@ -12,10 +12,12 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-# python3-venv: the manifest checkers' venv (below).
+# podman builds the image (make image, tests/e2e/image.rs) and runs it; runc
+# for hosts with hybrid cgroups, which crun refuses. python3-venv: the
+# manifest checkers' venv (below).
 pkgs=(iproute2 iptables nftables containernetworking-plugins iperf3 dnsutils knot
       llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc make python3 procps
-      bpftool jq python3-venv)
+      bpftool jq podman runc python3-venv)
 if [ "$want_bench" = bench ]; then
   pkgs+=(knot-dnsutils nsd unbound dnsperf conntrack)
 fi

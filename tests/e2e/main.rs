@@ -3,6 +3,7 @@
 mod cni;
 mod datapath;
 mod dns;
+mod kube;
 mod lb;
 mod semantics;
 mod socklb;

@@ -63,6 +63,8 @@ pub struct Agent {
     log: PathBuf,
     proc: Option<Proc>,
     pub extra_args: Vec<String>,
+    /// The source flags: `--yaml-dir <yaml_dir>` unless started on an API.
+    pub source_args: Vec<String>,
 }
 
 impl Agent {
@@ -76,9 +78,25 @@ impl Agent {
     }
 
     pub fn start_with(node: &Node, pin: PinDir, extra: &[&str]) -> Self {
+        let mut a = Self::new(node, pin, extra, None);
+        a.spawn();
+        a
+    }
+
+    /// The agent following a Kubernetes API server (`--api-server URL`),
+    /// started without waiting: with the API down it is not ready, which
+    /// the caller may be testing. [`wait_ready`](Self::wait_ready) waits.
+    pub fn start_on_api(node: &Node, pin: PinDir, api_url: &str, extra: &[&str]) -> Self {
+        let mut a = Self::new(node, pin, extra, Some(vec!["--api-server".into(), api_url.into()]));
+        a.spawn_nowait();
+        a
+    }
+
+    fn new(node: &Node, pin: PinDir, extra: &[&str], source_args: Option<Vec<String>>) -> Self {
         let yaml_dir = node.scratch().join("catalog");
         std::fs::create_dir_all(&yaml_dir).expect("catalog dir");
-        let mut a = Agent {
+        let source_args = source_args.unwrap_or_else(|| vec!["--yaml-dir".into(), yaml_dir.display().to_string()]);
+        Agent {
             node: node.clone(),
             pin,
             state_dir: node.scratch().join("agent-state"),
@@ -88,16 +106,34 @@ impl Agent {
             log: node.scratch().join("agent.log"),
             proc: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        a.spawn();
-        a
+            source_args,
+        }
     }
 
     fn spawn(&mut self) {
+        self.spawn_nowait();
+        self.wait_ready(Duration::from_secs(15));
+    }
+
+    /// Waits for `/readyz`; panics with the log if the agent exits or the
+    /// time runs out.
+    pub fn wait_ready(&mut self, limit: Duration) {
+        let started = Instant::now();
+        while !self.ready() {
+            if let Some(Proc(Some(c))) = self.proc.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("ferry-agent exited ({status}):\n{}", self.log_text());
+                }
+            }
+            assert!(started.elapsed() < limit, "agent not ready:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn spawn_nowait(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
         let mut cmd = Command::new(ferry_bin_dir().join("ferry-agent"));
-        cmd.arg("--yaml-dir")
-            .arg(&self.yaml_dir)
+        cmd.args(&self.source_args)
             .arg("--pin-dir")
             .arg(self.pin.path())
             .arg("--state-dir")
@@ -111,16 +147,6 @@ impl Agent {
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         self.proc = Some(self.node.spawn(&mut cmd));
-        let started = Instant::now();
-        while !self.ready() {
-            if let Some(Proc(Some(c))) = self.proc.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("ferry-agent exited ({status}):\n{}", self.log_text());
-                }
-            }
-            assert!(started.elapsed() < Duration::from_secs(15), "agent not ready:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     pub fn pid(&self) -> u32 {

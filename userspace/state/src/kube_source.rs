@@ -29,9 +29,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::utils::ResetTimerBackoff;
-use kube::runtime::watcher::{self, Event, ExponentialBackoff};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
@@ -197,21 +195,21 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default,
 {
-    // client-go's reflector backs off from 800 ms to 30 s; a node agent
-    // wants its Services back sooner after an API restart, and a few
-    // requests a second from each node is still kind to the API server.
-    let backoff = ResetTimerBackoff::new(
-        ExponentialBackoff::from(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(250))
-                .with_max_delay(Duration::from_secs(10))
-                .with_factor(2.0)
-                .with_jitter()
-                .without_max_times(),
-        ),
-        Duration::from_secs(60),
-    );
-    let stream = watcher::watcher(api.clone(), watcher::Config::default()).backoff(backoff);
+    // The backoff is applied here, not with kube-runtime's StreamBackoff:
+    // that one resets on any Ok item, and the watcher yields `Init` (Ok)
+    // before every list attempt, so a failing list was retried every
+    // 250 ms forever. Here only progress (a listing done, an event) resets
+    // it. client-go's reflector backs off from 800 ms to 30 s; a node agent
+    // wants its Services back sooner after an API restart, and one request
+    // per kind every 10 s from each node is still kind to an API server.
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    let mut delays = backon::BackoffBuilder::build(backoff);
+    let stream = watcher::watcher(api.clone(), watcher::Config::default());
     let mut stream = std::pin::pin!(stream);
     let mut listing: Option<Vec<Object>> = None;
     let mut failing = false;
@@ -265,12 +263,18 @@ where
             },
             Err(e) => Update::Failed(kind, e.to_string()),
         };
-        failing = matches!(update, Update::Failed(..));
-        if failing {
-            probe.reset();
+        let failed = matches!(update, Update::Failed(..));
+        if !failed && !matches!(update, Update::Listing(_)) {
+            delays = backon::BackoffBuilder::build(backoff);
         }
         if tx.send(update).await.is_err() {
             return;
+        }
+        if failed {
+            failing = true;
+            probe.reset();
+            let delay = delays.next().unwrap_or(Duration::from_secs(10));
+            tokio::time::sleep(delay).await;
         }
     }
 }
@@ -329,9 +333,14 @@ fn apply(store: &mut Store, status: &watch::Sender<SourceStatus>, u: Update) {
         Update::Answered(_) => {}
         Update::Failed(_, error) => {
             recovered = false;
-            warn!(kind = kind.as_str(), %error, "API request failed; keeping the last state, retrying");
             status.send_modify(|s| {
                 if let Some(k) = s.kind_mut(kind) {
+                    // Once per outage at warn; every retry at debug.
+                    if k.state == KindState::Retrying {
+                        debug!(kind = kind.as_str(), %error, "API request failed again");
+                    } else {
+                        warn!(kind = kind.as_str(), %error, "API request failed; keeping the last state, retrying");
+                    }
                     k.errors += 1;
                     k.state = KindState::Retrying;
                     k.last_error = Some(error);
