@@ -3,6 +3,7 @@
 mod cni;
 mod datapath;
 mod dns;
+mod image;
 mod kube;
 mod lb;
 mod semantics;
