@@ -134,9 +134,12 @@ struct Objects {
     pdbs: BTreeMap<String, PodDisruptionBudget>,
 }
 
+/// A workload's pod template: (workload name, labels, selector, pod spec).
+type Template = (String, BTreeMap<String, String>, BTreeMap<String, String>, PodSpec);
+
 impl Objects {
-    /// Every pod template: (workload name, labels, selector, pod spec).
-    fn pods(&self) -> Vec<(String, BTreeMap<String, String>, BTreeMap<String, String>, PodSpec)> {
+    /// Every pod template.
+    fn pods(&self) -> Vec<Template> {
         let ds = self.daemon_sets.iter().map(|(n, d)| {
             let s = d.spec.clone().unwrap();
             (n.clone(), s.template, s.selector)
