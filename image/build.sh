@@ -54,4 +54,6 @@ $podman build --pull=never --network none --timestamp "$epoch" \
   --label org.opencontainers.image.version="$version" \
   --label org.opencontainers.image.source=https://github.com/ferry-project/ferry \
   -f image/Containerfile -t "$image" "$ctx"
+# The image this tag named before, if the binaries changed: ours only.
+$podman image prune -f --filter label=org.opencontainers.image.title=ferry >/dev/null
 echo "image: $image built in $(( $(date +%s) - start )) s"
