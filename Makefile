@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Privileged tests build whole network topologies; two at a time fits 2 cores.
 TEST_THREADS ?= 2
 
-.PHONY: all bootstrap bootstrap-bench build demo test lint bench bench-cni bench-lb bench-socklb bench-dns clean
+.PHONY: all bootstrap bootstrap-bench build demo test lint bench bench-cni bench-lb bench-socklb bench-dns bench-k8s clean
 
 all: build
 
@@ -35,7 +35,7 @@ lint: bootstrap
 	cd ebpf/programs && env -u RUSTUP_TOOLCHAIN rustup run nightly cargo clippy --release \
 		--target bpfel-unknown-none -Z build-std=core -- -D warnings
 
-bench: bench-cni bench-lb bench-dns
+bench: bench-cni bench-lb bench-dns bench-k8s
 
 bench-cni: build bootstrap-bench
 	@bash bench/cni/run.sh
@@ -49,6 +49,11 @@ bench-socklb: build bootstrap-bench
 
 bench-dns: build bootstrap-bench
 	@bash bench/dns/run.sh
+
+# The agent and ferry-dns on the (fake) Kubernetes API at 10,000 and
+# 100,000 Services x 10 endpoints, beside the YAML directory (~10 min).
+bench-k8s: build
+	@./target/release/ferry-bench-k8s --out bench/results/k8s.json
 
 clean:
 	$(CARGO) clean

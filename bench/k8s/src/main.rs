@@ -150,15 +150,15 @@ fn service(i: usize) -> Value {
 }
 
 /// Service `i`'s slice, as the EndpointSlice controller makes it (one
-/// slice: 10 endpoints is under its 100 per slice); `salt` changes the
-/// last endpoint's address.
+/// slice: 10 endpoints is under its 100 per slice); a `salt` other than 0
+/// moves the last endpoint's address.
 fn slice(i: usize, salt: u32) -> Value {
     let base = u32::from(std::net::Ipv4Addr::new(10, 128, 0, 0)) + (i * 16) as u32;
     let eps: Vec<Value> = (0..ENDPOINTS)
         .map(|e| {
             let mut a = base + e as u32 + 1;
-            if e == ENDPOINTS - 1 {
-                a += salt % 4;
+            if e == ENDPOINTS - 1 && salt != 0 {
+                a += 1 + salt % 3;
             }
             json!({"addresses": [std::net::Ipv4Addr::from(a).to_string()], "conditions": {"ready": true, "serving": true, "terminating": false},
                    "nodeName": format!("node-{}", e % 3)})
@@ -299,10 +299,12 @@ fn round(x: f64, d: i32) -> f64 {
 fn measure_agent(ns: &Netns, bin: &Path, w: &World, source: Source, n: usize, changes: usize) -> Value {
     let pin = PathBuf::from(format!("/sys/fs/bpf/ferry-bench-k8s-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&pin);
-    // Sized for the scale (README, "Data-path limits"): a frontend per
-    // Service, ten backends each, one Maglev table per frontend.
-    let tables = (n + n / 4).next_power_of_two().max(16_384) as u32;
-    let backends = (n * ENDPOINTS + n * ENDPOINTS / 4).next_power_of_two().max(262_144) as u32;
+    // Sized for the scale (README, "Data-path limits at scale"): a frontend
+    // per Service, ten backends each, one Maglev table per frontend; above
+    // 50,000 tables of 509 slots (8 B each), so the maps stay under 1 GB.
+    let headroom = |x: usize| (x + x / 4).div_ceil(1024) * 1024;
+    let tables = headroom(n).max(16_384) as u32;
+    let backends = headroom(n * ENDPOINTS).max(262_144) as u32;
     let mut cmd = ns.command(&bin.join("ferry-agent"));
     match source {
         Source::Api => cmd.args(["--api-server", &w.api.url()]),
@@ -313,6 +315,7 @@ fn measure_agent(ns: &Netns, bin: &Path, w: &World, source: Source, n: usize, ch
         .args(["--state-dir", &format!("/tmp/ferry-bench-k8s-state-{}", std::process::id())])
         .args(["--metrics-addr", AGENT_HTTP])
         .args(["--max-services", &tables.to_string(), "--max-tables", &tables.to_string()])
+        .args(["--maglev-size", if n > 50_000 { "509" } else { "1021" }])
         .args(["--max-backends", &backends.to_string()])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

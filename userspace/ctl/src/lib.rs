@@ -16,7 +16,7 @@ use ferry_datapath::Maps;
 use serde::Serialize;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "ferryctl", about = "Inspect the Ferry data path on this node")]
+#[command(name = "ferryctl", version, about = "Inspect the Ferry data path on this node")]
 pub struct Cli {
     /// bpffs directory the agent pinned its maps under.
     #[arg(long, global = true, default_value = ferry_common::DEFAULT_PIN_DIR)]

@@ -301,6 +301,13 @@ async fn fold(mut store: Store, mut rx: mpsc::Receiver<Update>, status: watch::S
         }
         let generation = store.publish();
         debug!(generation, updates = n, "API changes applied");
+        // The working copy for the next change is made now, while nothing
+        // waits for it, rather than when that change arrives (a copy is
+        // ~300 ms at 100,000 Services when a consumer is slow to let go of
+        // the catalog it had: the first sync after start always is).
+        if rx.is_empty() && !store.working_copy().await {
+            return;
+        }
     }
 }
 
