@@ -201,8 +201,11 @@ impl World {
         let api = api_in(&node);
         let client = node.add_pod("client");
         let backends: Vec<Pod> = (1..=2).map(|i| node.add_pod(&format!("b{i}"))).collect();
-        let servers =
-            backends.iter().enumerate().map(|(i, p)| IdServer::tcp(p.netns_path(), 8080, &format!("b{}", i + 1))).collect();
+        let servers = backends
+            .iter()
+            .enumerate()
+            .map(|(i, p)| IdServer::tcp(p.netns_path(), 8080, &format!("b{}", i + 1)))
+            .collect();
         before_start(&api, &backends);
         let agent = start_agent(&node, pin, &api, &[]);
         let dns = Dns::start(&node, &api.url());
@@ -406,7 +409,9 @@ fn api_a_forced_410_relists_with_no_failed_request_and_no_nxdomain() {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     match ask(SocketAddr::from(([127, 0, 0, 1], DNS_PORT)), NAME) {
-                        Some(m) if a_records(&m) == [Ipv4Addr::new(10, 96, 0, 50)] => ok.fetch_add(1, Ordering::Relaxed),
+                        Some(m) if a_records(&m) == [Ipv4Addr::new(10, 96, 0, 50)] => {
+                            ok.fetch_add(1, Ordering::Relaxed)
+                        }
                         _ => bad.fetch_add(1, Ordering::Relaxed),
                     };
                     std::thread::sleep(Duration::from_millis(2));
@@ -416,7 +421,8 @@ fn api_a_forced_410_relists_with_no_failed_request_and_no_nxdomain() {
     };
     std::thread::sleep(Duration::from_millis(300));
     let lists_before = lists(&agent_status(&w.agent));
-    let dns_lists_before = w.dns.http("/status").and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok()).map(|s| lists(&s));
+    let dns_lists_before =
+        w.dns.http("/status").and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok()).map(|s| lists(&s));
     // Changes the watches have not seen, then history compacted and every
     // watch dropped: resuming gets 410 Gone, and both binaries relist.
     force_relist(&w.api);
@@ -513,7 +519,8 @@ fn api_the_nodes_pod_cidr_becomes_the_conflist_and_pods_get_addresses_in_it() {
         json!([[{"subnet": "10.244.7.0/24"}], [{"subnet": "fd00:10:244:7::/64"}]]),
         "{text}"
     );
-    let names: Vec<_> = std::fs::read_dir(conflist.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> =
+        std::fs::read_dir(conflist.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "nothing but the conflist in the directory: {names:?}");
 
     // A runtime (libcni) hands each plugin its part of the conflist with
@@ -549,7 +556,10 @@ fn cluster_role(role: &str) -> BTreeSet<Grant> {
         }
         for rule in v["rules"].as_array().expect("rules") {
             let strs = |k: &str| -> Vec<String> {
-                rule[k].as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+                rule[k]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                    .unwrap_or_default()
             };
             for g in strs("apiGroups") {
                 for r in strs("resources") {
@@ -594,7 +604,12 @@ fn api_rbac_allows_every_request_made_and_grants_nothing_unused() {
     for api in [&agent_api, &dns_api] {
         force_relist(api);
     }
-    assert_eventually!(lists(&agent_status(&agent)) >= 6, Duration::from_secs(15), "relisted: {}", agent_status(&agent));
+    assert_eventually!(
+        lists(&agent_status(&agent)) >= 6,
+        Duration::from_secs(15),
+        "relisted: {}",
+        agent_status(&agent)
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     for (name, api) in [("ferry-agent", &agent_api), ("ferry-dns", &dns_api)] {

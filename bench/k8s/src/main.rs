@@ -55,7 +55,9 @@ fn main() {
             eprintln!("   agent {source:?}: {agent}");
             let dns = measure_dns(&ns, &bin, &world, source, n, changes);
             eprintln!("   dns   {source:?}: {dns}");
-            results.push(json!({"services": n, "endpoints": n * ENDPOINTS, "source": source.name(), "agent": agent, "dns": dns}));
+            results.push(
+                json!({"services": n, "endpoints": n * ENDPOINTS, "source": source.name(), "agent": agent, "dns": dns}),
+            );
         }
     }
     print_table(&results);

@@ -24,7 +24,11 @@ use crate::desired::NodeContext;
 use crate::diff::Limits;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "ferry-agent", version, about = "Ferry node agent: programs the eBPF service load balancer from a catalog")]
+#[command(
+    name = "ferry-agent",
+    version,
+    about = "Ferry node agent: programs the eBPF service load balancer from a catalog"
+)]
 pub struct Args {
     /// Where Services, EndpointSlices and Nodes come from.
     #[command(flatten)]

@@ -87,16 +87,21 @@ pub(crate) async fn start(config: KubeConfig, kinds: &[Kind]) -> Result<Source, 
     for &kind in kinds {
         let (client, tx) = (client.clone(), tx.clone());
         watchers.push(match kind {
-            Kind::Service => tokio::spawn(follow(Api::<core::Service>::all(client), kind, |o| convert::service(o).map(Object::Service), tx)),
-            Kind::EndpointSlice => {
-                tokio::spawn(follow(
+            Kind::Service => tokio::spawn(follow(
+                Api::<core::Service>::all(client),
+                kind,
+                |o| convert::service(o).map(Object::Service),
+                tx,
+            )),
+            Kind::EndpointSlice => tokio::spawn(follow(
                 Api::<discovery::EndpointSlice>::all(client),
                 kind,
                 |o| convert::endpoint_slice(o).map(Object::EndpointSlice),
                 tx,
-            ))
+            )),
+            Kind::Node => {
+                tokio::spawn(follow(Api::<core::Node>::all(client), kind, |o| convert::node(o).map(Object::Node), tx))
             }
-            Kind::Node => tokio::spawn(follow(Api::<core::Node>::all(client), kind, |o| convert::node(o).map(Object::Node), tx)),
         });
     }
     drop(tx);

@@ -47,9 +47,9 @@ pub mod yaml_dir;
 
 pub use convert::{Kind, Object, ObjectId};
 pub use error::{ConvertError, ObjectError, SourceError};
+pub use fixture::load_fixture;
 pub use model::*;
 pub use parse::{parse_documents, Format};
-pub use fixture::load_fixture;
 #[cfg(feature = "cli")]
 pub use source::SourceArgs;
 pub use source::{start, KindState, KindStatus, KubeConfig, Source, SourceConfig, SourceStatus};

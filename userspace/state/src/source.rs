@@ -204,11 +204,9 @@ impl SourceArgs {
             (None, None, true) => {
                 Ok(SourceConfig::Kubernetes(KubeConfig { kubeconfig: self.kubeconfig.clone(), api_server }))
             }
-            (None, None, false) => {
-                Err("no source: give --yaml-dir DIR (standalone), --fixture FILE, or --kubernetes \
+            (None, None, false) => Err("no source: give --yaml-dir DIR (standalone), --fixture FILE, or --kubernetes \
                      (with --kubeconfig or --api-server as needed)"
-                    .into())
-            }
+                .into()),
             _ => Err("choose one source: --yaml-dir, --fixture, or the Kubernetes API \
                       (--kubernetes, --kubeconfig, --api-server)"
                 .into()),
