@@ -47,6 +47,9 @@ const QUEUE: usize = 4096;
 /// Updates folded into one publish at most, so a long burst still
 /// publishes regularly.
 const BATCH_MAX: usize = 4096;
+/// How long an idle source waits for consumers to release the previous
+/// catalog before copying the current one for its next change.
+const PREPARE_WAIT: Duration = Duration::from_secs(1);
 /// How often a kind that is retrying checks whether the API answers again
 /// (the watcher itself reports nothing until an object changes).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -306,10 +309,16 @@ async fn fold(mut store: Store, mut rx: mpsc::Receiver<Update>, status: watch::S
         }
         let generation = store.publish();
         debug!(generation, updates = n, "API changes applied");
-        // The working copy for the next change is made now, while nothing
-        // waits for it, rather than when that change arrives (a copy is
-        // ~300 ms at 100,000 Services when a consumer is slow to let go of
-        // the catalog it had: the first sync after start always is).
+        // The working copy for the next change is got back now, while
+        // nothing waits for it. Consumers let go of the catalog before this
+        // one when they finish syncing this one (tens of ms at 100,000
+        // Services): wait for that while idle, and only copy (~300 ms at
+        // that scale) if they still hold it after a second (the first sync
+        // after start can take that long).
+        let idle = tokio::time::Instant::now();
+        while store.previous_in_use() && rx.is_empty() && idle.elapsed() < PREPARE_WAIT {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         if rx.is_empty() && !store.working_copy().await {
             return;
         }
