@@ -245,22 +245,6 @@ pub fn version_text() -> String {
 mod tests {
     use super::*;
 
-    /// A scratch directory, removed on drop.
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("ferry-install-{tag}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(&p).unwrap();
-            Scratch(p)
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn argv_is_only_taken_for_the_known_requests() {
         let p = |a: &[&str]| parse_args(a);
@@ -282,10 +266,10 @@ mod tests {
 
     #[test]
     fn installs_then_leaves_an_identical_binary_alone_then_replaces_a_different_one() {
-        let s = Scratch::new("unit");
-        let src = s.0.join("src");
+        let s = tempfile::tempdir().unwrap();
+        let src = s.path().join("src");
         fs::write(&src, b"new binary").unwrap();
-        let dir = s.0.join("bin/nested");
+        let dir = s.path().join("bin/nested");
         let (dest, o) = install(&src, &dir).unwrap();
         assert_eq!((dest.clone(), o), (dir.join("ferry"), Outcome::Installed));
         assert_eq!(fs::read(&dest).unwrap(), b"new binary");
@@ -305,10 +289,10 @@ mod tests {
 
     #[test]
     fn a_missing_source_fails_and_leaves_nothing() {
-        let s = Scratch::new("nosrc");
-        let e = install(&s.0.join("absent"), &s.0).unwrap_err();
+        let s = tempfile::tempdir().unwrap();
+        let e = install(&s.path().join("absent"), s.path()).unwrap_err();
         assert_eq!(e.op, "opening");
         assert!(e.to_string().contains("absent"), "{e}");
-        assert_eq!(fs::read_dir(&s.0).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(s.path()).unwrap().count(), 0);
     }
 }

@@ -4,30 +4,12 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// A scratch directory named after the test and our pid, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("ferry-install-cni-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `ferry` with `args` (and `env`), stdin empty, killed after LIMIT.
 fn ferry(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -56,8 +38,8 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn install_cni_installs_is_a_no_op_when_identical_and_replaces_atomically() {
-    let s = Scratch::new("cycle");
-    let dir = s.0.join("opt/cni/bin");
+    let s = tempfile::tempdir().unwrap();
+    let dir = s.path().join("opt/cni/bin");
     let dest = dir.join("ferry");
     let me = fs::read(FERRY).unwrap();
 
@@ -84,7 +66,7 @@ fn install_cni_installs_is_a_no_op_when_identical_and_replaces_atomically() {
     // reads the old bytes.
     fs::remove_file(&dest).unwrap();
     fs::write(&dest, b"#!/bin/sh\necho an older ferry\n").unwrap();
-    let old = s.0.join("old-ferry");
+    let old = s.path().join("old-ferry");
     fs::hard_link(&dest, &old).unwrap();
     let o = install_into(&dir);
     assert!(o.status.success() && stdout(&o).contains("replaced"), "{}", stdout(&o));
@@ -97,9 +79,9 @@ fn install_cni_installs_is_a_no_op_when_identical_and_replaces_atomically() {
 
 #[test]
 fn install_cni_fails_clearly() {
-    let s = Scratch::new("fail");
+    let s = tempfile::tempdir().unwrap();
     // DIR is a regular file.
-    let file = s.0.join("not-a-dir");
+    let file = s.path().join("not-a-dir");
     fs::write(&file, b"x").unwrap();
     let o = install_into(&file);
     let err = String::from_utf8_lossy(&o.stderr);

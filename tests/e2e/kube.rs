@@ -116,7 +116,7 @@ impl Dns {
     }
 
     fn http(&self, path: &str) -> Option<(String, String)> {
-        http_get(&self.node, self.metrics, path)
+        self.node.http_get(self.metrics, path)
     }
 
     fn ready(&self) -> bool {
@@ -139,20 +139,6 @@ impl Drop for Dns {
             eprintln!("--- ferry-dns log ---\n{}", self.log_text());
         }
     }
-}
-
-fn http_get(node: &Node, addr: SocketAddr, path: &str) -> Option<(String, String)> {
-    use std::io::{Read, Write};
-    let path = path.to_string();
-    node.run(move || {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        Some((head.lines().next()?.to_string(), body.to_string()))
-    })
 }
 
 /// One A query over UDP, from the calling thread's namespace.

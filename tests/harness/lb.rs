@@ -8,8 +8,7 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -172,17 +171,7 @@ impl Agent {
 
     /// GET on the agent's HTTP listener: (status line, body).
     pub fn http_get(&self, path: &str) -> Option<(String, String)> {
-        let addr = self.metrics;
-        let path = path.to_string();
-        self.node.run(move || {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(s, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            let (head, body) = out.split_once("\r\n\r\n")?;
-            Some((head.lines().next()?.to_string(), body.to_string()))
-        })
+        self.node.http_get(self.metrics, path)
     }
 
     pub fn ready(&self) -> bool {

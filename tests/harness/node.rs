@@ -184,6 +184,22 @@ impl Node {
         self.0.netns.run(f)
     }
 
+    /// One HTTP GET from inside the node namespace (a metrics or health
+    /// endpoint): the status line and the body, or `None` if nothing answers.
+    pub fn http_get(&self, addr: std::net::SocketAddr, path: &str) -> Option<(String, String)> {
+        use std::io::{Read, Write};
+        let path = path.to_string();
+        self.run(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: ferry\r\n\r\n").ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            let (head, body) = out.split_once("\r\n\r\n")?;
+            Some((head.lines().next()?.to_string(), body.to_string()))
+        })
+    }
+
     /// `ip -n <node> <args>`, output as a string (panics on failure).
     pub fn ip(&self, args: &[&str]) -> String {
         let mut v = vec!["ip", "-n", self.name()];
