@@ -53,9 +53,13 @@ pub enum Op {
         id: u32,
         value: BackendValue,
     },
+    /// A Maglev table over these backends (id, address), for new flows:
+    /// built when applied ([`Op::table_slots`]), a bounded batch at a time,
+    /// so a cold sync of 100,000 Services never holds 100,000 built tables
+    /// (200 MB at 509 slots) at once.
     WriteTable {
         table: u32,
-        slots: Vec<u32>,
+        backends: Vec<(u32, BackendAddr)>,
     },
     ResetCounters {
         service_id: u32,
@@ -78,6 +82,15 @@ pub enum Op {
     DeleteVip {
         key: EndpointKey,
     },
+}
+
+/// The slots of the Maglev table of size `m` over `backends` (id, address).
+/// The planner validated the inputs (`m` prime, no more backends than slots).
+pub fn table_slots(backends: &[(u32, BackendAddr)], m: u32) -> Vec<u32> {
+    let identities: Vec<Vec<u8>> = backends.iter().map(|(_, a)| a.identity()).collect();
+    let entries: Vec<maglev::Entry<'_>> =
+        backends.iter().zip(&identities).map(|((id, _), identity)| maglev::Entry { id: *id, identity }).collect();
+    maglev::build(&entries, m).expect("maglev inputs validated by the planner")
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -282,39 +295,13 @@ pub fn plan(p: &mut Programmed, desired: &BTreeMap<Frontend, DesiredFrontend>, s
     p.service_ids.commit();
     p.backend_ids.commit();
     p.tables.commit();
-    phases.tables = build_tables(std::mem::take(&mut phases.pending_tables), p.limits.maglev_size);
     let (frontends_added, frontends_removed) = (phases.added, phases.removed);
     Plan { ops: phases.into_ops(), errors, frontends_added, frontends_removed }
-}
-
-/// A Maglev table to build: its index and its backends' (id, identity).
-type PendingTable = (u32, Vec<(u32, Vec<u8>)>);
-
-/// Builds the Maglev tables a plan needs, in order, split across the cores:
-/// a cold sync of 10,000 Services builds 10,000 tables (~250 ms on one
-/// core at 1021 slots). Inputs were validated before anything was emitted.
-fn build_tables(pending: Vec<PendingTable>, m: u32) -> Vec<Op> {
-    let build = |(table, entries): &PendingTable| {
-        let refs: Vec<maglev::Entry<'_>> =
-            entries.iter().map(|(id, ident)| maglev::Entry { id: *id, identity: ident }).collect();
-        Op::WriteTable { table: *table, slots: maglev::build(&refs, m).expect("maglev inputs validated") }
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(pending.len() / 64).max(1);
-    if threads == 1 {
-        return pending.iter().map(build).collect();
-    }
-    let chunk = pending.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> =
-            pending.chunks(chunk).map(|part| s.spawn(move || part.iter().map(build).collect::<Vec<_>>())).collect();
-        parts.into_iter().flat_map(|h| h.join().expect("maglev builder panicked")).collect()
-    })
 }
 
 #[derive(Default)]
 struct Phases {
     add_backends: Vec<Op>,
-    pending_tables: Vec<PendingTable>,
     tables: Vec<Op>,
     services: Vec<Op>,
     demote_backends: Vec<Op>,
@@ -325,7 +312,15 @@ struct Phases {
 
 impl Phases {
     fn into_ops(self) -> Vec<Op> {
-        let mut v = self.add_backends;
+        // Sized once: a cold sync at 100,000 Services is 1.5 M ops, and
+        // growing by doubling would hold up to twice that at the end.
+        let n = self.add_backends.len()
+            + self.tables.len()
+            + self.services.len()
+            + self.demote_backends.len()
+            + self.delete_backends.len();
+        let mut v = Vec::with_capacity(n);
+        v.extend(self.add_backends);
         v.extend(self.tables);
         v.extend(self.services);
         v.extend(self.demote_backends);
@@ -476,9 +471,8 @@ fn upsert_frontend(p: &mut Programmed, fe: Frontend, d: &DesiredFrontend, ph: &m
     }
 
     if let Some(t) = new_table {
-        // Built after the loop, across the cores (see `build_tables`).
-        let entries: Vec<(u32, Vec<u8>)> = new_active.iter().map(|a| (next[a].id, a.identity())).collect();
-        ph.pending_tables.push((t, entries));
+        let backends = new_active.iter().map(|a| (next[a].id, *a)).collect();
+        ph.tables.push(Op::WriteTable { table: t, backends });
     }
     if rebuild && cur.value.maglev_table != NO_TABLE && cur.value.maglev_table < limits.max_tables {
         p.tables.release(cur.value.maglev_table);

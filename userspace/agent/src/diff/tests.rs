@@ -79,8 +79,8 @@ fn run_rows(p: &mut Programmed, rows: Vec<Row<'_>>) {
         assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{what}: ops out of order {phases:?}");
         // Every table written is one no live service points at.
         for op in &plan.ops {
-            if let Op::WriteTable { table, slots } = op {
-                assert_eq!(slots.len(), LIMITS.maglev_size as usize);
+            if let Op::WriteTable { table, backends } = op {
+                assert_eq!(table_slots(backends, LIMITS.maglev_size).len(), LIMITS.maglev_size as usize);
                 assert!(!live.contains(table), "{what}: wrote table {table} in use");
             }
         }
@@ -205,7 +205,7 @@ fn flags_and_table_contents() {
     assert_eq!(svc.affinity_timeout_s, 30);
     // The table holds exactly the two backend ids, every slot filled.
     let slots = plan.ops.iter().find_map(|op| match op {
-        Op::WriteTable { slots, .. } => Some(slots.clone()),
+        Op::WriteTable { backends, .. } => Some(table_slots(backends, LIMITS.maglev_size)),
         _ => None,
     });
     let slots = slots.unwrap();
