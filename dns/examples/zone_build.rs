@@ -7,9 +7,9 @@ fn main() {
     let z = cache.build(&cat).unwrap();
     println!("full build: {:?} ({} names)", t.elapsed(), z.len());
     drop(z);
-    let (k, mut s) = cat.services.iter().next().map(|(k, s)| (k.clone(), s.clone())).unwrap();
+    let (k, mut s) = cat.services.iter().next().map(|(k, s)| (k.clone(), (**s).clone())).unwrap();
     s.key.name = "changed".into();
-    cat.services.insert(ferry_state::ObjectKey::new(k.namespace, "changed"), s);
+    cat.services.insert(ferry_state::ObjectKey::new(k.namespace, "changed"), std::sync::Arc::new(s));
     let t = std::time::Instant::now();
     let z = cache.build(&cat).unwrap();
     println!("incremental build: {:?} ({} names)", t.elapsed(), z.len());

@@ -255,7 +255,7 @@ fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mu
                 continue;
             }
             for ip in &ep.addresses {
-                let host = ep.hostname.clone().unwrap_or_else(|| generated_hostname(*ip));
+                let host = ep.hostname.as_deref().map_or_else(|| generated_hostname(*ip), str::to_owned);
                 let Some(host_name) = name(&format!("{host}.{base_s}")) else {
                     continue;
                 };
@@ -352,8 +352,9 @@ fn shard_of(key: &[u8]) -> usize {
 /// Service nor its EndpointSlices changed.
 struct CachedService {
     key: ferry_state::ObjectKey,
-    svc: Service,
-    slices: Vec<ferry_state::EndpointSlice>,
+    /// Shared with the catalog it was built from, not copies.
+    svc: Arc<Service>,
+    slices: Vec<Arc<ferry_state::EndpointSlice>>,
     entries: Encoded,
     /// This Service's PTR records, for merging with other Services'.
     ptr_targets: Vec<(Key, Name)>,
@@ -468,7 +469,7 @@ impl ZoneCache {
             (c.zone.clone(), c.ttl)
         };
         let mut gone: Vec<u32> = Vec::new();
-        let mut redo: Vec<(&ferry_state::ObjectKey, &Service, Option<u32>)> = Vec::new();
+        let mut redo: Vec<(&ferry_state::ObjectKey, &Arc<Service>, Option<u32>)> = Vec::new();
         let known = self.last_changes.as_ref().and_then(|last| cat.changes.since(last));
         if let Some(changed) = known {
             // The catalog names what changed since the one built last: only
@@ -478,7 +479,7 @@ impl ZoneCache {
                 match (cat.services.get_key_value(key), id) {
                     (Some((key, svc)), Some(id)) => {
                         let c = self.slots[id as usize].as_ref().expect("live id");
-                        if c.svc != *svc || c.slices != cat.slices_of(key) {
+                        if !same(&c.svc, svc) || !same_slices(&c.slices, cat.slices_of(key)) {
                             redo.push((key, svc, Some(id)));
                         }
                     }
@@ -684,8 +685,8 @@ impl ZoneCache {
 
 fn encode_service(
     cat: &Catalog,
-    svc: &Service,
-    slices: &[ferry_state::EndpointSlice],
+    svc: &Arc<Service>,
+    slices: &[Arc<ferry_state::EndpointSlice>],
     zone_s: &str,
     ttl: u32,
 ) -> CachedService {
@@ -707,6 +708,16 @@ fn encode_service(
         entries: encode_records(recs, ttl),
         ptr_targets,
     }
+}
+
+/// Equal values, the same allocation first (the common case: an untouched
+/// Service keeps its `Arc` from catalog to catalog).
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+fn same_slices(a: &[Arc<ferry_state::EndpointSlice>], b: &[Arc<ferry_state::EndpointSlice>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same(a, b))
 }
 
 type Encoded = Vec<(Key, Arc<Entry>)>;

@@ -546,7 +546,7 @@ fn rebuild_is_whole_and_independent() {
     // A new catalog gives a new zone; the old one still answers as before.
     let old = fixture_zone(false);
     let mut cat = Catalog::from_yaml(FIXTURE).unwrap();
-    cat.services.retain(|k, _| k.name != "web");
+    cat.services.retain(|k, _| &*k.name != "web");
     let new = Zone::build(&cat, ZoneConfig::default()).unwrap();
     assert_eq!(addrs(&ask(&old, "web.default.svc.cluster.local.", RecordType::A)), ips(&["10.96.0.10"]));
     let m = ask(&new, "web.default.svc.cluster.local.", RecordType::A);
@@ -607,9 +607,9 @@ fn patched_zone_equals_a_fresh_build() {
     // Two headless Services over the same addresses: one merged PTR RRset.
     let shared = format!("{}---\n{}", headless_yaml("h1", 3, 7), headless_yaml("h2", 2, 7));
     let mut no_web = base.clone();
-    no_web.services.retain(|k, _| k.name != "web");
+    no_web.services.retain(|k, _| &*k.name != "web");
     let mut no_ns = base.clone();
-    no_ns.services.retain(|k, _| k.namespace != "prod");
+    no_ns.services.retain(|k, _| &*k.namespace != "prod");
     let steps = [
         base.clone(),
         with(&shared),

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_state::{
@@ -169,7 +170,7 @@ pub fn desired(catalog: &Catalog, node: &NodeContext) -> (BTreeMap<Frontend, Des
 /// ([`is_ours`]); NodePorts are the uplink program's business.
 pub fn service_frontends(
     svc: &Service,
-    slices: &[EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
     node: &NodeContext,
 ) -> Vec<(Frontend, DesiredFrontend)> {
     if svc.headless
@@ -263,12 +264,12 @@ fn topology_mode<'a>(ready: impl Iterator<Item = &'a Endpoint>, node: &NodeConte
         any = true;
         if ep.node_hints.is_empty() {
             all_node_hints = false;
-        } else if node.node_name.as_ref().is_some_and(|n| ep.node_hints.contains(n)) {
+        } else if node.node_name.as_ref().is_some_and(|n| names(&ep.node_hints, n)) {
             for_node = true;
         }
         if ep.zone_hints.is_empty() {
             all_zone_hints = false;
-        } else if node.zone.as_ref().is_some_and(|z| ep.zone_hints.contains(z)) {
+        } else if node.zone.as_ref().is_some_and(|z| names(&ep.zone_hints, z)) {
             for_zone = true;
         }
     }
@@ -283,19 +284,24 @@ fn topology_mode<'a>(ready: impl Iterator<Item = &'a Endpoint>, node: &NodeConte
     }
 }
 
+/// Whether a hint list names `name`.
+fn names(hints: &[Arc<str>], name: &str) -> bool {
+    hints.iter().any(|h| &**h == name)
+}
+
 /// kube-proxy's `availableForTopology`.
 fn available(ep: &Endpoint, mode: Topology, node: &NodeContext) -> bool {
     match mode {
         Topology::All => true,
-        Topology::SameNode => node.node_name.as_ref().is_some_and(|n| ep.node_hints.contains(n)),
-        Topology::SameZone => node.zone.as_ref().is_some_and(|z| ep.zone_hints.contains(z)),
+        Topology::SameNode => node.node_name.as_ref().is_some_and(|n| names(&ep.node_hints, n)),
+        Topology::SameZone => node.zone.as_ref().is_some_and(|z| names(&ep.zone_hints, z)),
     }
 }
 
 fn backends_for(
     svc: &Service,
     port: &ServicePort,
-    slices: &[EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
     v6: bool,
     node: &NodeContext,
 ) -> BTreeMap<BackendAddr, BackendState> {
@@ -338,7 +344,9 @@ fn backends_for(
             // internalTrafficPolicy: Local applies the same categorisation
             // to the local endpoints alone (CategorizeEndpoints'
             // localEndpoints: local ready, else local serving-terminating).
-            if svc.internal_traffic_local && (node.node_name.is_none() || ep.node_name != node.node_name) {
+            if svc.internal_traffic_local
+                && (node.node_name.is_none() || ep.node_name.as_deref() != node.node_name.as_deref())
+            {
                 continue;
             }
             for ip in ep.addresses.iter().filter(|ip| ip.is_ipv6() == v6) {
@@ -402,7 +410,7 @@ mod tests {
     type Ep<'a> = (&'a str, bool, bool, bool, &'a str);
 
     /// A slice whose ports are all TCP: (name, number).
-    fn slice(svc: &str, family: AddressType, ports: &[(&str, u16)], eps: &[Ep<'_>]) -> EndpointSlice {
+    fn slice(svc: &str, family: AddressType, ports: &[(&str, u16)], eps: &[Ep<'_>]) -> Arc<EndpointSlice> {
         let ports: Vec<(&str, Protocol, u16)> = ports.iter().map(|(n, p)| (*n, TCP, *p)).collect();
         slice_proto(svc, family, &ports, eps)
     }
@@ -410,8 +418,13 @@ mod tests {
     /// A slice with ports (name, protocol, number), as the EndpointSlice
     /// controller writes them: the Service port's name and protocol, the
     /// number resolved for this slice's pods.
-    fn slice_proto(svc: &str, family: AddressType, ports: &[(&str, Protocol, u16)], eps: &[Ep<'_>]) -> EndpointSlice {
-        EndpointSlice {
+    fn slice_proto(
+        svc: &str,
+        family: AddressType,
+        ports: &[(&str, Protocol, u16)],
+        eps: &[Ep<'_>],
+    ) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
             key: ObjectKey::new("default", format!("{svc}-x")),
             service: ObjectKey::new("default", svc),
             address_type: family,
@@ -422,26 +435,21 @@ mod tests {
             endpoints: eps
                 .iter()
                 .map(|(a, r, s, t, n)| Endpoint {
-                    addresses: vec![ip(a)],
                     ready: *r,
                     serving: *s,
                     terminating: *t,
-                    hostname: None,
-                    node_name: (!n.is_empty()).then(|| n.to_string()),
-                    zone: None,
-                    zone_hints: vec![],
-                    node_hints: vec![],
-                    target_pod: None,
+                    node_name: (!n.is_empty()).then(|| Arc::from(*n)),
+                    ..Endpoint::new(ip(a))
                 })
                 .collect(),
-        }
+        })
     }
 
     fn backends(d: &DesiredFrontend) -> Vec<String> {
         d.backends.iter().map(|(a, s)| format!("{a} {}", if *s == BackendState::Active { "A" } else { "T" })).collect()
     }
 
-    fn run(s: &Service, slices: &[EndpointSlice], node: Option<&str>) -> Vec<(String, Vec<String>)> {
+    fn run(s: &Service, slices: &[Arc<EndpointSlice>], node: Option<&str>) -> Vec<(String, Vec<String>)> {
         let ctx = NodeContext { node_name: node.map(str::to_string), ..NodeContext::default() };
         service_frontends(s, slices, &ctx)
             .into_iter()
@@ -457,7 +465,7 @@ mod tests {
     struct Case<'a> {
         what: &'a str,
         svc: Service,
-        slices: Vec<EndpointSlice>,
+        slices: Vec<Arc<EndpointSlice>>,
         node: Option<&'a str>,
         want: Vec<(&'a str, Vec<&'a str>)>,
     }
@@ -1010,13 +1018,13 @@ mod tests {
         let mut cat = Catalog::default();
         let a = svc("a", &["10.96.0.10"], &[("", TCP, 80, TargetPort::Number(80))]);
         let b = svc("b", &["10.96.0.10"], &[("", TCP, 80, TargetPort::Number(80))]);
-        cat.services.insert(a.key.clone(), a);
-        cat.services.insert(b.key.clone(), b);
+        cat.services.insert(a.key.clone(), Arc::new(a));
+        cat.services.insert(b.key.clone(), Arc::new(b));
         let (fes, conflicts) = desired(&cat, &NodeContext::default());
         assert_eq!(fes.len(), 1);
-        assert_eq!(fes.values().next().unwrap().service.name, "a");
+        assert_eq!(&*fes.values().next().unwrap().service.name, "a");
         assert_eq!(conflicts.len(), 1);
-        assert_eq!(conflicts[0].ignored.name, "b");
+        assert_eq!(&*conflicts[0].ignored.name, "b");
     }
 
     /// Topology hints as kube-proxy follows them (pkg/proxy/topology.go,
@@ -1073,19 +1081,12 @@ mod tests {
         let s = svc("web", &["10.96.0.10"], &[("http", TCP, 80, TargetPort::Number(8080))]);
         for (what, zone, eps, want) in rows {
             let mut sl = slice("web", AddressType::IPv4, &[("http", 8080)], &[]);
-            sl.endpoints = eps
+            Arc::make_mut(&mut sl).endpoints = eps
                 .iter()
                 .map(|(a, zh, nh)| Endpoint {
-                    addresses: vec![ip(a)],
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    hostname: None,
-                    node_name: None,
-                    zone: None,
-                    zone_hints: zh.iter().map(|z| z.to_string()).collect(),
-                    node_hints: nh.iter().map(|n| n.to_string()).collect(),
-                    target_pod: None,
+                    zone_hints: zh.iter().map(|z| Arc::from(*z)).collect(),
+                    node_hints: nh.iter().map(|n| Arc::from(*n)).collect(),
+                    ..Endpoint::new(ip(a))
                 })
                 .collect();
             let ctx =

@@ -289,7 +289,7 @@ mod tests {
             let key = ObjectKey::new("default", format!("svc{i}"));
             c.services.insert(
                 key.clone(),
-                Service {
+                Arc::new(Service {
                     key: key.clone(),
                     service_type: ServiceType::ClusterIp,
                     cluster_ips: vec![format!("10.96.{}.{}", i / 250, i % 250 + 1).parse().unwrap()],
@@ -310,7 +310,7 @@ mod tests {
                     publish_not_ready_addresses: false,
                     proxy_name: None,
                     headless_label: false,
-                },
+                }),
             );
             let eps: Vec<String> = if i == 0 {
                 endpoints_of_first.iter().map(|s| s.to_string()).collect()
@@ -319,29 +319,15 @@ mod tests {
             };
             c.slices.insert(
                 key.clone(),
-                vec![EndpointSlice {
+                vec![Arc::new(EndpointSlice {
                     key: ObjectKey::new("default", format!("svc{i}-a")),
                     service: key,
                     address_type: AddressType::IPv4,
                     // As the EndpointSlice controller writes it: the Service
                     // port's name and protocol, the resolved target port.
                     ports: vec![EndpointPort { name: String::new(), protocol: Protocol::Tcp, port: 8080 }],
-                    endpoints: eps
-                        .iter()
-                        .map(|a| Endpoint {
-                            addresses: vec![a.parse().unwrap()],
-                            ready: true,
-                            serving: true,
-                            terminating: false,
-                            hostname: None,
-                            node_name: None,
-                            zone: None,
-                            zone_hints: vec![],
-                            node_hints: vec![],
-                            target_pod: None,
-                        })
-                        .collect(),
-                }],
+                    endpoints: eps.iter().map(|a| Endpoint::new(a.parse().unwrap())).collect(),
+                })],
             );
         }
         Arc::new(c)
@@ -397,12 +383,12 @@ mod tests {
         assert_eq!(rec.programmed().frontends.len(), 3);
         let svc0 = ObjectKey::new("default", "svc0");
         let mut c = (*first).clone();
-        c.services.get_mut(&svc0).unwrap().proxy_name = Some("other".into());
+        Arc::make_mut(c.services.get_mut(&svc0).unwrap()).proxy_name = Some("other".into());
         let r = rec.sync(&feed.publish(&c), &mut w).unwrap();
         assert!(!r.full && r.frontends_changed);
         assert_eq!(rec.programmed().frontends.len(), 2);
         assert!(rec.names().values().all(|n| n.service != "default/svc0"));
-        c.services.get_mut(&svc0).unwrap().proxy_name = None;
+        Arc::make_mut(c.services.get_mut(&svc0).unwrap()).proxy_name = None;
         let r = rec.sync(&feed.publish(&c), &mut w).unwrap();
         assert!(!r.full && r.frontends_changed);
         assert_eq!(rec.programmed().frontends.len(), 3);

@@ -8,6 +8,7 @@
 //! kubernetes `pkg/apis/core/validation` and `pkg/apis/discovery/validation`.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
@@ -34,12 +35,25 @@ pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 
-/// One converted object, as the store keeps it.
+/// One converted object, as the store keeps it. Shared: the catalog entry
+/// is this very value, and copies of the catalog share it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
-    Service(Service),
-    EndpointSlice(EndpointSlice),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
     Node(Node),
+}
+
+impl From<Service> for Object {
+    fn from(s: Service) -> Self {
+        Object::Service(Arc::new(s))
+    }
+}
+
+impl From<EndpointSlice> for Object {
+    fn from(s: EndpointSlice) -> Self {
+        Object::EndpointSlice(Arc::new(s))
+    }
 }
 
 /// What the store merges objects by: two files declaring the same
@@ -112,7 +126,7 @@ pub fn object_key(meta: &ObjectMeta) -> Result<ObjectKey, ConvertError> {
         None | Some("") => "default",
         Some(ns) => ns,
     };
-    Ok(ObjectKey::new(namespace, name))
+    Ok(ObjectKey::interned(namespace, name))
 }
 
 pub fn service(svc: &core::Service) -> Result<Service, ConvertError> {
@@ -353,7 +367,7 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ConvertError::Missing { field: format!("metadata.labels[{SERVICE_NAME_LABEL}]") })?;
-    let service = ObjectKey::new(key.namespace.clone(), service_name.clone());
+    let service = ObjectKey::new(key.namespace.clone(), service_name.as_str());
 
     let address_type = match slice.address_type.as_str() {
         "IPv4" => AddressType::IPv4,
@@ -392,9 +406,9 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
         // use for them (kube-proxy ignores them too), so their endpoints are
         // kept without addresses.
         let addresses = if address_type == AddressType::Fqdn {
-            Vec::new()
+            SmallVec::new()
         } else {
-            let ips = parse_ips(&field("addresses"), &ep.addresses)?;
+            let ips: SmallVec<[IpAddr; 1]> = parse_ips(&field("addresses"), &ep.addresses)?;
             let want_v4 = address_type == AddressType::IPv4;
             if let Some((j, ip)) = ips.iter().enumerate().find(|(_, ip)| ip.is_ipv4() != want_v4) {
                 return Err(ConvertError::invalid(
@@ -420,26 +434,21 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
             ready,
             serving: cond.serving.unwrap_or(true),
             terminating: cond.terminating.unwrap_or(false),
-            hostname,
-            node_name: ep.node_name.clone().filter(|n| !n.is_empty()),
-            zone: ep.zone.clone().filter(|z| !z.is_empty()),
+            hostname: hostname.map(String::into_boxed_str),
+            node_name: ep.node_name.as_deref().filter(|n| !n.is_empty()).map(intern),
+            zone: ep.zone.as_deref().filter(|z| !z.is_empty()).map(intern),
             zone_hints: ep
                 .hints
                 .as_ref()
                 .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).filter(|n| !n.is_empty()).collect())
+                .map(|z| z.iter().map(|z| z.name.as_str()).filter(|n| !n.is_empty()).map(intern).collect())
                 .unwrap_or_default(),
             node_hints: ep
                 .hints
                 .as_ref()
                 .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).filter(|n| !n.is_empty()).collect())
+                .map(|n| n.iter().map(|n| n.name.as_str()).filter(|n| !n.is_empty()).map(intern).collect())
                 .unwrap_or_default(),
-            target_pod: ep
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Pod"))
-                .and_then(|r| r.name.clone()),
         });
     }
 
@@ -500,7 +509,7 @@ fn parse_ip(field: &str, value: &str) -> Result<IpAddr, ConvertError> {
     value.parse().map_err(|_| ConvertError::InvalidIp { field: field.into(), value: value.into() })
 }
 
-fn parse_ips(field: &str, values: &[String]) -> Result<Vec<IpAddr>, ConvertError> {
+fn parse_ips<C: FromIterator<IpAddr>>(field: &str, values: &[String]) -> Result<C, ConvertError> {
     values.iter().enumerate().map(|(i, v)| parse_ip(&format!("{field}[{i}]"), v)).collect()
 }
 

@@ -93,13 +93,13 @@ pub(crate) async fn start(config: KubeConfig, kinds: &[Kind]) -> Result<Source, 
             Kind::Service => tokio::spawn(follow(
                 Api::<core::Service>::all(client),
                 kind,
-                |o| convert::service(o).map(Object::Service),
+                |o| convert::service(o).map(Object::from),
                 tx,
             )),
             Kind::EndpointSlice => tokio::spawn(follow(
                 Api::<discovery::EndpointSlice>::all(client),
                 kind,
-                |o| convert::endpoint_slice(o).map(Object::EndpointSlice),
+                |o| convert::endpoint_slice(o).map(Object::from),
                 tx,
             )),
             Kind::Node => {

@@ -38,6 +38,7 @@
 pub mod convert;
 pub mod error;
 pub mod fixture;
+mod intern;
 mod kube_source;
 pub mod model;
 pub mod parse;

@@ -7,16 +7,29 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `namespace/name` of a Kubernetes object.
+pub use smallvec::SmallVec;
+
+pub use crate::intern::intern;
+
+/// `namespace/name` of a Kubernetes object. Shared strings: a key is held
+/// by the catalog, the store's indexes, the change log and every consumer's
+/// own index, so a copy must cost a reference count, not two allocations
+/// (at 100,000 Services a dozen copies of each key add up).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         Self { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// The key of an object a source delivers: its namespace interned
+    /// ([`intern`]), as a cluster has few and every object repeats one.
+    pub fn interned(namespace: &str, name: &str) -> Self {
+        Self { namespace: intern(namespace), name: Arc::from(name) }
     }
 }
 
@@ -121,9 +134,16 @@ pub struct EndpointPort {
     pub port: u16,
 }
 
+/// One endpoint of a slice. The catalog holds a million of these at
+/// 100,000 Services, so it is kept small (~120 bytes, no allocation in the
+/// common case): one address inline, node and zone names interned, the
+/// rarely set strings boxed. Fields the agent and DNS never read
+/// (`targetRef`) are not kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
-    pub addresses: Vec<IpAddr>,
+    /// The EndpointSlice controller writes exactly one (the API allows up
+    /// to 100; every consumer treats them alike).
+    pub addresses: SmallVec<[IpAddr; 1]>,
     /// `conditions.ready`; absent means true (discovery/v1 API). This is the
     /// condition new flows follow: with `publishNotReadyAddresses` the
     /// EndpointSlice controller sets it on unready and terminating pods too.
@@ -135,17 +155,35 @@ pub struct Endpoint {
     pub serving: bool,
     /// `conditions.terminating`; absent means false.
     pub terminating: bool,
-    pub hostname: Option<String>,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
+    pub hostname: Option<Box<str>>,
+    /// Interned ([`intern`]): a cluster has far fewer nodes than endpoints.
+    pub node_name: Option<Arc<str>>,
+    /// Interned.
+    pub zone: Option<Arc<str>>,
     /// `hints.forZones[].name`: the zones whose nodes should send this
     /// endpoint traffic (topology-aware routing, `trafficDistribution:
     /// PreferClose`). Empty: no zone hints.
-    pub zone_hints: Vec<String>,
+    pub zone_hints: Box<[Arc<str>]>,
     /// `hints.forNodes[].name` (`trafficDistribution: PreferSameNode`).
-    pub node_hints: Vec<String>,
-    /// Name of the Pod in `targetRef`, if any.
-    pub target_pod: Option<String>,
+    pub node_hints: Box<[Arc<str>]>,
+}
+
+impl Endpoint {
+    /// A ready, serving endpoint at `address` with nothing else set: how a
+    /// slice lists a running pod without hostname, node or hints.
+    pub fn new(address: IpAddr) -> Self {
+        Self {
+            addresses: [address].into(),
+            ready: true,
+            serving: true,
+            terminating: false,
+            hostname: None,
+            node_name: None,
+            zone: None,
+            zone_hints: Box::default(),
+            node_hints: Box::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -179,9 +217,11 @@ pub struct Node {
 /// that name it. Immutable; a new one is published on every change.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
-    pub services: BTreeMap<ObjectKey, Service>,
+    /// Values are shared (`Arc`): the store keeps a working copy beside the
+    /// published catalog, and copying one must not copy a million endpoints.
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
     /// Slices grouped by the Service they belong to (which may not exist yet).
-    pub slices: BTreeMap<ObjectKey, Vec<EndpointSlice>>,
+    pub slices: BTreeMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
     pub nodes: BTreeMap<String, Node>,
     /// What changed since the previous publish (set by the store).
     pub changes: Changes,
@@ -279,7 +319,7 @@ impl Changes {
 }
 
 impl Catalog {
-    pub fn slices_of(&self, service: &ObjectKey) -> &[EndpointSlice] {
+    pub fn slices_of(&self, service: &ObjectKey) -> &[Arc<EndpointSlice>] {
         self.slices.get(service).map(Vec::as_slice).unwrap_or(&[])
     }
 }
@@ -296,22 +336,22 @@ pub struct Snapshot {
 
 impl Catalog {
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.services.get(&ObjectKey::new(namespace, name))
+        self.services.get(&ObjectKey::new(namespace, name)).map(|s| &**s)
     }
 
     /// Services of one namespace, by name.
     pub fn services_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Service> + 'a {
         self.services
             .range(ObjectKey::new(namespace, "")..)
-            .take_while(move |(k, _)| k.namespace == namespace)
-            .map(|(_, s)| s)
+            .take_while(move |(k, _)| &*k.namespace == namespace)
+            .map(|(_, s)| &**s)
     }
 
     /// Namespaces that hold at least one Service, sorted, each once.
     pub fn namespaces(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for k in self.services.keys() {
-            if out.last() != Some(&k.namespace.as_str()) {
+            if out.last() != Some(&&*k.namespace) {
                 out.push(&k.namespace);
             }
         }
@@ -324,7 +364,7 @@ impl Catalog {
         &'a self,
         service: &ObjectKey,
     ) -> impl Iterator<Item = (&'a EndpointSlice, &'a Endpoint)> + 'a {
-        self.slices_of(service).iter().flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+        self.slices_of(service).iter().flat_map(|s| s.endpoints.iter().map(move |e| (&**s, e)))
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

@@ -207,7 +207,7 @@ impl Doc for RawDoc<'_> {
 }
 
 fn key_from(name: &str, namespace: Option<&str>) -> ObjectKey {
-    ObjectKey::new(namespace.filter(|s| !s.is_empty()).unwrap_or("default"), name)
+    ObjectKey::interned(namespace.filter(|s| !s.is_empty()).unwrap_or("default"), name)
 }
 
 struct Collected<'o> {
@@ -246,8 +246,8 @@ impl Collected<'_> {
                 }
                 return;
             }
-            "Service" => doc.typed().and_then(|o| convert::service(&o)).map(Object::Service),
-            "EndpointSlice" => doc.typed().and_then(|o| convert::endpoint_slice(&o)).map(Object::EndpointSlice),
+            "Service" => doc.typed().and_then(|o| convert::service(&o)).map(Object::from),
+            "EndpointSlice" => doc.typed().and_then(|o| convert::endpoint_slice(&o)).map(Object::from),
             "Node" => doc.typed().and_then(|o| convert::node(&o)).map(Object::Node),
             "" => Err(ConvertError::Missing { field: "kind".into() }),
             other => {

@@ -389,7 +389,7 @@ impl Store {
         }
     }
 
-    fn slice(&self, key: &ObjectKey) -> Option<&EndpointSlice> {
+    fn slice(&self, key: &ObjectKey) -> Option<&Arc<EndpointSlice>> {
         let group = self.catalog.slices.get(self.slice_owner.get(key)?)?;
         group.binary_search_by(|s| s.key.cmp(key)).ok().map(|i| &group[i])
     }
@@ -455,7 +455,7 @@ impl Store {
 
 /// Take slice `key` out of the group of Service `svc`, dropping the group
 /// when it empties.
-fn remove_slice(cat: &mut Catalog, svc: &ObjectKey, key: &ObjectKey) -> Option<EndpointSlice> {
+fn remove_slice(cat: &mut Catalog, svc: &ObjectKey, key: &ObjectKey) -> Option<Arc<EndpointSlice>> {
     let group = cat.slices.get_mut(svc)?;
     let pos = group.binary_search_by(|s| s.key.cmp(key)).ok()?;
     let slice = group.remove(pos);
@@ -575,7 +575,7 @@ mod tests {
         st.set_ready();
         st.publish();
         let first = rx.borrow().catalog.changes.clone();
-        let names = |c: Changed<'_>| c.services.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+        let names = |c: Changed<'_>| c.services.iter().map(|k| k.name.to_string()).collect::<Vec<_>>();
         // One endpoint of a: only a. A file re-read with equal content adds nothing.
         st.replace_origin(
             "f",
@@ -747,7 +747,7 @@ mod tests {
         let mut st = Store::new();
         st.replace_origin("f", objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "web", "10.0.0.1"))));
         let web = ObjectKey::new("x", "web");
-        let keys: Vec<_> = st.catalog().slices_of(&web).iter().map(|s| s.key.name.clone()).collect();
+        let keys: Vec<_> = st.catalog().slices_of(&web).iter().map(|s| s.key.name.to_string()).collect();
         assert_eq!(keys, ["s1", "s2"], "sorted by slice name");
         // s1 moves to another Service.
         st.replace_origin("f", objs(&(slice("s2", "web", "10.0.0.2") + &slice("s1", "api", "10.0.0.1"))));

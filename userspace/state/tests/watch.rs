@@ -60,7 +60,7 @@ async fn initial_load_is_ready_and_complete() {
     let (rx, _task) = watch_dir(dir.path()).await.unwrap();
     let snap = rx.borrow().clone();
     assert!(snap.ready && snap.generation >= 1);
-    let names: Vec<_> = snap.catalog.services.keys().map(|k| k.name.as_str()).collect();
+    let names: Vec<_> = snap.catalog.services.keys().map(|k| &*k.name).collect();
     assert_eq!(names, ["a", "b", "c"]);
 }
 
