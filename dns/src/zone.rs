@@ -10,7 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ferry_state::{AddressType, Catalog, Service, ServiceType};
+use ferry_state::{AddressType, Catalog, Service, ServiceType, SmallVec};
 use hickory_proto::op::{Message, OpCode, Query as HQuery};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -255,7 +255,7 @@ fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mu
                 continue;
             }
             for ip in &ep.addresses {
-                let host = ep.hostname.as_deref().map_or_else(|| generated_hostname(*ip), str::to_owned);
+                let host = ep.hostname().map_or_else(|| generated_hostname(*ip), str::to_owned);
                 let Some(host_name) = name(&format!("{host}.{base_s}")) else {
                     continue;
                 };
@@ -356,8 +356,9 @@ struct CachedService {
     svc: Arc<Service>,
     slices: Vec<Arc<ferry_state::EndpointSlice>>,
     entries: Encoded,
-    /// This Service's PTR records, for merging with other Services'.
-    ptr_targets: Vec<(Key, Name)>,
+    /// This Service's PTR records (reverse name, target name), for merging
+    /// with other Services': both are keys of `entries`, shared.
+    ptr_targets: Vec<(Key, Key)>,
 }
 
 /// The contributor id of the apex records, the schema version and the pod
@@ -379,7 +380,9 @@ pub struct ZoneCache {
     slots: Vec<Option<CachedService>>,
     free: Vec<u32>,
     /// Who has records at each name (several Services for a shared PTR).
-    contrib: HashMap<Key, Vec<u32>, FxBuild>,
+    /// Inline up to two: nearly every name has one contributor, and a
+    /// vector each would be an allocation per name.
+    contrib: HashMap<Key, SmallVec<[u32; 2]>, FxBuild>,
     /// How many contributed names lie below each name: an empty
     /// non-terminal exists while this is non-zero.
     below: HashMap<Key, u32, FxBuild>,
@@ -580,7 +583,9 @@ impl ZoneCache {
                 match self.below.get_mut(a) {
                     Some(n) => *n += 1,
                     None => {
-                        self.below.insert(a.into(), 1);
+                        let a: Key = a.into();
+                        self.below.insert(a.clone(), 1);
+                        dirty.insert(a);
                     }
                 }
                 if !dirty.contains(a) {
@@ -676,7 +681,9 @@ impl ZoneCache {
         for &id in ids.iter().filter(|id| **id != STATIC) {
             let c = self.slots[id as usize].as_ref().expect("live id");
             for (_, t) in c.ptr_targets.iter().filter(|(k, _)| k == key) {
-                recs.add(&rev, RData::PTR(PTR(t.clone())), ttl);
+                if let Some(t) = name(&wire::name_to_ascii(t)) {
+                    recs.add(&rev, RData::PTR(PTR(t)), ttl);
+                }
             }
         }
         encode_records(recs, ttl).into_iter().next().map(|(_, e)| e)
@@ -693,21 +700,22 @@ fn encode_service(
     let mut recs = Records::default();
     let mut ptrs = Ptrs::new();
     service_records(cat, svc, zone_s, ttl, &mut recs, &mut ptrs);
-    let mut ptr_targets = Vec::new();
+    let mut ptr_names = Vec::new();
     for (rev, targets) in ptrs {
         let Some(rev) = name(&rev) else { continue };
         for t in targets {
             recs.add(&rev, RData::PTR(PTR(t.clone())), ttl);
-            ptr_targets.push((Key::from(ascii_to_wire(&rev.to_ascii())), t));
+            ptr_names.push((ascii_to_wire(&rev.to_ascii()), ascii_to_wire(&t.to_ascii())));
         }
     }
-    CachedService {
-        key: svc.key.clone(),
-        svc: svc.clone(),
-        slices: slices.to_vec(),
-        entries: encode_records(recs, ttl),
-        ptr_targets,
-    }
+    let entries = encode_records(recs, ttl);
+    // Both names are owners of this Service's own records (a PTR target is
+    // its A/AAAA owner): their keys are shared rather than allocated again.
+    let key_of = |wire: Vec<u8>| {
+        entries.iter().find(|(k, _)| **k == *wire).map_or_else(|| Key::from(wire), |(k, _)| k.clone())
+    };
+    let ptr_targets = ptr_names.into_iter().map(|(rev, t)| (key_of(rev), key_of(t))).collect();
+    CachedService { key: svc.key.clone(), svc: svc.clone(), slices: slices.to_vec(), entries, ptr_targets }
 }
 
 /// Equal values, the same allocation first (the common case: an untouched

@@ -262,14 +262,14 @@ fn topology_mode<'a>(ready: impl Iterator<Item = &'a Endpoint>, node: &NodeConte
     let mut any = false;
     for ep in ready {
         any = true;
-        if ep.node_hints.is_empty() {
+        if ep.node_hints().is_empty() {
             all_node_hints = false;
-        } else if node.node_name.as_ref().is_some_and(|n| names(&ep.node_hints, n)) {
+        } else if node.node_name.as_ref().is_some_and(|n| names(ep.node_hints(), n)) {
             for_node = true;
         }
-        if ep.zone_hints.is_empty() {
+        if ep.zone_hints().is_empty() {
             all_zone_hints = false;
-        } else if node.zone.as_ref().is_some_and(|z| names(&ep.zone_hints, z)) {
+        } else if node.zone.as_ref().is_some_and(|z| names(ep.zone_hints(), z)) {
             for_zone = true;
         }
     }
@@ -293,8 +293,8 @@ fn names(hints: &[Arc<str>], name: &str) -> bool {
 fn available(ep: &Endpoint, mode: Topology, node: &NodeContext) -> bool {
     match mode {
         Topology::All => true,
-        Topology::SameNode => node.node_name.as_ref().is_some_and(|n| names(&ep.node_hints, n)),
-        Topology::SameZone => node.zone.as_ref().is_some_and(|z| names(&ep.zone_hints, z)),
+        Topology::SameNode => node.node_name.as_ref().is_some_and(|n| names(ep.node_hints(), n)),
+        Topology::SameZone => node.zone.as_ref().is_some_and(|z| names(ep.zone_hints(), z)),
     }
 }
 
@@ -372,7 +372,7 @@ fn backends_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_state::{Endpoint, EndpointPort, TargetPort};
+    use ferry_state::{Endpoint, EndpointExtra, EndpointPort, TargetPort};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -1084,8 +1084,12 @@ mod tests {
             Arc::make_mut(&mut sl).endpoints = eps
                 .iter()
                 .map(|(a, zh, nh)| Endpoint {
-                    zone_hints: zh.iter().map(|z| Arc::from(*z)).collect(),
-                    node_hints: nh.iter().map(|n| Arc::from(*n)).collect(),
+                    extra: EndpointExtra {
+                        hostname: None,
+                        zone_hints: zh.iter().map(|z| Arc::from(*z)).collect(),
+                        node_hints: nh.iter().map(|n| Arc::from(*n)).collect(),
+                    }
+                    .boxed(),
                     ..Endpoint::new(ip(a))
                 })
                 .collect();

@@ -274,6 +274,12 @@ pub fn plan(p: &mut Programmed, desired: &BTreeMap<Frontend, DesiredFrontend>, s
         Scope::Only(set) => set.clone(),
     };
     let mut phases = Phases::default();
+    if let Scope::All = scope {
+        // A cold sync puts every backend: sized once, the largest phase
+        // never holds twice its size while growing (1.1 M ops, ~50 MB, at
+        // 100,000 Services), and `into_ops` extends it in place.
+        phases.add_backends.reserve(desired.values().map(|d| d.backends.len()).sum::<usize>() + desired.len());
+    }
     let mut errors = Vec::new();
     for id in std::mem::take(&mut p.stale_backends) {
         phases.delete_backends.push(Op::DeleteBackend { id });
@@ -312,15 +318,12 @@ struct Phases {
 
 impl Phases {
     fn into_ops(self) -> Vec<Op> {
-        // Sized once: a cold sync at 100,000 Services is 1.5 M ops, and
-        // growing by doubling would hold up to twice that at the end.
-        let n = self.add_backends.len()
-            + self.tables.len()
-            + self.services.len()
-            + self.demote_backends.len()
-            + self.delete_backends.len();
-        let mut v = Vec::with_capacity(n);
-        v.extend(self.add_backends);
+        // Onto the largest phase, grown once to the exact size: a cold sync
+        // at 100,000 Services is 1.3 M ops, and a fresh vector would hold
+        // the phases twice.
+        let rest = self.tables.len() + self.services.len() + self.demote_backends.len() + self.delete_backends.len();
+        let mut v = self.add_backends;
+        v.reserve_exact(rest);
         v.extend(self.tables);
         v.extend(self.services);
         v.extend(self.demote_backends);

@@ -203,9 +203,12 @@ impl MapWriter for PinnedMaps {
         let err = |op, map| move |source| ApplyError::Map { op, map, source };
         let mut i = 0;
         while i < ops.len() {
-            // A run of backend puts, or of service puts: one batch each.
+            // A run of backend puts, or of service puts: batches of up to
+            // BATCH (the keys and values are copied out for the syscall; a
+            // cold sync's million backends at once would be 35 MB more).
             // Runs never cross a phase boundary, so the order is kept.
-            let run_end = |pred: &dyn Fn(&Op) -> bool| i + ops[i..].iter().take_while(|o| pred(o)).count();
+            const BATCH: usize = 65_536;
+            let run_end = |pred: &dyn Fn(&Op) -> bool| i + ops[i..].iter().take(BATCH).take_while(|o| pred(o)).count();
             match &ops[i] {
                 Op::PutBackend { .. } => {
                     let end = run_end(&|o| matches!(o, Op::PutBackend { .. }));

@@ -434,21 +434,24 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
             ready,
             serving: cond.serving.unwrap_or(true),
             terminating: cond.terminating.unwrap_or(false),
-            hostname: hostname.map(String::into_boxed_str),
             node_name: ep.node_name.as_deref().filter(|n| !n.is_empty()).map(intern),
             zone: ep.zone.as_deref().filter(|z| !z.is_empty()).map(intern),
-            zone_hints: ep
-                .hints
-                .as_ref()
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.as_str()).filter(|n| !n.is_empty()).map(intern).collect())
-                .unwrap_or_default(),
-            node_hints: ep
-                .hints
-                .as_ref()
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.as_str()).filter(|n| !n.is_empty()).map(intern).collect())
-                .unwrap_or_default(),
+            extra: EndpointExtra {
+                hostname: hostname.map(String::into_boxed_str),
+                zone_hints: ep
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.for_zones.as_ref())
+                    .map(|z| z.iter().map(|z| z.name.as_str()).filter(|n| !n.is_empty()).map(intern).collect())
+                    .unwrap_or_default(),
+                node_hints: ep
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .map(|n| n.iter().map(|n| n.name.as_str()).filter(|n| !n.is_empty()).map(intern).collect())
+                    .unwrap_or_default(),
+            }
+            .boxed(),
         });
     }
 

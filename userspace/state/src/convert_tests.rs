@@ -290,18 +290,16 @@ fn slice_defaults() {
             one(", hostname: pod-0, nodeName: n1, zone: z1, targetRef: {kind: Pod, name: web-0}"),
             &|s| {
                 let e = &s.endpoints[0];
-                e.hostname.as_deref() == Some("pod-0")
-                    && e.node_name.as_deref() == Some("n1")
-                    && e.zone.as_deref() == Some("z1")
+                e.hostname() == Some("pod-0") && e.node_name.as_deref() == Some("n1") && e.zone.as_deref() == Some("z1")
             },
         ),
         // topology hints: zones and nodes (trafficDistribution PreferClose / PreferSameNode)
         ("hints", one(", hints: {forZones: [{name: a}, {name: b}], forNodes: [{name: n1}]}"), &|s| {
             let names = |h: &[std::sync::Arc<str>]| h.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-            names(&s.endpoints[0].zone_hints) == ["a", "b"] && names(&s.endpoints[0].node_hints) == ["n1"]
+            names(s.endpoints[0].zone_hints()) == ["a", "b"] && names(s.endpoints[0].node_hints()) == ["n1"]
         }),
         // no hints: empty lists
-        ("no hints", one(""), &|s| s.endpoints[0].zone_hints.is_empty() && s.endpoints[0].node_hints.is_empty()),
+        ("no hints", one(""), &|s| s.endpoints[0].extra.is_none()),
         // IPv6 slice
         ("ipv6", eps("addressType: IPv6\nendpoints: [{addresses: ['fd00::1']}]"), &|s| {
             s.endpoints[0].addresses[..] == [ip("fd00::1")]

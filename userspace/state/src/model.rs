@@ -135,9 +135,9 @@ pub struct EndpointPort {
 }
 
 /// One endpoint of a slice. The catalog holds a million of these at
-/// 100,000 Services, so it is kept small (~120 bytes, no allocation in the
+/// 100,000 Services, so it is kept small (80 bytes, no allocation in the
 /// common case): one address inline, node and zone names interned, the
-/// rarely set strings boxed. Fields the agent and DNS never read
+/// rarely set fields in one box. Fields the agent and DNS never read
 /// (`targetRef`) are not kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
@@ -155,17 +155,33 @@ pub struct Endpoint {
     pub serving: bool,
     /// `conditions.terminating`; absent means false.
     pub terminating: bool,
-    pub hostname: Option<Box<str>>,
     /// Interned ([`intern`]): a cluster has far fewer nodes than endpoints.
     pub node_name: Option<Arc<str>>,
     /// Interned.
     pub zone: Option<Arc<str>>,
+    /// Hostname and topology hints, which most endpoints lack: `None`
+    /// when all are unset (see the accessors).
+    pub extra: Option<Box<EndpointExtra>>,
+}
+
+/// The rarely set parts of an [`Endpoint`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointExtra {
+    pub hostname: Option<Box<str>>,
     /// `hints.forZones[].name`: the zones whose nodes should send this
     /// endpoint traffic (topology-aware routing, `trafficDistribution:
     /// PreferClose`). Empty: no zone hints.
     pub zone_hints: Box<[Arc<str>]>,
     /// `hints.forNodes[].name` (`trafficDistribution: PreferSameNode`).
     pub node_hints: Box<[Arc<str>]>,
+}
+
+impl EndpointExtra {
+    /// `None` when nothing is set, so an endpoint without extras stays
+    /// unboxed.
+    pub fn boxed(self) -> Option<Box<Self>> {
+        (self != Self::default()).then(|| Box::new(self))
+    }
 }
 
 impl Endpoint {
@@ -177,12 +193,22 @@ impl Endpoint {
             ready: true,
             serving: true,
             terminating: false,
-            hostname: None,
             node_name: None,
             zone: None,
-            zone_hints: Box::default(),
-            node_hints: Box::default(),
+            extra: None,
         }
+    }
+
+    pub fn hostname(&self) -> Option<&str> {
+        self.extra.as_ref()?.hostname.as_deref()
+    }
+
+    pub fn zone_hints(&self) -> &[Arc<str>] {
+        self.extra.as_ref().map_or(&[], |e| &e.zone_hints)
+    }
+
+    pub fn node_hints(&self) -> &[Arc<str>] {
+        self.extra.as_ref().map_or(&[], |e| &e.node_hints)
     }
 }
 
