@@ -711,9 +711,8 @@ fn encode_service(
     let entries = encode_records(recs, ttl);
     // Both names are owners of this Service's own records (a PTR target is
     // its A/AAAA owner): their keys are shared rather than allocated again.
-    let key_of = |wire: Vec<u8>| {
-        entries.iter().find(|(k, _)| **k == *wire).map_or_else(|| Key::from(wire), |(k, _)| k.clone())
-    };
+    let key_of =
+        |wire: Vec<u8>| entries.iter().find(|(k, _)| **k == *wire).map_or_else(|| Key::from(wire), |(k, _)| k.clone());
     let ptr_targets = ptr_names.into_iter().map(|(rev, t)| (key_of(rev), key_of(t))).collect();
     CachedService { key: svc.key.clone(), svc: svc.clone(), slices: slices.to_vec(), entries, ptr_targets }
 }
