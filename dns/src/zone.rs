@@ -254,15 +254,15 @@ fn service_records(cat: &Catalog, svc: &Service, zone: &str, ttl: u32, recs: &mu
             if !(ep.ready || svc.publish_not_ready_addresses) {
                 continue;
             }
-            for ip in &ep.addresses {
-                let host = ep.hostname().map_or_else(|| generated_hostname(*ip), str::to_owned);
+            for ip in ep.addresses() {
+                let host = ep.hostname().map_or_else(|| generated_hostname(ip), str::to_owned);
                 let Some(host_name) = name(&format!("{host}.{base_s}")) else {
                     continue;
                 };
-                recs.add(&base, addr_rdata(*ip), ttl);
-                recs.add(&host_name, addr_rdata(*ip), ttl);
-                ptrs.entry(reverse_name(*ip)).or_default().push(host_name.clone());
-                hosts.entry(host_name).or_default().push(*ip);
+                recs.add(&base, addr_rdata(ip), ttl);
+                recs.add(&host_name, addr_rdata(ip), ttl);
+                ptrs.entry(reverse_name(ip)).or_default().push(host_name.clone());
+                hosts.entry(host_name).or_default().push(ip);
             }
         }
     }

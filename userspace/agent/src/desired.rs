@@ -349,8 +349,8 @@ fn backends_for(
             {
                 continue;
             }
-            for ip in ep.addresses.iter().filter(|ip| ip.is_ipv6() == v6) {
-                let c = cands.entry(BackendAddr { ip: *ip, port: target }).or_insert(cat);
+            for ip in ep.addresses().filter(|ip| ip.is_ipv6() == v6) {
+                let c = cands.entry(BackendAddr { ip, port: target }).or_insert(cat);
                 *c = (*c).max(cat);
             }
         }
@@ -1085,6 +1085,7 @@ mod tests {
                 .iter()
                 .map(|(a, zh, nh)| Endpoint {
                     extra: EndpointExtra {
+                        more_addresses: Box::default(),
                         hostname: None,
                         zone_hints: zh.iter().map(|z| Arc::from(*z)).collect(),
                         node_hints: nh.iter().map(|n| Arc::from(*n)).collect(),

@@ -406,9 +406,9 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
         // use for them (kube-proxy ignores them too), so their endpoints are
         // kept without addresses.
         let addresses = if address_type == AddressType::Fqdn {
-            SmallVec::new()
+            Vec::new()
         } else {
-            let ips: SmallVec<[IpAddr; 1]> = parse_ips(&field("addresses"), &ep.addresses)?;
+            let ips: Vec<IpAddr> = parse_ips(&field("addresses"), &ep.addresses)?;
             let want_v4 = address_type == AddressType::IPv4;
             if let Some((j, ip)) = ips.iter().enumerate().find(|(_, ip)| ip.is_ipv4() != want_v4) {
                 return Err(ConvertError::invalid(
@@ -429,14 +429,19 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<EndpointSlice,
         if let Some(h) = &hostname {
             validate_dns_label(&field("hostname"), h)?;
         }
+        let (address, more_addresses) = match addresses.split_first() {
+            Some((first, more)) => (Some(*first), more.into()),
+            None => (None, Box::default()),
+        };
         endpoints.push(Endpoint {
-            addresses,
+            address,
             ready,
             serving: cond.serving.unwrap_or(true),
             terminating: cond.terminating.unwrap_or(false),
             node_name: ep.node_name.as_deref().filter(|n| !n.is_empty()).map(intern),
             zone: ep.zone.as_deref().filter(|z| !z.is_empty()).map(intern),
             extra: EndpointExtra {
+                more_addresses,
                 hostname: hostname.map(String::into_boxed_str),
                 zone_hints: ep
                     .hints

@@ -135,15 +135,17 @@ pub struct EndpointPort {
 }
 
 /// One endpoint of a slice. The catalog holds a million of these at
-/// 100,000 Services, so it is kept small (80 bytes, no allocation in the
+/// 100,000 Services, so it is kept small (64 bytes, no allocation in the
 /// common case): one address inline, node and zone names interned, the
 /// rarely set fields in one box. Fields the agent and DNS never read
 /// (`targetRef`) are not kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
-    /// The EndpointSlice controller writes exactly one (the API allows up
-    /// to 100; every consumer treats them alike).
-    pub addresses: SmallVec<[IpAddr; 1]>,
+    /// The first of `addresses` (`None` in FQDN slices, whose addresses
+    /// nothing here uses). The EndpointSlice controller writes exactly one;
+    /// the API allows up to 100, the rest are in `extra`. Read them all
+    /// with [`addresses`](Self::addresses).
+    pub address: Option<IpAddr>,
     /// `conditions.ready`; absent means true (discovery/v1 API). This is the
     /// condition new flows follow: with `publishNotReadyAddresses` the
     /// EndpointSlice controller sets it on unready and terminating pods too.
@@ -167,6 +169,8 @@ pub struct Endpoint {
 /// The rarely set parts of an [`Endpoint`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EndpointExtra {
+    /// `addresses[1..]`.
+    pub more_addresses: Box<[IpAddr]>,
     pub hostname: Option<Box<str>>,
     /// `hints.forZones[].name`: the zones whose nodes should send this
     /// endpoint traffic (topology-aware routing, `trafficDistribution:
@@ -189,7 +193,7 @@ impl Endpoint {
     /// slice lists a running pod without hostname, node or hints.
     pub fn new(address: IpAddr) -> Self {
         Self {
-            addresses: [address].into(),
+            address: Some(address),
             ready: true,
             serving: true,
             terminating: false,
@@ -197,6 +201,12 @@ impl Endpoint {
             zone: None,
             extra: None,
         }
+    }
+
+    /// Every address, in the slice's order.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let more = self.extra.as_ref().map_or(&[][..], |e| &e.more_addresses);
+        self.address.into_iter().chain(more.iter().copied())
     }
 
     pub fn hostname(&self) -> Option<&str> {
@@ -423,5 +433,31 @@ impl Endpoint {
     /// Terminating but still serving: used only when no endpoint is ready.
     pub fn is_serving_terminating(&self) -> bool {
         self.serving && self.terminating
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The catalog holds a million endpoints at 100,000 Services: every
+    /// byte here is a megabyte in both the agent and ferry-dns.
+    #[test]
+    fn an_endpoint_stays_small() {
+        assert!(std::mem::size_of::<Endpoint>() <= 64, "{} bytes", std::mem::size_of::<Endpoint>());
+        assert!(std::mem::size_of::<ObjectKey>() <= 32);
+    }
+
+    #[test]
+    fn every_address_of_an_endpoint_in_order() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(Endpoint::new(a).addresses().collect::<Vec<_>>(), [a]);
+        let two = Endpoint {
+            extra: EndpointExtra { more_addresses: [b].into(), ..Default::default() }.boxed(),
+            ..Endpoint::new(a)
+        };
+        assert_eq!(two.addresses().collect::<Vec<_>>(), [a, b]);
+        assert_eq!(Endpoint { address: None, ..Endpoint::new(a) }.addresses().count(), 0);
     }
 }
