@@ -101,3 +101,77 @@ fn bridge_veth_addresses_and_routes_across_two_namespaces() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn vxlan_device_fdb_neighbours_and_protocol_tagged_routes() {
+    use ferry_netlink::{FdbEntry, RouteEntry, VxlanSpec, ROUTE_PROTOCOL};
+    let node = fresh_netns();
+    std::thread::spawn(move || {
+        let _g = node.enter().unwrap();
+        let nl = Netlink::open().unwrap();
+        // an underlay: a bridge with an address stands in for eth0
+        let (ul, _) = nl.ensure_bridge("ul-test", 1500, [2, 0, 0, 0, 1, 1]).unwrap();
+        nl.add_addr(ul.index, "192.168.77.1".parse().unwrap(), 24).unwrap();
+        let spec = VxlanSpec {
+            name: "vx-test".into(),
+            vni: 7,
+            port: 8472,
+            local: "192.168.77.1".parse().unwrap(),
+            underlay: ul.index,
+            mtu: 1450,
+            mac: [0x0e, 0x46, 192, 168, 77, 1],
+        };
+        let (vx, created) = nl.ensure_vxlan(&spec).unwrap();
+        assert!(created && vx.up && vx.mtu == 1450);
+        let (_, found) = nl.vxlan("vx-test").unwrap().unwrap();
+        assert_eq!(found, spec, "read back as created");
+        // same spec: kept (same index); another MTU: corrected in place
+        let (again, created) = nl.ensure_vxlan(&VxlanSpec { mtu: 1400, ..spec.clone() }).unwrap();
+        assert!(!created && again.index == vx.index && again.mtu == 1400);
+        // another VNI cannot be changed in place: re-created
+        let (other, created) = nl.ensure_vxlan(&VxlanSpec { vni: 8, ..spec.clone() }).unwrap();
+        assert!(created && other.index != vx.index);
+        let vx = other;
+
+        let mac = [0x0e, 0x46, 192, 168, 78, 11];
+        let fdb = FdbEntry { mac, dst: "192.168.78.11".parse().unwrap() };
+        nl.put_fdb(vx.index, &fdb).unwrap();
+        nl.put_fdb(vx.index, &fdb).unwrap(); // a replace: idempotent
+        assert_eq!(nl.fdb(vx.index).unwrap(), [fdb]);
+        let gw: IpAddr = "10.244.3.0".parse().unwrap();
+        nl.put_neighbour(vx.index, gw, mac).unwrap();
+        let n = nl.neighbours(vx.index).unwrap();
+        assert!(n.iter().any(|n| n.ip == gw && n.mac == mac && n.permanent), "{n:?}");
+
+        let route = RouteEntry {
+            dst: "10.244.3.0".parse().unwrap(),
+            prefix: 24,
+            gateway: gw,
+            oif: vx.index,
+            onlink: true,
+            protocol: ROUTE_PROTOCOL,
+        };
+        nl.put_route(&route, false).unwrap();
+        assert!(nl.route_entries().unwrap().contains(&route), "read back as added (onlink, protocol)");
+        // replaced in place: host-gw instead
+        let hostgw = RouteEntry { gateway: "192.168.77.9".parse().unwrap(), oif: ul.index, onlink: false, ..route };
+        nl.put_route(&hostgw, true).unwrap();
+        let now = nl.route_entries().unwrap();
+        assert!(now.contains(&hostgw) && !now.contains(&route), "{now:?}");
+        // a delete with Ferry's protocol never removes another protocol's route
+        let theirs = RouteEntry { dst: "10.244.9.0".parse().unwrap(), protocol: 4, ..hostgw };
+        nl.put_route(&theirs, false).unwrap();
+        assert!(!nl.del_route(&RouteEntry { protocol: ROUTE_PROTOCOL, ..theirs }).unwrap());
+        assert!(nl.route_entries().unwrap().contains(&theirs));
+        assert!(nl.del_route(&hostgw).unwrap());
+        assert!(!nl.del_route(&hostgw).unwrap(), "ESRCH is a value");
+
+        assert!(nl.del_neighbour(vx.index, gw).unwrap());
+        assert!(!nl.del_neighbour(vx.index, gw).unwrap());
+        assert!(nl.del_fdb(vx.index, &fdb).unwrap());
+        assert!(!nl.del_fdb(vx.index, &fdb).unwrap());
+        assert!(nl.fdb(vx.index).unwrap().is_empty());
+    })
+    .join()
+    .unwrap();
+}
