@@ -327,7 +327,8 @@ mod tests {
                     // port's name and protocol, the resolved target port.
                     ports: vec![EndpointPort { name: String::new(), protocol: Protocol::Tcp, port: 8080 }],
                     endpoints: eps.iter().map(|a| Endpoint::new(a.parse().unwrap())).collect(),
-                })],
+                })]
+                .into(),
             );
         }
         Arc::new(c)

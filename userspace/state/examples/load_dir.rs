@@ -7,7 +7,7 @@ fn main() {
     eprintln!(
         "{} services, {} slices, {} errors in {:?}",
         cat.services.len(),
-        cat.slices.values().map(Vec::len).sum::<usize>(),
+        cat.slices.values().map(|g| g.len()).sum::<usize>(),
         errors.len(),
         start.elapsed()
     );
