@@ -354,7 +354,7 @@ struct CachedService {
     key: ferry_state::ObjectKey,
     /// Shared with the catalog it was built from, not copies.
     svc: Arc<Service>,
-    slices: Vec<Arc<ferry_state::EndpointSlice>>,
+    slices: ferry_state::SlicesOf,
     entries: Encoded,
     /// This Service's PTR records (reverse name, target name), for merging
     /// with other Services': both are keys of `entries`, shared.
@@ -754,7 +754,7 @@ fn encode_service(
     let key_of =
         |wire: Vec<u8>| entries.iter().find(|(k, _)| **k == *wire).map_or_else(|| Key::from(wire), |(k, _)| k.clone());
     let ptr_targets = ptr_names.into_iter().map(|(rev, t)| (key_of(rev), key_of(t))).collect();
-    CachedService { key: svc.key.clone(), svc: svc.clone(), slices: slices.to_vec(), entries, ptr_targets }
+    CachedService { key: svc.key.clone(), svc: svc.clone(), slices: slices.into(), entries, ptr_targets }
 }
 
 /// Equal values, the same allocation first (the common case: an untouched
