@@ -107,29 +107,41 @@ pub fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Follow the catalog and keep the conflist in line with this node's Node.
-pub async fn follow(mut rx: watch::Receiver<Snapshot>, settings: CniSettings) {
-    let mut last: Option<(Changes, Vec<String>)> = None;
+/// Follow the catalog and keep the conflist in line with this node's Node,
+/// with the pod MTU from `mtu` (the routing task's, which knows the
+/// underlay and the tunnels): nothing is written before it is known, and a
+/// new MTU rewrites the conflist (pods created after it get it).
+pub async fn follow(
+    mut rx: watch::Receiver<Snapshot>,
+    mut settings: CniSettings,
+    mut mtu: watch::Receiver<Option<u32>>,
+) {
+    let mut last: Option<(Changes, Vec<String>, u32)> = None;
+    let mut mtu_open = true;
     loop {
+        let pod_mtu = *mtu.borrow_and_update();
         let snap = rx.borrow_and_update().clone();
-        if snap.ready {
+        if let (true, Some(pod_mtu)) = (snap.ready, pod_mtu) {
             let cat: &Arc<Catalog> = &snap.catalog;
             let relevant = match &last {
-                Some((changes, _)) => {
-                    cat.changes.since(changes).is_none_or(|c| c.nodes.contains(settings.node_name.as_str()))
+                Some((changes, _, written)) => {
+                    *written != pod_mtu
+                        || cat.changes.since(changes).is_none_or(|c| c.nodes.contains(settings.node_name.as_str()))
                 }
                 None => true,
             };
             if relevant {
+                settings.mtu = pod_mtu;
                 let cidrs = cat.node(&settings.node_name).map(|n| n.pod_cidrs.clone()).unwrap_or_default();
-                apply(&settings, last.as_ref().map(|(_, c)| c.as_slice()), &cidrs);
-                last = Some((cat.changes.clone(), cidrs));
-            } else if let Some((changes, _)) = &mut last {
+                apply(&settings, last.as_ref().map(|(_, c, _)| c.as_slice()), &cidrs);
+                last = Some((cat.changes.clone(), cidrs, pod_mtu));
+            } else if let Some((changes, _, _)) = &mut last {
                 *changes = cat.changes.clone();
             }
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            r = mtu.changed(), if mtu_open => if r.is_err() { mtu_open = false },
         }
     }
 }
@@ -219,7 +231,8 @@ mod tests {
         };
         let mut feed = ferry_state::Feed::new();
         let (tx, rx) = watch::channel(Snapshot { catalog: feed.publish(&node("")), ready: true, generation: 1 });
-        let task = tokio::spawn(follow(rx, s.clone()));
+        let (_mtu_tx, mtu_rx) = watch::channel(Some(1450));
+        let task = tokio::spawn(follow(rx, s.clone(), mtu_rx));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!s.path.exists(), "no pod CIDR: no conflist");
         tx.send(Snapshot { catalog: feed.publish(&node("10.244.3.0/24")), ready: true, generation: 2 }).unwrap();
@@ -232,6 +245,7 @@ mod tests {
             }
         }
         assert!(text.contains("10.244.3.0/24"), "{text}");
+        assert!(text.contains("\"mtu\": 1450"), "the routing task's MTU: {text}");
         drop(tx);
         task.await.unwrap();
     }

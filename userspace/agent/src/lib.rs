@@ -10,6 +10,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod names;
+pub mod routing;
 pub mod sync;
 
 use std::net::SocketAddr;
@@ -40,9 +41,27 @@ pub struct Args {
     /// The pod bridge named in the written CNI configuration.
     #[arg(long, default_value = "ferry0")]
     pub cni_bridge: String,
-    /// The pod MTU in the written CNI configuration.
-    #[arg(long, default_value_t = 1500)]
-    pub cni_mtu: u32,
+    /// The pod MTU in the written CNI configuration. Unset: what fits the paths pods
+    /// may take (the underlay's MTU, minus the VXLAN overhead in auto and vxlan modes:
+    /// 50 bytes, 70 with an IPv6 pod CIDR). Set: used where it fits, lowered where not.
+    #[arg(long)]
+    pub cni_mtu: Option<u32>,
+    /// How other nodes' pod CIDRs are reached: host-gw (a route via the peer's
+    /// InternalIP), vxlan (through the ferry.vxlan / ferry.vxlan6 devices), auto (host-gw
+    /// for peers on this node's L2 segment, VXLAN for the others), none. Needs
+    /// --node-name; routes carry route protocol 70.
+    #[arg(long, value_enum, env = "FERRY_ROUTING", default_value = "auto")]
+    pub routing: routing::Mode,
+    /// VXLAN network identifier of the Ferry tunnels.
+    #[arg(long, default_value_t = 1)]
+    pub vxlan_vni: u32,
+    /// VXLAN UDP port (Flannel's default, not IANA's 4789).
+    #[arg(long, default_value_t = 8472)]
+    pub vxlan_port: u16,
+    /// The device tunnels and host-gw routes use. Unset: the one holding this node's
+    /// InternalIP.
+    #[arg(long, env = "FERRY_UNDERLAY_DEV")]
+    pub underlay_dev: Option<String>,
     /// bpffs directory for the pinned programs, maps and links.
     #[arg(long, default_value = ferry_common::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
@@ -182,7 +201,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             node_name: node.clone(),
             pin_dir: args.pin_dir.clone(),
             bridge: args.cni_bridge.clone(),
-            mtu: args.cni_mtu,
+            mtu: routing::pod_mtu(args.routing, None, false, args.cni_mtu),
         }),
         (Some(path), None) if !path.as_os_str().is_empty() => {
             anyhow::bail!("--write-cni-conf needs --node-name (or NODE_NAME): the conflist comes from this node's Node")
@@ -234,7 +253,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let state_dir = args.state_dir.clone().unwrap_or_else(|| names::default_state_dir(&args.pin_dir));
     let names_file = names::names_path(&state_dir);
     let collector = metrics::MapCollector::new(ferry_datapath::open_pinned(&args.pin_dir)?, names_file.clone());
-    let metrics = Arc::new(metrics::Metrics::new(Some(collector), Some(source.status.clone())));
+    let mut metrics = metrics::Metrics::new(Some(collector), Some(source.status.clone()));
+    // Routing follows this node's Node: without a name there is nothing to
+    // route from. The conflist waits for the MTU it computes.
+    let (mtu_tx, mtu_rx) = tokio::sync::watch::channel(None);
+    if let Some(node) = args.node_name.as_ref().filter(|n| !n.is_empty()) {
+        let shared = Arc::new(routing::task::Shared::default());
+        metrics.set_routing(shared.clone());
+        let settings = routing::task::Settings {
+            config: routing::Config {
+                mode: args.routing,
+                vni: args.vxlan_vni,
+                port: args.vxlan_port,
+                underlay_dev: args.underlay_dev.clone(),
+            },
+            node_name: node.clone(),
+            netns: args.netns.as_deref().map(netns_path),
+            cni_mtu: args.cni_mtu,
+        };
+        // The thread lives as long as the process.
+        routing::task::spawn(settings, source.snapshots.clone(), shared, mtu_tx)?;
+    }
+    let metrics = Arc::new(metrics);
     let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
 
     let node = NodeContext {
@@ -243,7 +283,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         zone: None, // from the Node object, at each sync
     };
     if let Some(cni) = cni {
-        tokio::spawn(cniconf::follow(source.snapshots.clone(), cni));
+        tokio::spawn(cniconf::follow(source.snapshots.clone(), cni, mtu_rx));
     }
     let rec = sync::Reconciler::new(node, programmed);
     let sync_task = tokio::spawn(sync::run_loop(rx, rec, maps, metrics, names_file));

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub generation: AtomicU64,
     /// The catalog source's state, for /status.
     source: Option<tokio::sync::watch::Receiver<ferry_state::SourceStatus>>,
+    /// The routing task's state, for /status (and its metrics).
+    routing: Option<Arc<crate::routing::task::Shared>>,
 }
 
 impl Metrics {
@@ -81,7 +83,14 @@ impl Metrics {
             syncs: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             source,
+            routing: None,
         }
+    }
+
+    /// Adds the routing task's state to /status and /metrics.
+    pub fn set_routing(&mut self, shared: Arc<crate::routing::task::Shared>) {
+        self.registry.register_collector(Box::new(crate::routing::task::RoutingCollector(shared.clone())));
+        self.routing = Some(shared);
     }
 
     pub fn set_programmed(&self, p: &Programmed) {
@@ -111,6 +120,7 @@ impl Metrics {
             "syncs": self.syncs.load(Ordering::Acquire),
             "generation": self.generation.load(Ordering::Acquire),
             "source": source,
+            "routing": self.routing.as_ref().map(|r| r.snapshot()),
         });
         v.to_string() + "\n"
     }
