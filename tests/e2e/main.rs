@@ -6,5 +6,6 @@ mod dns;
 mod image;
 mod kube;
 mod lb;
+mod routing;
 mod semantics;
 mod socklb;

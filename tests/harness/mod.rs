@@ -42,7 +42,10 @@
 //! - [`underlay::Underlay`]: several nodes on one L2 segment of their own
 //!   (`plug_node(&node, host_no)` gives the node an `eth0` with
 //!   192.168.<seg>.<host_no>), outside clients (`client(host_no)`), and
-//!   `route_via(netns, "10.244.1.0/24", peer_ip)` for host-gw routes.
+//!   `route_via(netns, "10.244.1.0/24", peer_ip)` for host-gw routes by hand;
+//!   [`underlay::Router`]`::new(&[&ul1, &ul2])` joins segments (host 1 of
+//!   each, forwarding only in its own namespace) and `router.connect(netns,
+//!   &ul1)` routes a member to the other segments through it.
 
 pub mod lb;
 pub mod node;
