@@ -111,8 +111,9 @@ impl Cluster {
         }
         // The namespaces are a second old: for about a second more, IPv6
         // across the router is lost (IPv4, and IPv6 on one segment, work at
-        // once; the cause is not found yet). Wait, bounded, until every pod
-        // reaches every other before measuring anything.
+        // once; the router forwards the tunnel's packets but solicits no
+        // neighbour for c yet: cause not found). Wait, bounded, until every
+        // pod reaches every other before measuring anything.
         let quick = Duration::from_millis(200);
         assert_eventually!(c.talk_all(quick).is_empty(), SETTLE, "every pod reaches every other: {:#?}", c.talk_all(T));
         c
