@@ -143,12 +143,17 @@ impl Cluster {
     }
 
     /// Everything routing could touch on node `i`: every route of every
-    /// table, the FDB and the permanent neighbours of the tunnels.
+    /// table (but link-local ones), the FDB and the permanent neighbours of
+    /// the tunnels.
     fn kernel_state(&self, i: usize) -> BTreeSet<String> {
         let n = &self.nodes[i];
         let mut out = BTreeSet::new();
         for fam in ["-4", "-6"] {
-            out.extend(n.ip(&[fam, "route", "show", "table", "all"]).lines().map(|l| format!("route {l}")));
+            // Less the kernel's link-local routes: a pod's host veth gets
+            // its `local fe80::..` route when its DAD ends, a second or so
+            // after the pod was made, whatever routing does.
+            let routes = n.ip(&[fam, "route", "show", "table", "all"]);
+            out.extend(routes.lines().filter(|l| !l.contains("fe80::")).map(|l| format!("route {l}")));
         }
         for dev in ["ferry.vxlan", "ferry.vxlan6"] {
             if util::sh_ok(&["ip", "-n", n.name(), "link", "show", dev]).is_err() {
