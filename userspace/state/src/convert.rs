@@ -473,9 +473,12 @@ pub fn node(node: &core::Node) -> Result<Node, ConvertError> {
     }
     let mut addresses = Vec::new();
     let status_addrs = node.status.as_ref().and_then(|s| s.addresses.as_deref()).unwrap_or_default();
-    for (i, a) in status_addrs.iter().enumerate() {
-        // Hostname / DNS entries name the node, they are not addresses.
-        if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
+    // InternalIPs first, then ExternalIPs, each in the listed order: the
+    // first address of a family is the one pods are routed through, and the
+    // API does not order the list by type. Hostname / DNS entries name the
+    // node, they are not addresses.
+    for kind in ["InternalIP", "ExternalIP"] {
+        for (i, a) in status_addrs.iter().enumerate().filter(|(_, a)| a.type_ == kind) {
             let ip = parse_ip(&format!("status.addresses[{i}].address"), &a.address)?;
             if !addresses.contains(&ip) {
                 addresses.push(ip);

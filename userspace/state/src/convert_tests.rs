@@ -364,6 +364,11 @@ fn node_rules() {
                 && n.pod_cidrs == ["10.244.1.0/24", "fd00:1::/64"]
         }),
         // the zone label is the node's zone, for topology hints
+        // an ExternalIP listed first still comes after the InternalIPs
+        ("internal first", node_doc(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+             status: {addresses: [{type: ExternalIP, address: 203.0.113.5}, {type: InternalIP, address: 192.168.1.10}, {type: InternalIP, address: 'fd00::10'}]}",
+        ), &|n| n.addresses == [ip("192.168.1.10"), ip("fd00::10"), ip("203.0.113.5")]),
         ("zone label", node_doc("apiVersion: v1\nkind: Node\nmetadata: {name: n3, labels: {topology.kubernetes.io/zone: z1}}"), &|n| {
             n.zone.as_deref() == Some("z1")
         }),

@@ -242,6 +242,8 @@ pub struct EndpointSlice {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub name: String,
+    /// `status.addresses` of type InternalIP, then ExternalIP: the first of
+    /// a family is the node's InternalIP of that family when it has one.
     pub addresses: Vec<IpAddr>,
     pub pod_cidrs: Vec<String>,
     /// The `topology.kubernetes.io/zone` label: where topology hints are
