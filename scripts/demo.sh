@@ -167,7 +167,7 @@ mkdir "$CGROUP"
 on_exit "rmdir '$CGROUP'"
 nsenter --net="/run/netns/$NODE_NS" "$BIN/ferry-agent" --yaml-dir "$CATALOG" --pin-dir "$PIN" \
     --state-dir "$WORK/agent-state" --iface-pattern "$PODS" --metrics-addr 127.0.0.1:9962 \
-    --socket-lb-cgroup "$CGROUP" \
+    --socket-lb-cgroup "$CGROUP" --node-name node-a \
     --maglev-size 1021 --max-tables 64 --max-services 256 --max-backends 1024 --ct-size 16384 --affinity-size 1024 \
     >"$WORK/agent.log" 2>&1 &
 AGENT=$!
@@ -254,6 +254,96 @@ import socket
 for _ in range(3):
     c = socket.create_connection(("web", 80), timeout=2)
     print("    web -> %s served by %s" % (c.getpeername()[0], c.recv(100).decode().strip()))
+    c.close()
+'
+
+# --- routing between nodes (issue 13) ---
+say "A second node: routes between nodes from the Node objects (host-gw on a shared segment)"
+NODE_B="${ID}-nodeb"
+ip netns add "$NODE_B"
+on_exit "ip netns del '$NODE_B'"
+ip -n "$NODE_B" link set lo up
+ip netns exec "$NODE_B" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 \
+    net.ipv6.conf.all.forwarding=1
+# The segment between the nodes: one veth pair, eth0 on each side, created
+# straight into the two namespaces.
+ip link add "${ID}u0" netns "$NODE_NS" type veth peer name "${ID}u1" netns "$NODE_B"
+ip -n "$NODE_NS" link set "${ID}u0" name eth0
+ip -n "$NODE_B" link set "${ID}u1" name eth0
+for n in "$NODE_NS:1" "$NODE_B:2"; do
+    ns=${n%:*} h=${n#*:}
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.eth0.accept_dad=0 net.ipv6.conf.all.forwarding=1
+    ip -n "$ns" addr add "192.168.250.$h/24" dev eth0
+    ip -n "$ns" addr add "fd00:250::$h/64" dev eth0 nodad
+    ip -n "$ns" link set eth0 up
+done
+cat >"$CATALOG/nodes.yaml" <<EOF2
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec: {podCIDRs: [10.244.0.0/24, "fd00:10:244::/64"]}
+status: {addresses: [{type: InternalIP, address: 192.168.250.1}, {type: InternalIP, address: "fd00:250::1"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-b}
+spec: {podCIDRs: [10.244.1.0/24, "fd00:10:245::/64"]}
+status: {addresses: [{type: InternalIP, address: 192.168.250.2}, {type: InternalIP, address: "fd00:250::2"}]}
+EOF2
+echo "  nodes: node-a (this demo's first node) 192.168.250.1, pods 10.244.0.0/24;"
+echo "         node-b $NODE_B 192.168.250.2, pods 10.244.1.0/24 (Node objects in the YAML directory)"
+NETCONF_B="$WORK/10-ferry-b.conf"
+sed -e 's|10.244.0.0/24|10.244.1.0/24|' -e 's|fd00:10:244::/64|fd00:10:245::/64|' \
+    -e "s|$WORK/ipam|$WORK/ipam-b|" "$NETCONF" >"$NETCONF_B"
+POD_NS[4]="${ID}-podb0"
+ip netns add "${POD_NS[4]}"
+on_exit "ip netns del '${POD_NS[4]}'"
+ip -n "${POD_NS[4]}" link set lo up
+cni_b() {
+    ip netns exec "$NODE_B" env -i PATH="$PATH" CNI_COMMAND="$1" CNI_CONTAINERID="${ID}-pod$2" \
+        CNI_NETNS="/run/netns/${POD_NS[$2]}" CNI_IFNAME=eth0 CNI_PATH="$BIN:/usr/lib/cni" \
+        "$BIN/ferry" <"$NETCONF_B"
+}
+result=$(cni_b ADD 4)
+on_exit "cni_b DEL 4"
+POD_IP[4]=$(first_ip 4 <<<"$result")
+echo "  pod podb0 on node-b: ${POD_IP[4]}"
+PIN_B="/sys/fs/bpf/ferry-demo-b-$$"
+on_exit "rm -rf '$PIN_B'"
+nsenter --net="/run/netns/$NODE_B" "$BIN/ferry-agent" --yaml-dir "$CATALOG" --pin-dir "$PIN_B" \
+    --state-dir "$WORK/agent-b-state" --iface-pattern "$PODS" --metrics-addr 127.0.0.1:9962 \
+    --node-name node-b \
+    --maglev-size 1021 --max-tables 64 --max-services 256 --max-backends 1024 --ct-size 16384 --affinity-size 1024 \
+    >"$WORK/agent-b.log" 2>&1 &
+AGENT_B=$!
+on_exit "kill $AGENT_B"
+routed=""
+for _ in $(seq 200); do
+    if ip -n "$NODE_B" route show proto 70 | grep -q 10.244.0.0/24 &&
+        ip -n "$NODE_NS" route show proto 70 | grep -q 10.244.1.0/24 &&
+        [ "$(ls "$PIN_B/links" 2>/dev/null | grep -c -- '-in$')" -ge 1 ]; then
+        routed=1; break
+    fi
+    kill -0 "$AGENT_B" 2>/dev/null || break
+    sleep 0.05
+done
+[ -n "$routed" ] || { echo "  no routes between the nodes; the agents' logs:"; sed 's/^/    /' "$WORK/agent.log" "$WORK/agent-b.log"; exit 1; }
+echo "  routes the agents installed (route protocol 70, Ferry's own):"
+echo "    node-a: $(ip -n "$NODE_NS" route show proto 70 | grep -v : | head -1)"
+echo "    node-b: $(ip -n "$NODE_B" route show proto 70 | grep -v : | head -1)"
+echo "  podb0 (node-b) -> pod0 (node-a) ${POD_IP[0]}:8080, no route added by hand:"
+in_pod 4 python3 -c '
+import socket, sys
+c = socket.create_connection((sys.argv[1], 8080), timeout=2)
+print("    answered by %s" % c.recv(100).decode().strip())
+c.close()
+' "${POD_IP[0]}"
+echo "  podb0 -> http://10.96.0.10:80, the Service whose backends are all on node-a (6 connects):"
+in_pod 4 python3 -c '
+import socket
+for _ in range(6):
+    c = socket.create_connection(("10.96.0.10", 80), timeout=2)
+    print("    %s (peer %s:%d)" % (c.recv(100).decode().strip(), *c.getpeername()))
     c.close()
 '
 
