@@ -351,8 +351,8 @@ fn shard_of(key: &[u8]) -> usize {
 /// What one Service contributes to the zone, reused as is when neither the
 /// Service nor its EndpointSlices changed.
 struct CachedService {
-    key: ferry_state::ObjectKey,
-    /// Shared with the catalog it was built from, not copies.
+    /// Shared with the catalog it was built from, not copies (its key is
+    /// this entry's).
     svc: Arc<Service>,
     slices: ferry_state::SlicesOf,
     entries: Encoded,
@@ -501,7 +501,7 @@ impl ZoneCache {
         self.last_changes = Some(cat.changes.clone());
         for id in gone {
             let old = self.slots[id as usize].take().expect("live id");
-            self.ids.remove(&old.key);
+            self.ids.remove(&old.svc.key);
             self.withdraw(id, &old.entries, &mut dirty);
             self.free.push(id);
         }
@@ -661,9 +661,10 @@ impl ZoneCache {
             (STATIC, STATIC) => std::cmp::Ordering::Equal,
             (STATIC, _) => std::cmp::Ordering::Less,
             (_, STATIC) => std::cmp::Ordering::Greater,
-            (a, b) => {
-                self.slots[a as usize].as_ref().map(|c| &c.key).cmp(&self.slots[b as usize].as_ref().map(|c| &c.key))
-            }
+            (a, b) => self.slots[a as usize]
+                .as_ref()
+                .map(|c| &c.svc.key)
+                .cmp(&self.slots[b as usize].as_ref().map(|c| &c.svc.key)),
         });
         let mut cur: Arc<Entry> = find(ids[0]);
         let mut both_ptr = false;
@@ -754,7 +755,7 @@ fn encode_service(
     let key_of =
         |wire: Vec<u8>| entries.iter().find(|(k, _)| **k == *wire).map_or_else(|| Key::from(wire), |(k, _)| k.clone());
     let ptr_targets = ptr_names.into_iter().map(|(rev, t)| (key_of(rev), key_of(t))).collect();
-    CachedService { key: svc.key.clone(), svc: svc.clone(), slices: slices.into(), entries, ptr_targets }
+    CachedService { svc: svc.clone(), slices: slices.into(), entries, ptr_targets }
 }
 
 /// Equal values, the same allocation first (the common case: an untouched

@@ -395,8 +395,8 @@ mod tests {
                     node_port: None,
                 })
                 .collect(),
-            external_ips: vec![],
-            load_balancer_ips: vec![],
+            external_ips: Box::default(),
+            load_balancer_ips: Box::default(),
             session_affinity: None,
             internal_traffic_local: false,
             external_traffic_local: false,
@@ -983,8 +983,8 @@ mod tests {
         // ExternalIPs and LoadBalancer ingress IPs are frontends too; a
         // duplicate VIP is one frontend.
         let mut ext = base();
-        ext.external_ips = vec![ip("192.0.2.10"), ip("10.96.0.10")];
-        ext.load_balancer_ips = vec![ip("198.51.100.7")];
+        ext.external_ips = [ip("192.0.2.10"), ip("10.96.0.10")].into();
+        ext.load_balancer_ips = [ip("198.51.100.7")].into();
         let fes: Vec<String> = run(&ext, &slices, None).into_iter().map(|(f, _)| f).collect();
         assert_eq!(fes, vec!["10.96.0.10:80/tcp", "192.0.2.10:80/tcp", "198.51.100.7:80/tcp"]);
 
@@ -997,7 +997,7 @@ mod tests {
         // Headless and ExternalName Services have no frontend.
         let mut headless = base();
         headless.headless = true;
-        headless.cluster_ips.clear();
+        headless.cluster_ips = Box::default();
         assert!(run(&headless, &slices, None).is_empty());
         let mut en = base();
         en.service_type = ServiceType::ExternalName;

@@ -292,18 +292,19 @@ mod tests {
                 Arc::new(Service {
                     key: key.clone(),
                     service_type: ServiceType::ClusterIp,
-                    cluster_ips: vec![format!("10.96.{}.{}", i / 250, i % 250 + 1).parse().unwrap()],
+                    cluster_ips: [format!("10.96.{}.{}", i / 250, i % 250 + 1).parse().unwrap()].into(),
                     headless: false,
                     external_name: None,
-                    ports: vec![ServicePort {
+                    ports: [ServicePort {
                         name: String::new(),
                         protocol: Protocol::Tcp,
                         port: 80,
                         target_port: TargetPort::Number(8080),
                         node_port: None,
-                    }],
-                    external_ips: vec![],
-                    load_balancer_ips: vec![],
+                    }]
+                    .into(),
+                    external_ips: Box::default(),
+                    load_balancer_ips: Box::default(),
                     session_affinity: None,
                     internal_traffic_local: false,
                     external_traffic_local: false,

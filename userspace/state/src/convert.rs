@@ -165,7 +165,7 @@ pub fn service(svc: &core::Service) -> Result<Service, ConvertError> {
 
     validate_ip_families(spec, &cluster_ips)?;
     let ports = service_ports(spec, service_type)?;
-    let external_ips = parse_ips("spec.externalIPs", spec.external_ips.as_deref().unwrap_or_default())?;
+    let external_ips: Box<[IpAddr]> = parse_ips("spec.externalIPs", spec.external_ips.as_deref().unwrap_or_default())?;
 
     // Only the ingress IPs the load balancer reported (status), as kube-proxy
     // does; `spec.loadBalancerIP` is a request, not a fact. Hostname-only
@@ -210,19 +210,19 @@ pub fn service(svc: &core::Service) -> Result<Service, ConvertError> {
     Ok(Service {
         key,
         service_type,
-        cluster_ips,
+        cluster_ips: cluster_ips.into(),
         headless,
-        external_name,
-        ports,
+        external_name: external_name.map(String::into_boxed_str),
+        ports: ports.into(),
         external_ips,
-        load_balancer_ips,
+        load_balancer_ips: load_balancer_ips.into(),
         session_affinity,
         internal_traffic_local: traffic_policy("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref())?,
         external_traffic_local: traffic_policy("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref())?,
         publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
         // Presence is what counts (kube-proxy's selectors are DoesNotExist
         // requirements), so an empty value is still a label.
-        proxy_name: label(&svc.metadata, SERVICE_PROXY_NAME_LABEL).map(str::to_string),
+        proxy_name: label(&svc.metadata, SERVICE_PROXY_NAME_LABEL).map(Box::from),
         headless_label: label(&svc.metadata, HEADLESS_LABEL).is_some(),
     })
 }

@@ -104,10 +104,10 @@ fn service_defaults() {
         (
             "clusterIPs dual-stack",
             svc("clusterIP: 10.96.0.10\nclusterIPs: [10.96.0.10, 'fd00::a']\nipFamilies: [IPv4, IPv6]"),
-            &|s| s.cluster_ips == [ip("10.96.0.10"), ip("fd00::a")],
+            &|s| *s.cluster_ips == [ip("10.96.0.10"), ip("fd00::a")],
         ),
         // clusterIPs absent -> clusterIP
-        ("clusterIP fallback", svc("clusterIP: 10.96.0.11"), &|s| s.cluster_ips == [ip("10.96.0.11")] && !s.headless),
+        ("clusterIP fallback", svc("clusterIP: 10.96.0.11"), &|s| *s.cluster_ips == [ip("10.96.0.11")] && !s.headless),
         // "None" -> headless, no VIP
         ("headless", svc("clusterIP: None"), &|s| s.headless && s.cluster_ips.is_empty()),
         ("headless clusterIPs", svc("clusterIPs: [None]"), &|s| s.headless),
@@ -164,7 +164,7 @@ fn service_defaults() {
         ("other labels", svc_labelled("app: web"), &|s| s.proxy_name.is_none() && !s.headless_label),
         // externalIPs
         ("externalIPs", svc("externalIPs: [192.0.2.1, '2001:db8::1']"), &|s| {
-            s.external_ips == [ip("192.0.2.1"), ip("2001:db8::1")]
+            *s.external_ips == [ip("192.0.2.1"), ip("2001:db8::1")]
         }),
         // ipFamilies alone (headless dual-stack) is fine
         ("ipFamilies headless", svc("clusterIP: None\nipFamilies: [IPv6, IPv4]"), &|s| s.headless),
@@ -183,7 +183,7 @@ fn service_load_balancer_status() {
     )
     .unwrap();
     // Only what the load balancer reported; spec.loadBalancerIP is a request.
-    assert_eq!(s.load_balancer_ips, [ip("203.0.113.7")]);
+    assert_eq!(*s.load_balancer_ips, [ip("203.0.113.7")]);
 }
 
 #[test]

@@ -93,20 +93,23 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
+/// Boxed slices and strings rather than `Vec`/`String`: a Service is
+/// never grown in place, and at 100,000 of them the spare capacity fields
+/// are megabytes in each binary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub key: ObjectKey,
     pub service_type: ServiceType,
     /// `spec.clusterIPs` (dual-stack: one per family). Empty for headless
     /// (`clusterIP: None`) and ExternalName Services.
-    pub cluster_ips: Vec<IpAddr>,
+    pub cluster_ips: Box<[IpAddr]>,
     /// `clusterIP: None`.
     pub headless: bool,
     /// `spec.externalName` for ExternalName Services.
-    pub external_name: Option<String>,
-    pub ports: Vec<ServicePort>,
-    pub external_ips: Vec<IpAddr>,
-    pub load_balancer_ips: Vec<IpAddr>,
+    pub external_name: Option<Box<str>>,
+    pub ports: Box<[ServicePort]>,
+    pub external_ips: Box<[IpAddr]>,
+    pub load_balancer_ips: Box<[IpAddr]>,
     /// `sessionAffinity: ClientIP` with its timeout (default 10800 s).
     pub session_affinity: Option<Duration>,
     /// `internalTrafficPolicy: Local`.
@@ -119,7 +122,7 @@ pub struct Service {
     /// that name, and a service proxy that is not it leaves it alone
     /// (kubernetes docs/dev/sig-network/service-proxy.md, "Ignored
     /// Services/Endpoints"). DNS still answers for it.
-    pub proxy_name: Option<String>,
+    pub proxy_name: Option<Box<str>>,
     /// The `service.kubernetes.io/headless` label is present (any value):
     /// kube-proxy's informers select `!service.kubernetes.io/headless`
     /// (cmd/kube-proxy/app/server.go), so a labelled Service is never

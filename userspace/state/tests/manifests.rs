@@ -429,7 +429,7 @@ fn kube_dns_service_is_what_pods_and_tools_expect() {
     // Through the catalog's own conversion: the address the kubelet hands
     // pods as their nameserver, DNS on UDP and TCP.
     let conv = ferry_state::convert::service(&serde_json::from_value(raw.clone()).unwrap()).unwrap();
-    assert_eq!(conv.cluster_ips, ["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(*conv.cluster_ips, ["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]);
     let has = |proto, port| conv.ports.iter().any(|p| p.protocol == proto && p.port == port);
     assert!(has(ferry_state::Protocol::Udp, 53) && has(ferry_state::Protocol::Tcp, 53));
     // The names and labels CoreDNS's Service has, which tools look for.
