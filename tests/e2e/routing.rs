@@ -349,12 +349,25 @@ fn routing_agent_kill9_and_restart_leaves_ferry_routes_untouched_and_removes_onl
     monitor.args(["monitor", "route"]).stdout(Stdio::from(out)).stderr(Stdio::null());
     let mut monitor: Proc = a.spawn(&mut monitor);
     let seen = |what: &str| std::fs::read_to_string(&log).unwrap_or_default().contains(what);
-    // Another protocol's route (static), then a stale one with Ferry's: the
-    // monitor shows both, so it is listening.
+    // `ip monitor` subscribes a moment after it starts (longer on a loaded
+    // machine): a probe route is replaced until the monitor shows it, so
+    // every change from here on is seen.
     let gw = format!("192.168.{s1}.13");
+    let probe = "10.253.0.0/24";
+    assert_eventually!(
+        {
+            a.ip(&["route", "replace", probe, "via", &gw, "dev", "eth0", "proto", "static"]);
+            std::thread::sleep(Duration::from_millis(50));
+            seen(probe)
+        },
+        Duration::from_secs(15),
+        "ip monitor is listening"
+    );
+    a.ip(&["route", "del", probe]);
+    // Another protocol's route (static), then a stale one with Ferry's.
     a.ip(&["route", "add", "10.252.0.0/24", "via", &gw, "dev", "eth0", "proto", "static"]);
     a.ip(&["route", "add", "10.250.0.0/24", "via", &gw, "dev", "eth0", "proto", "70"]);
-    assert_eventually!(seen("10.252.0.0/24") && seen("10.250.0.0/24"), T, "ip monitor is listening");
+    assert_eventually!(seen("10.252.0.0/24") && seen("10.250.0.0/24"), T, "the monitor saw both routes");
 
     // Connections a -> c (VXLAN) and a -> b (host-gw), new ones all along.
     let stop = Arc::new(AtomicBool::new(false));
