@@ -8,135 +8,35 @@
 //!  each node: ferry-agent --node-name <n> --write-cni-conf (its conflist makes the pods)
 //! ```
 //!
-//! The only routes the test adds are the underlay's (each node to the other
-//! segment via the router): what a real network's gateway gives nodes.
-//! Every wait is bounded; every namespace, veth and pin dir goes on drop.
+//! The topology is the harness's [`Cluster`] (shared with the
+//! remote-backend tests). The only routes the test adds are the underlay's
+//! (each node to the other segment via the router): what a real network's
+//! gateway gives nodes. Every wait is bounded; every namespace, veth and
+//! pin dir goes on drop.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_tests::assert_eventually;
-use ferry_tests::harness::lb::{write_atomic, Agent, PinDir};
-use ferry_tests::harness::underlay::{Router, Underlay, UnderlayAddr};
-use ferry_tests::harness::{tcp_id, udp_id, util, IdServer, Node, Pod, Proc};
+use ferry_tests::harness::cluster::{conflist_path, node_yaml, Cluster, NODES, PORT, SETTLE};
+use ferry_tests::harness::{tcp_id, udp_id, util, Node, Proc};
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(3);
-/// Routes, tunnels and the conflist are in place this soon after a change.
-const SETTLE: Duration = Duration::from_secs(15);
-const PORT: u16 = 8080;
 
-/// (Node name, segment index, host number, pod CIDR number).
-const NODES: [(&str, usize, u8, u8); 3] = [("a", 0, 11, 1), ("b", 0, 12, 2), ("c", 1, 11, 3)];
-
-/// Three nodes, each with its agent, one pod (TCP and UDP id servers on
-/// 8080) made with the conflist the agent wrote. Fields drop in order:
-/// servers, pods, agents, nodes, router, segments.
-struct Cluster {
-    servers: Vec<IdServer>,
-    pods: Vec<Pod>,
-    agents: Vec<Agent>,
-    nodes: Vec<Node>,
-    addrs: Vec<UnderlayAddr>,
-    _router: Router,
-    segments: [Underlay; 2],
+/// What these tests read of a node's kernel state, beside the shared
+/// [`Cluster`].
+trait RoutingView {
+    fn ferry_routes(&self, i: usize, family: &str) -> Vec<String>;
+    fn kernel_state(&self, i: usize) -> BTreeSet<String>;
 }
 
-fn node_yaml(name: &str, addr: UnderlayAddr, n: u8) -> String {
-    format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  podCIDR: 10.244.{n}.0/24\n  podCIDRs: [10.244.{n}.0/24, \"fd00:10:244:{n}::/64\"]\nstatus:\n  addresses:\n  - {{type: InternalIP, address: \"{}\"}}\n  - {{type: InternalIP, address: \"{}\"}}\n  - {{type: Hostname, address: {name}}}\n",
-        addr.ipv4, addr.ipv6
-    )
-}
-
-fn conflist_path(node: &Node) -> PathBuf {
-    node.scratch().join("net.d/10-ferry.conflist")
-}
-
-/// The plugin's part of the conflist, as a runtime (libcni) hands it over,
-/// with the IPAM store in the node's scratch dir.
-fn netconf_from_conflist(node: &Node) -> Value {
-    let conf: Value = serde_json::from_str(&std::fs::read_to_string(conflist_path(node)).expect("conflist"))
-        .expect("the conflist is JSON");
-    let mut netconf = conf["plugins"][0].clone();
-    netconf["name"] = conf["name"].clone();
-    netconf["cniVersion"] = conf["cniVersion"].clone();
-    netconf["ipam"]["dataDir"] = json!(node.scratch().join("ipam"));
-    netconf
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let segments = [Underlay::new(), Underlay::new()];
-        let router = Router::new(&[&segments[0], &segments[1]]);
-        let mut nodes = Vec::new();
-        let mut addrs = Vec::new();
-        for (_, seg, host, _) in NODES {
-            let node = Node::new();
-            addrs.push(segments[seg].plug_node(&node, host));
-            router.connect(node.name(), &segments[seg]);
-            nodes.push(node);
-        }
-        let mut agents = Vec::new();
-        for (i, (name, _, _, _)) in NODES.iter().enumerate() {
-            let catalog = nodes[i].scratch().join("catalog");
-            std::fs::create_dir_all(&catalog).expect("catalog dir");
-            for (j, (peer, _, _, n)) in NODES.iter().enumerate() {
-                write_atomic(&catalog, &format!("node-{peer}.yaml"), &node_yaml(peer, addrs[j], *n));
-            }
-            let conflist = conflist_path(&nodes[i]).display().to_string();
-            agents.push(Agent::start_with(
-                &nodes[i],
-                PinDir::new(),
-                &["--node-name", name, "--write-cni-conf", &conflist],
-            ));
-        }
-        let mut c = Cluster { servers: Vec::new(), pods: Vec::new(), agents, nodes, addrs, _router: router, segments };
-        for (i, (name, _, _, _)) in NODES.iter().enumerate() {
-            c.wait_routes(i, 4);
-            assert_eventually!(conflist_path(&c.nodes[i]).exists(), SETTLE, "conflist on {name}");
-        }
-        for (i, (name, _, _, _)) in NODES.iter().enumerate() {
-            let netconf = netconf_from_conflist(&c.nodes[i]);
-            let pod = c.nodes[i].add_pod_with(&format!("p{name}"), &netconf, "").expect("ADD with the conflist");
-            c.servers.push(IdServer::tcp(pod.netns_path(), PORT, &format!("p{name}")));
-            c.servers.push(IdServer::udp(pod.netns_path(), PORT, &format!("p{name}")));
-            c.pods.push(pod);
-        }
-        // The namespaces are a second old: for about a second more, IPv6
-        // across the router is lost (IPv4, and IPv6 on one segment, work at
-        // once; the router forwards the tunnel's packets but solicits no
-        // neighbour for c yet: cause not found). Wait, bounded, until every
-        // pod reaches every other before measuring anything.
-        let quick = Duration::from_millis(200);
-        assert_eventually!(c.talk_all(quick).is_empty(), SETTLE, "every pod reaches every other: {:#?}", c.talk_all(T));
-        c
-    }
-
-    /// The agent's routing section of /status.
-    fn routing_status(&self, i: usize) -> Value {
-        let body = self.agents[i].http_get("/status").map(|(_, b)| b).unwrap_or_default();
-        serde_json::from_str::<Value>(&body).map(|v| v["routing"].clone()).unwrap_or(Value::Null)
-    }
-
-    fn wait_routes(&self, i: usize, n: u64) {
-        assert_eventually!(
-            self.routing_status(i)["routes"].as_u64() == Some(n),
-            SETTLE,
-            "{} Ferry routes on {}: {}\n{}",
-            n,
-            NODES[i].0,
-            self.routing_status(i),
-            self.agents[i].log_text()
-        );
-    }
-
+impl RoutingView for Cluster {
     /// `ip route show proto 70` of one family on node `i`, one line each.
     fn ferry_routes(&self, i: usize, family: &str) -> Vec<String> {
         self.nodes[i].ip(&[family, "route", "show", "proto", "70"]).lines().map(str::to_string).collect()
@@ -165,37 +65,6 @@ impl Cluster {
             out.extend(neigh.lines().map(|l| format!("neigh {dev} {l}")));
         }
         out
-    }
-
-    /// Every pod to every other, TCP and UDP, IPv4 and IPv6: the failures.
-    fn talk_all(&self, timeout: Duration) -> Vec<String> {
-        let mut failures = Vec::new();
-        for (i, from) in self.pods.iter().enumerate() {
-            let targets: Vec<(String, IpAddr)> = self
-                .pods
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .flat_map(|(_, p)| [(p.name().to_string(), p.ipv4().into()), (p.name().to_string(), p.ipv6().into())])
-                .collect();
-            let name = from.name().to_string();
-            failures.extend(from.run(move || {
-                let mut bad = Vec::new();
-                for (id, ip) in targets {
-                    let sa = SocketAddr::new(ip, PORT);
-                    match tcp_id(sa, timeout) {
-                        Ok(got) if got == id => {}
-                        other => bad.push(format!("{name} -> {id} tcp {ip}: {other:?}")),
-                    }
-                    match udp_id(sa, timeout) {
-                        Ok(got) if got == id => {}
-                        other => bad.push(format!("{name} -> {id} udp {ip}: {other:?}")),
-                    }
-                }
-                bad
-            }));
-        }
-        failures
     }
 }
 

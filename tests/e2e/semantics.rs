@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use ferry_tests::assert_eventually;
 use ferry_tests::harness::lb::{lb_node, service, slice, Agent, Ep};
-use ferry_tests::harness::{tcp_id, Held, IdServer, Node, Pod};
+use ferry_tests::harness::{tcp_id, tcp_spread, Held, IdServer, Node, Pod};
 
 const T: Duration = Duration::from_secs(2);
 const VIP: &str = "10.96.0.20";
@@ -128,14 +128,7 @@ impl World {
 /// `n` fresh connections from inside `pod`; the count per answer
 /// (errors counted under "error: <kind>").
 fn spread(pod: &Pod, addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    pod.run(move || {
-        let mut counts = BTreeMap::new();
-        for _ in 0..n {
-            let id = tcp_id(addr, T).unwrap_or_else(|e| format!("error: {:?}", e.kind()));
-            *counts.entry(id).or_insert(0) += 1;
-        }
-        counts
-    })
+    tcp_spread(pod, addr, n, T)
 }
 
 fn all(id: &str, n: usize) -> BTreeMap<String, usize> {

@@ -34,7 +34,8 @@
 //! - [`IdServer::tcp`]`(pod.netns_path(), port, "id")` / [`IdServer::udp`]: a
 //!   server on `[::]:port` in a pod answering `<id>\n` (TCP then echoes), and
 //!   the clients [`tcp_id`] / [`udp_id`] to call from inside `Pod::run`;
-//!   [`udp_echo`] sends one datagram of any size and returns the echo.
+//!   [`udp_echo`] sends one datagram of any size and returns the echo;
+//!   [`tcp_spread`] counts which backend answered each of n connections.
 //! - [`assert_eventually!`]`(cond, timeout, "msg {}", args)`: retries `cond`
 //!   every 10 ms until it holds or the deadline passes (then panics).
 //! - [`util`]: `sh`, `run_timeout` (every external command has a time
@@ -46,7 +47,12 @@
 //!   [`underlay::Router`]`::new(&[&ul1, &ul2])` joins segments (host 1 of
 //!   each, forwarding only in its own namespace) and `router.connect(netns,
 //!   &ul1)` routes a member to the other segments through it.
+//! - [`cluster::Cluster`]`::new()`: three nodes routed by their own agents
+//!   (a, b on one segment, c behind a router: host-gw and VXLAN), a pod
+//!   `p<node>` with TCP and UDP id servers on each; `add_pod(i, name)`,
+//!   `write_all(file, yaml)` (one catalog file to every agent).
 
+pub mod cluster;
 pub mod lb;
 pub mod node;
 pub mod server;
@@ -54,7 +60,7 @@ pub mod underlay;
 pub mod util;
 
 pub use node::{cni_path, ferry_bin_dir, merge, CniCall, CniOutput, Node, NodeConfig, Pod, Proc, Sandbox};
-pub use server::{tcp_id, udp_echo, udp_id, Held, IdServer};
+pub use server::{tcp_id, tcp_spread, udp_echo, udp_id, Held, IdServer};
 
 /// Retries a boolean expression until it is true or the timeout expires:
 /// `assert_eventually!(cond, Duration::from_secs(2))` or with a message.

@@ -1,6 +1,7 @@
 //! Tiny servers that run inside a pod and answer with an identifier, and the
 //! matching clients. Used to see which backend a connection reached.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -11,6 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ferry_netlink::Netns;
+
+use super::node::Pod;
 
 /// A TCP or UDP server on `[::]:port` inside a namespace (dual-stack, so it
 /// answers IPv4 too). TCP: on accept it writes `<id>\n`, then echoes what it
@@ -114,6 +117,19 @@ pub fn tcp_id(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     let mut line = String::new();
     BufReader::new(c).read_line(&mut line)?;
     Ok(line.trim_end().to_string())
+}
+
+/// `n` fresh connections from inside `pod` to `addr`, each reading the
+/// backend's id: the count per id (errors counted under "error: <kind>").
+pub fn tcp_spread(pod: &Pod, addr: SocketAddr, n: usize, timeout: Duration) -> BTreeMap<String, usize> {
+    pod.run(move || {
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            let id = tcp_id(addr, timeout).unwrap_or_else(|e| format!("error: {:?}", e.kind()));
+            *counts.entry(id).or_insert(0) += 1;
+        }
+        counts
+    })
 }
 
 /// Sends one datagram and returns the first line of the answer.
