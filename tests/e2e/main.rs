@@ -6,6 +6,7 @@ mod dns;
 mod image;
 mod kube;
 mod lb;
+mod remote_backends;
 mod routing;
 mod semantics;
 mod socklb;
