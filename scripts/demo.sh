@@ -58,12 +58,14 @@ cat >"$NETCONF" <<EOF
 EOF
 
 POD_NS=() POD_IP=() POD_IP6=()
-# cni ADD|DEL <pod index>: one plugin call as a runtime makes it, in the node netns.
-cni() {
-    ip netns exec "$NODE_NS" env -i PATH="$PATH" CNI_COMMAND="$1" CNI_CONTAINERID="${ID}-pod$2" \
-        CNI_NETNS="/run/netns/${POD_NS[$2]}" CNI_IFNAME=eth0 CNI_PATH="$BIN:/usr/lib/cni" \
-        "$BIN/ferry" <"$NETCONF"
+# cni_in <node netns> <netconf> ADD|DEL <pod index>: one plugin call as a
+# runtime makes it, in that node's netns; `cni` is the first node's.
+cni_in() {
+    ip netns exec "$1" env -i PATH="$PATH" CNI_COMMAND="$3" CNI_CONTAINERID="${ID}-pod$4" \
+        CNI_NETNS="/run/netns/${POD_NS[$4]}" CNI_IFNAME=eth0 CNI_PATH="$BIN:/usr/lib/cni" \
+        "$BIN/ferry" <"$2"
 }
+cni() { cni_in "$NODE_NS" "$NETCONF" "$@"; }
 in_pod() { local i=$1; shift; ip netns exec "${POD_NS[$i]}" "$@"; }
 first_ip() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(next(i["address"].split("/")[0] for i in r["ips"] if (":" in i["address"]) == (sys.argv[1] == "6")))' "$1"; }
 
@@ -299,11 +301,7 @@ POD_NS[4]="${ID}-podb0"
 ip netns add "${POD_NS[4]}"
 on_exit "ip netns del '${POD_NS[4]}'"
 ip -n "${POD_NS[4]}" link set lo up
-cni_b() {
-    ip netns exec "$NODE_B" env -i PATH="$PATH" CNI_COMMAND="$1" CNI_CONTAINERID="${ID}-pod$2" \
-        CNI_NETNS="/run/netns/${POD_NS[$2]}" CNI_IFNAME=eth0 CNI_PATH="$BIN:/usr/lib/cni" \
-        "$BIN/ferry" <"$NETCONF_B"
-}
+cni_b() { cni_in "$NODE_B" "$NETCONF_B" "$@"; }
 result=$(cni_b ADD 4)
 on_exit "cni_b DEL 4"
 POD_IP[4]=$(first_ip 4 <<<"$result")
