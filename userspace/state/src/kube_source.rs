@@ -312,8 +312,8 @@ async fn fold(mut store: Store, mut rx: mpsc::Receiver<Update>, status: watch::S
         // The working copy for the next change is got back now, while
         // nothing waits for it. Consumers let go of the catalog before this
         // one when they finish syncing this one (tens of ms at 100,000
-        // Services): wait for that while idle, and only copy (~300 ms at
-        // that scale) if they still hold it after a second (the first sync
+        // Services): wait for that while idle, and only copy (every map
+        // node of the catalog) if they still hold it after a second (the first sync
         // after start can take that long).
         let idle = tokio::time::Instant::now();
         while store.previous_in_use() && rx.is_empty() && idle.elapsed() < PREPARE_WAIT {

@@ -94,8 +94,8 @@ pub async fn watch_dir(dir: impl AsRef<Path>) -> Result<(watch::Receiver<Snapsho
     let task = tokio::spawn(async move {
         // The watcher lives as long as the task.
         let _watcher = watcher;
-        // The store's working copy of what was just published (~30 ms of
-        // copying at 10,000 Services) is made now, while consumers start on
+        // The store's working copy of what was just published (every map
+        // node copied) is made now, while consumers start on
         // the snapshot, rather than before they get it; a change arriving
         // meanwhile waits for it.
         if src.working_copy().await {
