@@ -130,8 +130,11 @@ async fn watcher_lists_in_pages_then_follows_changes() {
     assert!(lists.iter().all(|r| r.param("limit").as_deref() == Some("2")));
     assert!(lists[0].param("continue").is_none() && lists[1].param("continue").is_some());
     assert!(lists.iter().all(|r| (r.api_group.as_str(), r.resource.as_str()) == ("", "services")));
-    eventually("the watch starts", || api.open_watches() == 1).await;
-    let watch = api.requests().into_iter().find(|r| r.verb == "watch").expect("a watch");
+    // The fake logs a request once it has answered it, a moment after the
+    // watch is registered: wait for both.
+    let watched = || api.requests().into_iter().find(|r| r.verb == "watch");
+    eventually("the watch starts", || api.open_watches() == 1 && watched().is_some()).await;
+    let watch = watched().expect("a watch");
     assert_eq!(watch.param("resourceVersion"), Some(listed_at.to_string()));
     assert_eq!(watch.param("allowWatchBookmarks").as_deref(), Some("true"));
 
