@@ -32,12 +32,19 @@ pub mod map_names {
     pub const SOCK_REVNAT: &str = "FERRY_SOCK_REVNAT";
     pub const FRAGMENTS: &str = "FERRY_FRAGS";
     pub const VIPS: &str = "FERRY_VIPS";
+    pub const SNAT: &str = "FERRY_SNAT";
+    pub const SNAT_REV: &str = "FERRY_SNAT_REV";
+    pub const MASQ_SOURCES: &str = "FERRY_MASQ_SRC";
+    pub const NON_MASQ: &str = "FERRY_NONMASQ";
+    pub const MASQ_IFACES: &str = "FERRY_MASQ_IFACES";
 }
 
 /// Names of the programs (ELF symbol names and pin names under `<pin>/progs`).
 pub mod prog_names {
     pub const FROM_POD: &str = "ferry_from_pod";
     pub const TO_POD: &str = "ferry_to_pod";
+    pub const FROM_NET: &str = "ferry_from_net";
+    pub const TO_NET: &str = "ferry_to_net";
     pub const SOCK_CONNECT4: &str = "ferry_sock_connect4";
     pub const SOCK_CONNECT6: &str = "ferry_sock_connect6";
     pub const SOCK_SENDMSG4: &str = "ferry_sock_sendmsg4";
@@ -69,6 +76,20 @@ pub const DEFAULT_MAX_PORTS: u32 = 4096;
 /// only from a datagram's first fragment to its last, microseconds apart.
 /// Cilium's default for its fragments map is the same.
 pub const DEFAULT_FRAG_SIZE: u32 = 8192;
+/// Masqueraded flows (`FERRY_SNAT`, and as many `FERRY_SNAT_REV`): plain
+/// hash maps, not LRU, so a flow's translation is never evicted under it;
+/// the agent expires entries by protocol state, and a full map is a
+/// counted drop of the new flow (`DropReason::NatFull`).
+pub const DEFAULT_NAT_SIZE: u32 = 131_072;
+/// CIDRs in each masquerade LPM trie (`FERRY_MASQ_SRC`, `FERRY_NONMASQ`).
+pub const DEFAULT_MASQ_CIDRS: u32 = 1024;
+/// Uplinks with a masquerade address (`FERRY_MASQ_IFACES`).
+pub const DEFAULT_MASQ_IFACES: u32 = 16;
+/// The default SNAT port range: above Linux's default ephemeral range
+/// (32768-60999), so the node's own connections never pick these ports;
+/// the agent also puts the range in `ip_local_reserved_ports`.
+pub const DEFAULT_MASQ_PORT_MIN: u16 = 61_000;
+pub const DEFAULT_MASQ_PORT_MAX: u16 = 65_535;
 
 /// Source address a hairpin flow (a pod reaching itself through its own
 /// Service) is SNATed to, so that the pod's reply leaves it and comes back
@@ -84,6 +105,8 @@ pub const AF_INET6: u8 = 6;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// A frontend: one (VIP, port, protocol) of a Service. Key of `FERRY_SERVICES`.
 #[repr(C)]
@@ -331,6 +354,67 @@ pub struct SockRevValue {
     pub service_id: u32,
 }
 
+/// Key of `FERRY_SNAT` and `FERRY_SNAT_REV`, a flow as one direction
+/// carries it.
+/// - `FERRY_SNAT`: a pod's packet as it reaches the uplink (pod -> remote).
+/// - `FERRY_SNAT_REV`: the reply as it arrives (remote -> node address and
+///   SNAT port).
+///
+/// ICMP echo uses the identifier as a port: `src_port` = identifier and
+/// `dst_port` = 0 for a request, and the other way round for its reply, so
+/// the reply's key is built exactly as a TCP/UDP reply's is.
+pub type NatKey = CtKey;
+
+/// Value of `FERRY_SNAT` (the address and port the flow leaves with) and of
+/// `FERRY_SNAT_REV` (the pod address and port its replies get back). A pair
+/// is written reverse entry first, with `BPF_NOEXIST`: that insert is what
+/// claims the port, so two flows can never share a translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    pub addr: [u32; 4],
+    /// Network byte order (an ICMP echo identifier for ICMP).
+    pub port: u16,
+    pub _pad: u16,
+    /// `ct_flags`: `SEEN_REPLY`, `FIN_SEEN`, `RST_SEEN` of this direction.
+    pub flags: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_coarse_ns), as conntrack's; the last
+    /// packet's is refreshed at most once a second (a write per packet
+    /// would bounce the entry's cache line between CPUs).
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// Key data of the masquerade LPM tries (`FERRY_MASQ_SRC`: which sources
+/// are masqueraded, this node's pod CIDRs; `FERRY_NONMASQ`: destinations
+/// that keep the pod's source). The family comes first, so one trie holds
+/// both: the prefix length is 32 + the CIDR's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LpmAddr {
+    /// `[family, 0, 0, 0]`.
+    pub family: [u8; 4],
+    pub addr: [u32; 4],
+}
+
+impl LpmAddr {
+    /// The bits before the address.
+    pub const FAMILY_BITS: u32 = 32;
+}
+
+/// Value of `FERRY_MASQ_IFACES`, keyed by the uplink's ifindex: what its
+/// egress masquerades to. An address of 0 means "this family is not
+/// masqueraded on this uplink" (the packet passes untouched).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MasqIface {
+    pub addr4: u32,
+    /// The SNAT port (and ICMP identifier) range, host byte order, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub addr6: [u32; 4],
+}
+
 /// Per-CPU packet/byte counters per frontend id (`FERRY_SVC_STATS`, an array).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -369,12 +453,21 @@ pub enum GlobalCounter {
     /// Non-first fragments given the ports of their datagram's first
     /// fragment (`FERRY_FRAGS`), so they follow its translation.
     FragmentFollowed = 10,
+    /// Pod flows given a masquerade translation (a SNAT port).
+    MasqCreated = 11,
+    /// Packets leaving an uplink with a pod's source masqueraded.
+    MasqEgress = 12,
+    /// Replies arriving at an uplink given their pod's address back.
+    MasqIngress = 13,
+    /// ICMP errors about a masqueraded flow translated (frag-needed,
+    /// unreachable, time exceeded), either way.
+    MasqIcmpError = 14,
 }
 
 impl GlobalCounter {
     /// Length of `FERRY_GLOBAL` (room to append without resizing a pinned map).
     pub const MAX: u32 = 16;
-    pub const ALL: [GlobalCounter; 11] = [
+    pub const ALL: [GlobalCounter; 15] = [
         GlobalCounter::CtCreated,
         GlobalCounter::CtInsertFailed,
         GlobalCounter::NoEndpointsRejected,
@@ -386,6 +479,10 @@ impl GlobalCounter {
         GlobalCounter::SockTranslated,
         GlobalCounter::SockRefused,
         GlobalCounter::FragmentFollowed,
+        GlobalCounter::MasqCreated,
+        GlobalCounter::MasqEgress,
+        GlobalCounter::MasqIngress,
+        GlobalCounter::MasqIcmpError,
     ];
 
     /// The counter's name: `ferryctl stats` row, and the metric
@@ -403,6 +500,10 @@ impl GlobalCounter {
             GlobalCounter::SockTranslated => "sock_translated",
             GlobalCounter::SockRefused => "sock_refused",
             GlobalCounter::FragmentFollowed => "fragments_followed",
+            GlobalCounter::MasqCreated => "masquerade_flows_created",
+            GlobalCounter::MasqEgress => "masquerade_egress_packets",
+            GlobalCounter::MasqIngress => "masquerade_ingress_packets",
+            GlobalCounter::MasqIcmpError => "masquerade_icmp_errors",
         }
     }
 
@@ -428,6 +529,10 @@ impl GlobalCounter {
             GlobalCounter::FragmentFollowed => {
                 "non-first IP fragments translated with the ports of their datagram's first fragment"
             }
+            GlobalCounter::MasqCreated => "Pod flows given a masquerade (SNAT) translation",
+            GlobalCounter::MasqEgress => "Packets leaving an uplink with their pod source masqueraded",
+            GlobalCounter::MasqIngress => "Replies to masqueraded flows given their pod's address back",
+            GlobalCounter::MasqIcmpError => "ICMP errors about masqueraded flows translated (PMTU, unreachable)",
         }
     }
 }
@@ -490,11 +595,17 @@ pub enum DropReason {
     /// The FIB's next hop could not be written into a translated packet
     /// whose TTL was already decremented (checksum or MAC store failed).
     FibRewrite = 8,
+    /// Every SNAT port towards this destination address and port was
+    /// taken (`MasqIface::port_min..=port_max`, a bounded number of random
+    /// tries): the new flow is dropped, never given a used port.
+    NatPortsExhausted = 9,
+    /// The masquerade maps were full (`--nat-size`): the new flow is dropped.
+    NatFull = 10,
 }
 
 impl DropReason {
     pub const MAX: u32 = 16;
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::Fragment,
         DropReason::NoEndpoints,
@@ -503,6 +614,8 @@ impl DropReason {
         DropReason::CtFull,
         DropReason::Unsupported,
         DropReason::FibRewrite,
+        DropReason::NatPortsExhausted,
+        DropReason::NatFull,
     ];
 
     /// Metric label.
@@ -516,6 +629,8 @@ impl DropReason {
             DropReason::CtFull => "ct_full",
             DropReason::Unsupported => "unsupported",
             DropReason::FibRewrite => "fib_rewrite",
+            DropReason::NatPortsExhausted => "nat_ports_exhausted",
+            DropReason::NatFull => "nat_full",
         }
     }
 }
@@ -541,6 +656,9 @@ const _: () = assert!(core::mem::size_of::<PortValue>() == 4);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<LpmAddr>() == 20);
+const _: () = assert!(core::mem::size_of::<MasqIface>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -575,6 +693,9 @@ mod pod {
         SockRevValue,
         FragKey,
         FragValue,
+        NatEntry,
+        LpmAddr,
+        MasqIface,
     );
 }
 
@@ -588,7 +709,7 @@ mod tests {
     #[test]
     fn sizes_and_alignment() {
         // (type, size, sum of field sizes, alignment)
-        let rows: [(&str, usize, usize, usize); 20] = [
+        let rows: [(&str, usize, usize, usize); 23] = [
             ("ServiceKey", size_of::<ServiceKey>(), 16 + 2 + 1 + 1, align_of::<ServiceKey>()),
             ("ServiceValue", size_of::<ServiceValue>(), 6 * 4, align_of::<ServiceValue>()),
             ("BackendValue", size_of::<BackendValue>(), 16 + 2 + 1 + 1 + 4 + 1 + 3, align_of::<BackendValue>()),
@@ -609,6 +730,9 @@ mod tests {
             ("NextHop", size_of::<NextHop>(), 4 + 6 + 6, align_of::<NextHop>()),
             ("FragKey", size_of::<FragKey>(), 16 + 16 + 4 + 1 + 1 + 2, align_of::<FragKey>()),
             ("FragValue", size_of::<FragValue>(), 2 + 2, align_of::<FragValue>()),
+            ("NatEntry", size_of::<NatEntry>(), 16 + 2 + 2 + 4 + 8 + 8, align_of::<NatEntry>()),
+            ("LpmAddr", size_of::<LpmAddr>(), 4 + 16, align_of::<LpmAddr>()),
+            ("MasqIface", size_of::<MasqIface>(), 4 + 2 + 2 + 16, align_of::<MasqIface>()),
         ];
         for (name, size, fields, align) in rows {
             assert_eq!(size, fields, "{name}: implicit padding");

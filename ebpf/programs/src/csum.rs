@@ -15,7 +15,7 @@ use aya_ebpf::{
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use ferry_common::{DropReason, IPPROTO_UDP};
+use ferry_common::{DropReason, IPPROTO_ICMP, IPPROTO_UDP};
 
 use crate::parse::{Packet, IP4_CSUM_OFF};
 
@@ -36,7 +36,8 @@ fn l4_flags(pkt: &Packet) -> u64 {
 pub fn set_addr4(ctx: &TcContext, pkt: &Packet, off: usize, old: u32, new: u32) -> Result<(), DropReason> {
     ctx.store(off, &new, 0).map_err(|_| DropReason::HelperFailed)?;
     ctx.l3_csum_replace(IP4_CSUM_OFF, old as u64, new as u64, 4).map_err(|_| DropReason::HelperFailed)?;
-    if !pkt.has_l4() {
+    // The ICMPv4 checksum has no pseudo-header (ICMPv6's has, below).
+    if !pkt.has_l4() || pkt.proto == IPPROTO_ICMP {
         return Ok(());
     }
     ctx.l4_csum_replace(pkt.l4_csum_off(), old as u64, new as u64, BPF_F_PSEUDO_HDR as u64 | l4_flags(pkt) | 4)

@@ -1,5 +1,6 @@
-//! Ferry's programs: tc (tcx) on the host side of every pod veth, and the
-//! socket LB's cgroup hooks (sock.rs).
+//! Ferry's programs: tc (tcx) on the host side of every pod veth, tc (tcx)
+//! on the node's uplink (masq.rs), and the socket LB's cgroup hooks
+//! (sock.rs).
 //!
 //! Entry points only: each wraps a `try_*` function whose error is a
 //! [`DropReason`]; this file is the one place where an error becomes a
@@ -15,6 +16,7 @@ mod conntrack;
 mod csum;
 mod lb;
 mod maps;
+mod masq;
 mod nat;
 mod parse;
 mod select;
@@ -37,6 +39,19 @@ pub fn ferry_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn ferry_to_pod(ctx: TcContext) -> i32 {
     verdict(nat::try_to_pod(&ctx))
+}
+
+/// tcx egress of the node's uplink: masquerade of pod traffic leaving the cluster.
+#[classifier]
+pub fn ferry_to_net(ctx: TcContext) -> i32 {
+    verdict(masq::try_to_net(&ctx))
+}
+
+/// tcx ingress of the node's uplink: replies to masqueraded flows, and ICMP
+/// errors about them, back to their pods.
+#[classifier]
+pub fn ferry_from_net(ctx: TcContext) -> i32 {
+    verdict(masq::try_from_net(&ctx))
 }
 
 /// cgroup connect4: a TCP/UDP/SCTP connect to a frontend goes to a backend.

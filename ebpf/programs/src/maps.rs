@@ -3,13 +3,14 @@
 //! from its configuration before creating the maps.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ferry_common::{
     AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason, EndpointKey, EndpointValue,
-    FragKey, FragValue, MaglevPair, NextHop, PortKey, PortValue, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, BPF_F_MMAPABLE, DEFAULT_AFFINITY_SIZE, DEFAULT_CT_SIZE, DEFAULT_FRAG_SIZE,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_PORTS, DEFAULT_MAX_SERVICES,
+    FragKey, FragValue, LpmAddr, MaglevPair, MasqIface, NatEntry, NatKey, NextHop, PortKey, PortValue, RevNatKey,
+    RevNatValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, BPF_F_MMAPABLE, DEFAULT_AFFINITY_SIZE,
+    DEFAULT_CT_SIZE, DEFAULT_FRAG_SIZE, DEFAULT_MASQ_CIDRS, DEFAULT_MASQ_IFACES, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_ENDPOINTS, DEFAULT_MAX_PORTS, DEFAULT_MAX_SERVICES, DEFAULT_NAT_SIZE,
 };
 
 #[map]
@@ -65,6 +66,28 @@ pub static FERRY_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_en
 /// VIP-bound, and then it is dropped rather than sent on untranslated.
 #[map]
 pub static FERRY_VIPS: HashMap<EndpointKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Masqueraded flows, pod -> remote as the pod sent them -> the node
+/// address and port they leave with (masq.rs).
+#[map]
+pub static FERRY_SNAT: HashMap<NatKey, NatEntry> = HashMap::with_max_entries(DEFAULT_NAT_SIZE, 0);
+
+/// Their replies, remote -> node address and port -> the pod's address and port.
+#[map]
+pub static FERRY_SNAT_REV: HashMap<NatKey, NatEntry> = HashMap::with_max_entries(DEFAULT_NAT_SIZE, 0);
+
+/// Sources that are masqueraded: this node's pod CIDRs.
+#[map]
+pub static FERRY_MASQ_SRC: LpmTrie<LpmAddr, u8> = LpmTrie::with_max_entries(DEFAULT_MASQ_CIDRS, 0);
+
+/// Destinations a pod reaches with its own source (ip-masq-agent's
+/// nonMasqueradeCIDRs): the cluster's pod CIDRs and its nodes.
+#[map]
+pub static FERRY_NONMASQ: LpmTrie<LpmAddr, u8> = LpmTrie::with_max_entries(DEFAULT_MASQ_CIDRS, 0);
+
+/// Uplink ifindex -> what its egress masquerades to.
+#[map]
+pub static FERRY_MASQ_IFACES: HashMap<u32, MasqIface> = HashMap::with_max_entries(DEFAULT_MASQ_IFACES, 0);
 
 #[map]
 pub static FERRY_CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -17,7 +17,8 @@
 //! late first one would need a reassembly buffer in the data path.
 use aya_ebpf::programs::TcContext;
 use ferry_common::{
-    DropReason, EndpointKey, FragKey, FragValue, GlobalCounter, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+    DropReason, EndpointKey, FragKey, FragValue, GlobalCounter, AF_INET, AF_INET6, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::maps::{count_global, FERRY_FRAGS, FERRY_VIPS};
@@ -150,9 +151,15 @@ impl Packet {
         self.frag != Frag::Later
     }
 
+    /// Where the L4 checksum is: TCP 16, UDP 6, ICMP and ICMPv6 2.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
-        self.l4_off() + if self.proto == IPPROTO_TCP { 16 } else { 6 }
+        self.l4_off()
+            + match self.proto {
+                IPPROTO_TCP => 16,
+                IPPROTO_UDP => 6,
+                _ => 2,
+            }
     }
 }
 
@@ -369,4 +376,160 @@ fn check_l4(ctx: &TcContext, pkt: &mut Packet, l4_len: u16) -> Option<DropReason
         pkt.l4_payload = l4_len - UDP_HLEN;
     }
     None
+}
+
+/// The first bytes of an ICMP / ICMPv6 message.
+#[derive(Clone, Copy)]
+pub struct Icmp {
+    pub ty: u8,
+    /// The identifier of an echo request or reply (network order).
+    pub id: u16,
+}
+
+impl Icmp {
+    pub const EMPTY: Icmp = Icmp { ty: 0xff, id: 0 };
+}
+
+/// Parses an unfragmented Ethernet + IPv4 (no options) / IPv6 (no
+/// extension header) + ICMP / ICMPv6 packet into `pkt` (ports 0) and its
+/// ICMP header into `icmp`. False: anything else, or lengths that do not
+/// add up; such packets are passed untouched.
+// Out-parameters, not an Option<Icmp> return: the verifier refused the
+// partly undefined register LLVM returned the None in.
+#[inline(never)]
+pub fn parse_icmp(ctx: &TcContext, pkt: &mut Packet, icmp: &mut Icmp) -> bool {
+    match icmp_headers(ctx, pkt) {
+        Some(h) => {
+            icmp.ty = h[0];
+            icmp.id = u16::from_ne_bytes([h[4], h[5]]);
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn icmp_headers(ctx: &TcContext, pkt: &mut Packet) -> Option<[u8; 8]> {
+    let ethertype = ctx.load::<u16>(12).ok()?;
+    match u16::from_be(ethertype) {
+        ETH_P_IP => {
+            let ip = ctx.load::<Ipv4Hdr>(ETH_HLEN).ok()?;
+            // Neither options nor fragments: an ICMP error must quote its
+            // datagram's header whole, and echo identifiers live only in
+            // the first fragment.
+            if ip.vihl != 0x45 || ip.proto != IPPROTO_ICMP || u16::from_be(ip.frag_off) & 0x3fff != 0 {
+                return None;
+            }
+            let tot_len = u16::from_be(ip.tot_len);
+            if !ip_len_matches(ctx, tot_len as u32) || tot_len < 20 + ICMP_HLEN {
+                return None;
+            }
+            *pkt = Packet::new(AF_INET, IPPROTO_ICMP, [ip.saddr, 0, 0, 0], [ip.daddr, 0, 0, 0], [0, 0]);
+            pkt.l4_payload = tot_len - 20 - ICMP_HLEN;
+        }
+        ETH_P_IPV6 => {
+            let ip = ctx.load::<Ipv6Hdr>(ETH_HLEN).ok()?;
+            let payload = u16::from_be(ip.payload_len);
+            if (ip.vtc_flow & 0xf0) != 0x60
+                || ip.nexthdr != IPPROTO_ICMPV6
+                || !ip_len_matches(ctx, payload as u32 + 40)
+                || payload < ICMP_HLEN
+            {
+                return None;
+            }
+            *pkt = Packet::new(AF_INET6, IPPROTO_ICMPV6, ip.saddr, ip.daddr, [0, 0]);
+            pkt.l4_payload = payload - ICMP_HLEN;
+        }
+        _ => return None,
+    }
+    ctx.load::<[u8; 8]>(pkt.l4_off()).ok()
+}
+
+/// The ICMP header: type, code, checksum, and 4 bytes (identifier and
+/// sequence, or unused / next-hop MTU).
+pub const ICMP_HLEN: u16 = 8;
+
+/// The datagram an ICMP error quotes, as far as a translation needs it.
+pub struct Quoted {
+    pub proto: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Ports as quoted; an echo request's identifier as `sport` (and
+    /// `dport` 0), as the masquerade keys an echo.
+    pub sport: u16,
+    pub dport: u16,
+    /// Offset of the quoted IP header.
+    pub ip_off: usize,
+    /// Offset of the quoted L4 header.
+    pub l4_off: usize,
+}
+
+/// The datagram quoted by the ICMP error `outer` (parsed by
+/// [`parse_icmp`]): an IPv4 header without options or an IPv6 header
+/// without extensions, then TCP, UDP or an echo request, of the outer's
+/// family. None: anything else (passed untouched).
+#[inline(never)]
+pub fn parse_quoted(ctx: &TcContext, outer: &Packet) -> Option<Quoted> {
+    let ip_off = outer.l4_off() + ICMP_HLEN as usize;
+    let (proto, src, dst, l4_off) = if outer.family == AF_INET {
+        let ip = ctx.load::<Ipv4Hdr>(ip_off).ok()?;
+        if ip.vihl != 0x45 {
+            return None;
+        }
+        (ip.proto, [ip.saddr, 0, 0, 0], [ip.daddr, 0, 0, 0], ip_off + 20)
+    } else {
+        let ip = ctx.load::<Ipv6Hdr>(ip_off).ok()?;
+        if (ip.vtc_flow & 0xf0) != 0x60 {
+            return None;
+        }
+        (ip.nexthdr, ip.saddr, ip.daddr, ip_off + 40)
+    };
+    // RFC 792 / 4443 quote at least 8 bytes of the datagram: its ports, or
+    // an echo's identifier.
+    let l4 = ctx.load::<[u16; 4]>(l4_off).ok()?;
+    let echo = l4[0].to_ne_bytes()[0] == echo_request(outer.family);
+    let (sport, dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (l4[0], l4[1]),
+        IPPROTO_ICMP if outer.family == AF_INET && echo => (l4[2], 0),
+        IPPROTO_ICMPV6 if outer.family == AF_INET6 && echo => (l4[2], 0),
+        _ => return None,
+    };
+    Some(Quoted { proto, src, dst, sport, dport, ip_off, l4_off })
+}
+
+/// ICMP types the masquerade knows, by family.
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP6_ECHO_REQUEST: u8 = 128;
+pub const ICMP6_ECHO_REPLY: u8 = 129;
+
+#[inline(always)]
+pub fn echo_request(family: u8) -> u8 {
+    if family == AF_INET {
+        ICMP_ECHO_REQUEST
+    } else {
+        ICMP6_ECHO_REQUEST
+    }
+}
+
+#[inline(always)]
+pub fn echo_reply(family: u8) -> u8 {
+    if family == AF_INET {
+        ICMP_ECHO_REPLY
+    } else {
+        ICMP6_ECHO_REPLY
+    }
+}
+
+/// Whether `icmp` is an error that quotes the datagram it is about:
+/// destination unreachable (frag-needed among them) and time exceeded for
+/// IPv4; destination unreachable, packet too big and time exceeded for
+/// IPv6.
+#[inline(always)]
+pub fn is_icmp_error(family: u8, icmp: &Icmp) -> bool {
+    if family == AF_INET {
+        icmp.ty == 3 || icmp.ty == 11
+    } else {
+        icmp.ty == 1 || icmp.ty == 2 || icmp.ty == 3
+    }
 }

@@ -8,6 +8,7 @@ pub mod desired;
 pub mod diff;
 pub mod maglev;
 pub mod maps;
+pub mod masq;
 pub mod metrics;
 pub mod names;
 pub mod routing;
@@ -62,6 +63,20 @@ pub struct Args {
     /// InternalIP.
     #[arg(long, env = "FERRY_UNDERLAY_DEV")]
     pub underlay_dev: Option<String>,
+    /// Masquerade pod traffic leaving the cluster to the underlay device's address, in
+    /// eBPF at its tc egress (replies and their ICMP errors translated back at its
+    /// ingress). Needs --node-name: this node's pod CIDRs are the sources.
+    #[arg(long, env = "FERRY_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
+    /// Destinations pods reach with their own source address (ip-masq-agent's
+    /// nonMasqueradeCIDRs), comma-separated. Unset: every Node's pod CIDRs. Nodes'
+    /// addresses are always exempt.
+    #[arg(long, env = "FERRY_NON_MASQUERADE_CIDRS", value_delimiter = ',')]
+    pub non_masquerade_cidrs: Option<Vec<ipnetwork::IpNetwork>>,
+    /// SNAT ports (and ICMP echo identifiers) masqueraded flows get, MIN-MAX. Outside
+    /// the kernel's ephemeral range by default; reserved in ip_local_reserved_ports.
+    #[arg(long, default_value_t = masq::PortRange::default())]
+    pub masquerade_ports: masq::PortRange,
     /// bpffs directory for the pinned programs, maps and links.
     #[arg(long, default_value = ferry_common::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
@@ -106,6 +121,9 @@ pub struct Args {
     pub ct_size: u32,
     #[arg(long, default_value_t = ferry_common::DEFAULT_AFFINITY_SIZE)]
     pub affinity_size: u32,
+    /// Masqueraded flows the NAT maps hold; new flows beyond are dropped (and counted).
+    #[arg(long, default_value_t = ferry_common::DEFAULT_NAT_SIZE)]
+    pub nat_size: u32,
     /// Listen address for /metrics, /healthz, /readyz.
     #[arg(long, default_value = "127.0.0.1:9962")]
     pub metrics_addr: SocketAddr,
@@ -123,6 +141,7 @@ impl Args {
             max_backends: self.max_backends,
             ct_size: self.ct_size,
             affinity_size: self.affinity_size,
+            nat_size: self.nat_size,
         }
     }
 
@@ -257,7 +276,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Routing follows this node's Node: without a name there is nothing to
     // route from. The conflist waits for the MTU it computes.
     let (mtu_tx, mtu_rx) = tokio::sync::watch::channel(None);
-    if let Some(node) = args.node_name.as_ref().filter(|n| !n.is_empty()) {
+    let node_name = args.node_name.as_ref().filter(|n| !n.is_empty());
+    let masquerade = match (args.masquerade, node_name) {
+        (true, Some(_)) => {
+            let shared = Arc::new(masq::Shared::default());
+            metrics.set_masquerade(shared.clone());
+            masq::spawn_expiry(args.pin_dir.clone(), args.nat_size, shared.clone())?;
+            let cfg = masq::Config {
+                pin_dir: args.pin_dir.clone(),
+                non_masquerade: args.non_masquerade_cidrs.clone(),
+                ports: args.masquerade_ports,
+            };
+            Some((cfg, shared))
+        }
+        _ => {
+            let removed = masq::disable(&args.pin_dir)?;
+            if removed > 0 {
+                info!(uplinks = removed, "masquerade turned off");
+            }
+            None
+        }
+    };
+    if let Some(node) = node_name {
         let shared = Arc::new(routing::task::Shared::default());
         metrics.set_routing(shared.clone());
         let settings = routing::task::Settings {
@@ -270,6 +310,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             node_name: node.clone(),
             netns: args.netns.as_deref().map(netns_path),
             cni_mtu: args.cni_mtu,
+            masquerade,
         };
         // The thread lives as long as the process.
         routing::task::spawn(settings, source.snapshots.clone(), shared, mtu_tx)?;

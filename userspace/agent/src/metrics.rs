@@ -41,6 +41,8 @@ pub struct Metrics {
     source: Option<tokio::sync::watch::Receiver<ferry_state::SourceStatus>>,
     /// The routing task's state, for /status (and its metrics).
     routing: Option<Arc<crate::routing::task::Shared>>,
+    /// The masquerade's state, for /status (and its metrics).
+    masquerade: Option<Arc<crate::masq::Shared>>,
 }
 
 impl Metrics {
@@ -84,6 +86,7 @@ impl Metrics {
             generation: AtomicU64::new(0),
             source,
             routing: None,
+            masquerade: None,
         }
     }
 
@@ -91,6 +94,12 @@ impl Metrics {
     pub fn set_routing(&mut self, shared: Arc<crate::routing::task::Shared>) {
         self.registry.register_collector(Box::new(crate::routing::task::RoutingCollector(shared.clone())));
         self.routing = Some(shared);
+    }
+
+    /// Adds the masquerade's state to /status and /metrics.
+    pub fn set_masquerade(&mut self, shared: Arc<crate::masq::Shared>) {
+        self.registry.register_collector(Box::new(crate::masq::MasqCollector(shared.clone())));
+        self.masquerade = Some(shared);
     }
 
     pub fn set_programmed(&self, p: &Programmed) {
@@ -121,6 +130,7 @@ impl Metrics {
             "generation": self.generation.load(Ordering::Acquire),
             "source": source,
             "routing": self.routing.as_ref().map(|r| r.snapshot()),
+            "masquerade": self.masquerade.as_ref().map(|m| m.snapshot()),
         });
         v.to_string() + "\n"
     }

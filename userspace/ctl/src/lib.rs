@@ -54,6 +54,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: CtCmd,
     },
+    /// Masqueraded flows: pod -> node address and SNAT port -> remote.
+    Nat {
+        #[command(subcommand)]
+        cmd: ListOnly,
+    },
     /// Per-service packet/byte counters, drops by reason, global counters.
     Stats,
 }
@@ -148,6 +153,7 @@ pub struct Stats {
     pub drops: BTreeMap<&'static str, u64>,
     pub global: BTreeMap<&'static str, u64>,
     pub conntrack_entries: usize,
+    pub nat_entries: usize,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -317,6 +323,11 @@ impl Node {
         Ok(n)
     }
 
+    /// Every masqueraded flow.
+    pub fn nat(&self) -> Vec<ferry_datapath::NatFlow> {
+        ferry_datapath::list_nat(&self.maps.snat, &self.maps.snat_rev)
+    }
+
     pub fn stats(&self) -> Result<Stats, CtlError> {
         let mut services = Vec::new();
         for r in self.maps.services.iter() {
@@ -338,7 +349,8 @@ impl Node {
         let drops = DropReason::ALL.iter().map(|r| (r.as_str(), sum(&self.maps.drops, *r as u32))).collect();
         let global = GlobalCounter::ALL.iter().map(|c| (c.name(), sum(&self.maps.global, *c as u32))).collect();
         let conntrack_entries = self.maps.conntrack.keys().filter(Result::is_ok).count();
-        Ok(Stats { services, drops, global, conntrack_entries })
+        let nat_entries = self.maps.snat.keys().filter(Result::is_ok).count();
+        Ok(Stats { services, drops, global, conntrack_entries, nat_entries })
     }
 }
 
@@ -369,11 +381,7 @@ impl CtFilter {
 }
 
 /// `bpf_ktime_get_ns()`'s clock, so ages can be computed.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
+use ferry_datapath::monotonic_ns;
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,10 @@ fn print<T: serde::Serialize>(
     Ok(())
 }
 
+fn fmt_addr(ip: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
@@ -104,6 +108,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Nat { .. } => {
+            let rows = node.nat();
+            print(out, &rows, &["PROTO", "POD", "NAT", "REMOTE", "STATE", "IDLE"], || {
+                rows.iter()
+                    .map(|r| {
+                        let remote =
+                            if r.proto == "icmp" { r.remote.to_string() } else { fmt_addr(r.remote, r.remote_port) };
+                        vec![
+                            r.proto.to_string(),
+                            fmt_addr(r.pod, r.pod_port),
+                            fmt_addr(r.nat, r.nat_port),
+                            remote,
+                            if r.orphan { format!("{}/orphan", r.state.as_str()) } else { r.state.as_str().to_string() },
+                            format!("{}s", r.idle_s),
+                        ]
+                    })
+                    .collect()
+            })
+        }
         Command::Stats => {
             let s = node.stats()?;
             if out == Output::Json {
@@ -129,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.drops.iter().map(|(k, v)| vec![format!("drop/{k}"), v.to_string()]).collect();
             counters.extend(s.global.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]));
             counters.push(vec!["conntrack_entries".into(), s.conntrack_entries.to_string()]);
+            counters.push(vec!["nat_entries".into(), s.nat_entries.to_string()]);
             print!("{}", table(&["COUNTER", "VALUE"], &counters));
             Ok(())
         }

@@ -66,9 +66,21 @@ pub struct Attachment {
 /// index was reused) is replaced. Reverse NAT goes first so that no flow is
 /// translated before its replies can be.
 pub fn attach<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachment> {
-    let (ifname, ifindex) = iface.into().resolve()?;
+    attach_progs(pin_dir, iface.into(), &Prog::TC)
+}
+
+/// Attaches from-net (tcx ingress) then to-net (tcx egress) to the node's
+/// uplink and pins the links under `<pin_dir>/links/<ifindex>-net-{in,out}`;
+/// idempotent as [`attach`]. The programs act only on an uplink with a
+/// `FERRY_MASQ_IFACES` entry; everything else passes.
+pub fn attach_uplink<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachment> {
+    attach_progs(pin_dir, iface.into(), &Prog::UPLINK)
+}
+
+fn attach_progs(pin_dir: &Path, iface: Iface<'_>, progs: &[Prog]) -> Result<Attachment> {
+    let (ifname, ifindex) = iface.resolve()?;
     let mut created = false;
-    for prog in Prog::TC {
+    for &prog in progs {
         let path = link_path(pin_dir, ifindex, prog);
         if path.exists() {
             if matches!(sys::link_ifindex(&path), Ok(i) if i == ifindex) {
@@ -85,7 +97,7 @@ pub fn attach<'a>(pin_dir: &Path, iface: impl Into<Iface<'a>>) -> Result<Attachm
         let program_err = |source| Error::Program { name: prog.name().to_owned(), source };
         let id = match program.attach_with_options(
             &ifname,
-            prog.tc_attach_type().expect("Prog::TC are tcx programs"),
+            prog.tc_attach_type().ok_or_else(|| Error::Config(format!("{} is not a tcx program", prog.name())))?,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         ) {
             Ok(id) => id,
@@ -135,8 +147,17 @@ fn wait_for_pin(path: &Path, ifindex: u32) -> bool {
 /// Detaches both programs from interface `ifindex` by removing the link
 /// pins (the pins are the links' only owners). Returns whether any existed.
 pub fn detach(pin_dir: &Path, ifindex: u32) -> Result<bool> {
+    detach_progs(pin_dir, ifindex, &Prog::TC)
+}
+
+/// Detaches the uplink programs from interface `ifindex`.
+pub fn detach_uplink(pin_dir: &Path, ifindex: u32) -> Result<bool> {
+    detach_progs(pin_dir, ifindex, &Prog::UPLINK)
+}
+
+fn detach_progs(pin_dir: &Path, ifindex: u32, progs: &[Prog]) -> Result<bool> {
     let mut any = false;
-    for prog in Prog::TC {
+    for &prog in progs {
         let path = link_path(pin_dir, ifindex, prog);
         match fs::remove_file(&path) {
             Ok(()) => any = true,

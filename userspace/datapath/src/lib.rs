@@ -21,6 +21,8 @@
 //! - [`attach`]`(pin_dir, Iface) -> Result<Attachment>`: from-pod at tcx ingress,
 //!   to-pod at tcx egress of a host veth, pinned so they outlive the caller;
 //!   idempotent. [`detach`]`(pin_dir, ifindex)`, [`gc_links`]`(pin_dir)`.
+//! - [`attach_uplink`]`(pin_dir, Iface)` / [`detach_uplink`]: from-net at tcx
+//!   ingress and to-net at tcx egress of the node's uplink (masquerade).
 //! - [`attach_matching`]`(pin_dir, &IfacePattern)`, [`spawn_attach_watcher`]:
 //!   attach to existing and new interfaces whose name matches a pattern.
 //! - [`register_endpoint`]`(pin_dir, ifindex, pod_mac, &ips)` /
@@ -43,12 +45,19 @@
 //!   flows move when their backend id disappears or changes address/port.
 //! - `backend_count == 0` = reject: TCP RST, UDP ICMP(v6) port unreachable.
 //! - Hairpin flows are SNATed to `ferry_common::HAIRPIN_V4` / `HAIRPIN_V6`.
+//! - Masquerade: `FERRY_MASQ_IFACES[uplink ifindex]` = its addresses and
+//!   SNAT port range; `FERRY_MASQ_SRC` = the sources to masquerade (this
+//!   node's pod CIDRs), `FERRY_NONMASQ` = destinations that keep the pod's
+//!   source (LPM tries keyed by [`lpm_key`]). The programs fill
+//!   `FERRY_SNAT` / `FERRY_SNAT_REV`; the agent expires them
+//!   ([`expire_nat`]).
 //! - Counters: `FERRY_SVC_STATS[service id]`, `FERRY_DROPS[DropReason]`,
 //!   `FERRY_GLOBAL[GlobalCounter]` (all per-CPU: sum the CPUs).
 mod attach;
 mod endpoints;
 mod load;
 mod maglev;
+mod nat;
 mod prog;
 mod sys;
 pub mod testing;
@@ -57,12 +66,16 @@ mod watch;
 use std::{io, path::PathBuf};
 
 pub use attach::{
-    attach, attach_cgroup, attach_matching, detach, detach_cgroup, gc_links, Attachment, Iface, IfacePattern,
+    attach, attach_cgroup, attach_matching, attach_uplink, detach, detach_cgroup, detach_uplink, gc_links, Attachment,
+    Iface, IfacePattern,
 };
 pub use endpoints::{endpoint_key, forget_ports, register_endpoint, unregister_endpoints};
 pub use ferry_common as common;
 pub use load::{load_or_adopt, open_pinned, programs_pinned, test_run, Datapath, DatapathConfig, Maps, TestRunOutput};
 pub use maglev::{MaglevTables, MaglevWriter};
+pub use nat::{
+    expire_nat, list_nat, lpm_key, monotonic_ns, proto_name, reverse_key, Expiry, NatFlow, NatState, NatTimeouts,
+};
 pub use prog::{link_pins, Hook, Prog};
 pub use sys::ensure_bpffs;
 pub use watch::{spawn_attach_watcher, AttachWatcher, WatchEvent};

@@ -6,7 +6,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
         links::FdLink, links::PinnedLink, tc::SchedClassifierLink, CgroupSock, CgroupSockAddr, Program,
         SchedClassifier, TestRun, TestRunOptions,
@@ -15,7 +15,8 @@ use aya::{
 };
 use ferry_common::{
     map_names, AffinityKey, AffinityValue, BackendValue, Config, Counter, CtKey, CtValue, DropReason, EndpointKey,
-    EndpointValue, GlobalCounter, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
+    EndpointValue, GlobalCounter, LpmAddr, MasqIface, NatEntry, NatKey, RevNatKey, RevNatValue, ServiceKey,
+    ServiceValue,
 };
 use tracing::{debug, info, warn};
 
@@ -39,6 +40,8 @@ pub struct DatapathConfig {
     /// Conntrack and reverse-NAT entries (LRU).
     pub ct_size: u32,
     pub affinity_size: u32,
+    /// Masqueraded flows (`FERRY_SNAT`, and as many `FERRY_SNAT_REV`).
+    pub nat_size: u32,
 }
 
 impl Default for DatapathConfig {
@@ -50,6 +53,7 @@ impl Default for DatapathConfig {
             max_backends: ferry_common::DEFAULT_MAX_BACKENDS,
             ct_size: ferry_common::DEFAULT_CT_SIZE,
             affinity_size: ferry_common::DEFAULT_AFFINITY_SIZE,
+            nat_size: ferry_common::DEFAULT_NAT_SIZE,
         }
     }
 }
@@ -64,6 +68,7 @@ impl DatapathConfig {
             max_backends: 4096,
             ct_size: 16_384,
             affinity_size: 1024,
+            nat_size: 16_384,
         }
     }
 
@@ -75,6 +80,7 @@ impl DatapathConfig {
             ("max_backends", self.max_backends),
             ("ct_size", self.ct_size),
             ("affinity_size", self.affinity_size),
+            ("nat_size", self.nat_size),
         ];
         if let Some((name, _)) = fields.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("{name} must be > 0")));
@@ -93,7 +99,7 @@ impl DatapathConfig {
     }
 
     /// `max_entries` of every map, by name.
-    fn map_sizes(&self) -> Result<[(&'static str, u32); 16]> {
+    fn map_sizes(&self) -> Result<[(&'static str, u32); 21]> {
         Ok([
             (map_names::SERVICES, self.max_services),
             (map_names::BACKENDS, self.max_backends),
@@ -111,6 +117,11 @@ impl DatapathConfig {
             (map_names::SOCK_REVNAT, self.ct_size),
             (map_names::FRAGMENTS, ferry_common::DEFAULT_FRAG_SIZE),
             (map_names::VIPS, self.max_services),
+            (map_names::SNAT, self.nat_size),
+            (map_names::SNAT_REV, self.nat_size),
+            (map_names::MASQ_SOURCES, ferry_common::DEFAULT_MASQ_CIDRS),
+            (map_names::NON_MASQ, ferry_common::DEFAULT_MASQ_CIDRS),
+            (map_names::MASQ_IFACES, ferry_common::DEFAULT_MASQ_IFACES),
         ])
     }
 }
@@ -139,6 +150,17 @@ pub struct Maps {
     /// Every frontend address -> its number of frontends; written by the
     /// agent beside the services (fragments to a VIP are recognised by it).
     pub vips: HashMap<MapData, EndpointKey, u32>,
+    /// Masqueraded flows: pod -> remote as the pod sent them -> the node
+    /// address and port they leave with (filled by the uplink programs).
+    pub snat: HashMap<MapData, NatKey, NatEntry>,
+    /// Their replies: remote -> node address and port -> the pod's.
+    pub snat_rev: HashMap<MapData, NatKey, NatEntry>,
+    /// Sources to masquerade (this node's pod CIDRs), keyed by [`crate::lpm_key`].
+    pub masq_sources: LpmTrie<MapData, LpmAddr, u8>,
+    /// Destinations that keep the pod's source.
+    pub non_masq: LpmTrie<MapData, LpmAddr, u8>,
+    /// Uplink ifindex -> its masquerade addresses and port range.
+    pub masq_ifaces: HashMap<MapData, u32, MasqIface>,
 }
 
 impl Maps {
@@ -175,6 +197,11 @@ impl Maps {
             config: typed!(map_names::CONFIG),
             endpoints: typed!(map_names::ENDPOINTS),
             vips: typed!(map_names::VIPS),
+            snat: typed!(map_names::SNAT),
+            snat_rev: typed!(map_names::SNAT_REV),
+            masq_sources: typed!(map_names::MASQ_SOURCES),
+            non_masq: typed!(map_names::NON_MASQ),
+            masq_ifaces: typed!(map_names::MASQ_IFACES),
         })
     }
 }

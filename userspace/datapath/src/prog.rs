@@ -6,7 +6,8 @@
 //! ```text
 //! <pin_dir>/maps/<MAP NAME>           every map (ferry_common::map_names)
 //! <pin_dir>/progs/<program name>      every program (ferry_common::prog_names)
-//! <pin_dir>/links/<ifindex>-<tag>     one tcx link per (interface, program)
+//! <pin_dir>/links/<ifindex>-<tag>     one tcx link per (interface, program):
+//!                                     in/out on pod veths, net-in/net-out on uplinks
 //! <pin_dir>/links/cgroup-<tag>        one cgroup link per socket-LB program
 //! ```
 use std::{
@@ -40,6 +41,10 @@ pub enum Prog {
     FromPod,
     /// tcx egress of a pod's host veth (packets entering the pod).
     ToPod,
+    /// tcx ingress of the node's uplink (replies to masqueraded flows).
+    FromNet,
+    /// tcx egress of the node's uplink (masquerade).
+    ToNet,
     /// The socket LB, one per cgroup hook.
     SockConnect4,
     SockConnect6,
@@ -56,6 +61,11 @@ impl Prog {
     /// The pod-veth programs, in attach order: reverse NAT first, so that
     /// no flow is translated before its replies can be.
     pub const TC: [Prog; 2] = [Prog::ToPod, Prog::FromPod];
+    /// The uplink programs, in attach order: replies are translated back
+    /// before any flow is masqueraded.
+    pub const UPLINK: [Prog; 2] = [Prog::FromNet, Prog::ToNet];
+    /// Every tcx program (pod veths and uplinks).
+    pub const TCX: [Prog; 4] = [Prog::ToPod, Prog::FromPod, Prog::FromNet, Prog::ToNet];
     /// The socket LB, in attach order: the reverse hooks first, so no
     /// translated socket ever shows the application a backend's address.
     pub const SOCK: [Prog; 9] = [
@@ -69,12 +79,12 @@ impl Prog {
         Prog::SockSendmsg4,
         Prog::SockSendmsg6,
     ];
-    /// Every program: `TC` then `SOCK`.
-    pub const ALL: [Prog; Self::TC.len() + Self::SOCK.len()] = {
-        let mut all = [Prog::ToPod; Self::TC.len() + Self::SOCK.len()];
+    /// Every program: `TCX` then `SOCK`.
+    pub const ALL: [Prog; Self::TCX.len() + Self::SOCK.len()] = {
+        let mut all = [Prog::ToPod; Self::TCX.len() + Self::SOCK.len()];
         let mut i = 0;
         while i < all.len() {
-            all[i] = if i < Self::TC.len() { Self::TC[i] } else { Self::SOCK[i - Self::TC.len()] };
+            all[i] = if i < Self::TCX.len() { Self::TCX[i] } else { Self::SOCK[i - Self::TCX.len()] };
             i += 1;
         }
         all
@@ -85,6 +95,8 @@ impl Prog {
         match self {
             Prog::FromPod => prog_names::FROM_POD,
             Prog::ToPod => prog_names::TO_POD,
+            Prog::FromNet => prog_names::FROM_NET,
+            Prog::ToNet => prog_names::TO_NET,
             Prog::SockConnect4 => prog_names::SOCK_CONNECT4,
             Prog::SockConnect6 => prog_names::SOCK_CONNECT6,
             Prog::SockSendmsg4 => prog_names::SOCK_SENDMSG4,
@@ -100,8 +112,8 @@ impl Prog {
     pub fn hook(self) -> Hook {
         use CgroupSockAddrAttachType as C;
         match self {
-            Prog::FromPod => Hook::TcxIngress,
-            Prog::ToPod => Hook::TcxEgress,
+            Prog::FromPod | Prog::FromNet => Hook::TcxIngress,
+            Prog::ToPod | Prog::ToNet => Hook::TcxEgress,
             Prog::SockConnect4 => Hook::Cgroup(C::Connect4),
             Prog::SockConnect6 => Hook::Cgroup(C::Connect6),
             Prog::SockSendmsg4 => Hook::Cgroup(C::UDPSendMsg4),
@@ -133,6 +145,8 @@ impl Prog {
         match self {
             Prog::FromPod => "in",
             Prog::ToPod => "out",
+            Prog::FromNet => "net-in",
+            Prog::ToNet => "net-out",
             Prog::SockConnect4 => "connect4",
             Prog::SockConnect6 => "connect6",
             Prog::SockSendmsg4 => "sendmsg4",
@@ -170,7 +184,7 @@ pub(crate) fn cgroup_link_path(pin_dir: &Path, prog: Prog) -> PathBuf {
 /// (ifindex, program) of a tcx link pin's file name; None for anything else.
 fn parse_link_pin(name: &str) -> Option<(u32, Prog)> {
     let (idx, tag) = name.split_once('-')?;
-    let prog = Prog::TC.into_iter().find(|p| p.link_tag() == tag)?;
+    let prog = Prog::TCX.into_iter().find(|p| p.link_tag() == tag)?;
     Some((idx.parse().ok()?, prog))
 }
 
@@ -201,13 +215,13 @@ mod tests {
         for p in Prog::ALL {
             assert_eq!(Prog::ALL.iter().filter(|q| **q == p).count(), 1, "{p:?}");
         }
-        assert_eq!(Prog::ALL.len(), 11);
+        assert_eq!(Prog::ALL.len(), 13);
     }
 
     #[test]
     fn link_pin_names_round_trip() {
         let dir = Path::new("/sys/fs/bpf/ferry");
-        for prog in Prog::TC {
+        for prog in Prog::TCX {
             let path = link_path(dir, 42, prog);
             let name = path.file_name().unwrap().to_str().unwrap();
             assert_eq!(parse_link_pin(name), Some((42, prog)), "{name}");
@@ -215,6 +229,7 @@ mod tests {
         // (file name, parsed)
         let rows = [
             ("7-in", Some((7, Prog::FromPod))),
+            ("7-net-out", Some((7, Prog::ToNet))),
             ("7-x", None),
             ("in", None),
             ("x-out", None),

@@ -126,6 +126,8 @@ pub struct Settings {
     pub netns: Option<PathBuf>,
     /// `--cni-mtu`, if given.
     pub cni_mtu: Option<u32>,
+    /// The egress masquerade, applied on the uplink each pass finds.
+    pub masquerade: Option<(crate::masq::Config, Arc<crate::masq::Shared>)>,
 }
 
 /// Starts the routing thread. The pod MTU that fits the paths pods may take
@@ -173,6 +175,7 @@ fn run(
 ) {
     let mut last: Option<Changes> = None;
     let mut reported: Vec<String> = Vec::new();
+    let mut masq = settings.masquerade.clone().map(|(cfg, shared)| crate::masq::Masquerade::new(cfg, shared));
     let mut wait = Duration::ZERO;
     loop {
         let woke = rt.block_on(async { tokio::time::timeout(wait, rx.changed()).await });
@@ -194,7 +197,7 @@ fn run(
         if !timer && !nodes_changed {
             continue;
         }
-        match pass(settings, nl, cat, mtu) {
+        match pass(settings, nl, cat, mtu, masq.as_mut()) {
             Ok(outcome) => {
                 for i in outcome.issues.iter().filter(|i| !reported.contains(i)) {
                     warn!("routing: {i}");
@@ -277,7 +280,13 @@ fn find_underlay(nl: &Netlink, cfg: &Config, own_ips: &[IpAddr]) -> Result<Optio
     Ok(Some(Underlay { index: link.index, name: link.name, mtu: link.mtu, subnets }))
 }
 
-fn pass(settings: &Settings, nl: &Netlink, cat: &Catalog, mtu: &watch::Sender<Option<u32>>) -> Result<Outcome, Error> {
+fn pass(
+    settings: &Settings,
+    nl: &Netlink,
+    cat: &Catalog,
+    mtu: &watch::Sender<Option<u32>>,
+    masq: Option<&mut crate::masq::Masquerade>,
+) -> Result<Outcome, Error> {
     let cfg = &settings.config;
     let mut out = Outcome { issues: Vec::new(), failed: false, last_error: None, applied: None };
     let Some(own) = cat.node(&settings.node_name) else {
@@ -294,6 +303,10 @@ fn pass(settings: &Settings, nl: &Netlink, cat: &Catalog, mtu: &watch::Sender<Op
     let underlay_mtu = underlay.as_ref().ok().and_then(|u| u.as_ref().map(|u| u.mtu));
     publish_mtu(mtu, pod_mtu(cfg.mode, underlay_mtu, has_v6, settings.cni_mtu));
     let underlay = underlay?;
+    // The masquerade needs the uplink, not the routes: it runs in every mode.
+    if let (Some(m), Some(u)) = (masq, underlay.as_ref()) {
+        m.apply(nl, cat, own, u);
+    }
     if cfg.mode == Mode::None {
         return Ok(out);
     }
