@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Privileged tests build whole network topologies; two at a time fits 2 cores.
 TEST_THREADS ?= 2
 
-.PHONY: all bootstrap bootstrap-bench build demo test lint bench bench-cni bench-lb bench-socklb bench-dns bench-k8s clean
+.PHONY: all bootstrap bootstrap-bench build demo test lint bench bench-cni bench-lb bench-socklb bench-dns bench-k8s bench-net clean
 
 all: build
 
@@ -35,7 +35,7 @@ lint: bootstrap
 	cd ebpf/programs && env -u RUSTUP_TOOLCHAIN rustup run nightly cargo clippy --release \
 		--target bpfel-unknown-none -Z build-std=core -- -D warnings
 
-bench: bench-cni bench-lb bench-dns bench-k8s
+bench: bench-cni bench-lb bench-dns bench-k8s bench-net
 
 bench-cni: build bootstrap-bench
 	@bash bench/cni/run.sh
@@ -54,6 +54,12 @@ bench-dns: build bootstrap-bench
 # 100,000 Services x 10 endpoints, beside the YAML directory (~10 min).
 bench-k8s: build
 	@./target/release/ferry-bench-k8s --out bench/results/k8s.json
+
+# Pods across nodes (host-gw, VXLAN), egress masquerade and remote-backend
+# Services on three node namespaces, beside hand-built kernel routes, a kernel
+# VXLAN device and an nftables masquerade rule (~6 min).
+bench-net: build bootstrap-bench
+	@bash bench/net/run.sh
 
 clean:
 	$(CARGO) clean
