@@ -12,8 +12,9 @@
 //! reverse entry is inserted first with `BPF_NOEXIST`, and that insert is
 //! the claim, so two flows can never hold the same (remote address, remote
 //! port, protocol, SNAT port), on any CPU. A taken port is retried with
-//! another random one, `SNAT_TRIES` times; then the flow is dropped and
-//! counted (`NatPortsExhausted`), never given a used port. The range
+//! another random one, `SNAT_TRIES` times (a range that small is walked
+//! whole); then the flow is dropped and counted (`NatPortsExhausted`),
+//! never given a used port. The range
 //! (default 61000-65535) is outside the kernel's ephemeral range, and the
 //! agent reserves it (`ip_local_reserved_ports`), so the node's own
 //! connections never use it. Because the remote end is part of the key, the
@@ -35,7 +36,7 @@ use crate::{
     csum::{set_addr, set_port},
     maps::{count_global, FERRY_MASQ_IFACES, FERRY_MASQ_SRC, FERRY_NONMASQ, FERRY_SNAT, FERRY_SNAT_REV},
     parse::{
-        echo_reply, echo_request, is_icmp_error, parse, parse_icmp, Icmp, parse_quoted, Packet, Quoted, IP4_DST_OFF,
+        echo_reply, echo_request, is_icmp_error, parse, parse_icmp, parse_quoted, Icmp, Packet, Quoted, IP4_DST_OFF,
         IP4_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
@@ -214,10 +215,19 @@ fn allocate(key: &NatKey, pkt: &Packet, iface: &MasqIface, now: u64) -> Result<(
         _pad: [0; 2],
     };
     let back = NatEntry { addr: pkt.src, port: pkt.sport, _pad: 0, flags: 0, created_ns: now, last_seen_ns: now };
+    // SAFETY: plain helper call.
+    let start = unsafe { bpf_get_prandom_u32() };
     let mut i = 0;
     while i < SNAT_TRIES {
-        // SAFETY: plain helper call.
-        let port = ((min + unsafe { bpf_get_prandom_u32() } % range) as u16).to_be();
+        // A range the tries cover is walked from a random start, so its
+        // last free port is always found; a larger one is sampled.
+        let off = if range <= SNAT_TRIES {
+            start.wrapping_add(i) % range
+        } else {
+            // SAFETY: plain helper call.
+            (unsafe { bpf_get_prandom_u32() }) % range
+        };
+        let port = ((min + off) as u16).to_be();
         rkey.dst_port = port;
         match FERRY_SNAT_REV.insert(&rkey, &back, BPF_NOEXIST as u64) {
             Ok(()) => {

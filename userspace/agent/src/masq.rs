@@ -95,7 +95,12 @@ fn host_net(ip: IpAddr) -> IpNetwork {
 
 /// The wanted state. `uplink_addrs`: the uplink's global addresses, in
 /// kernel order; the node's own address of a family is preferred.
-pub fn plan(cfg: &Config, own: &Node, nodes: &std::collections::BTreeMap<String, Node>, uplink_addrs: &[IpAddr]) -> Plan {
+pub fn plan(
+    cfg: &Config,
+    own: &Node,
+    nodes: &std::collections::BTreeMap<String, Node>,
+    uplink_addrs: &[IpAddr],
+) -> Plan {
     let sources = pod_cidrs(own).0.into_values().collect();
     let mut non_masquerade: BTreeSet<IpNetwork> = match &cfg.non_masquerade {
         Some(list) => list.iter().copied().collect(),
@@ -323,12 +328,8 @@ impl Collector for MasqCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(s.capacity as i64).encode(enc)?;
-        let enc = encoder.encode_descriptor(
-            "nat_pressure",
-            "Fraction of the NAT map in use",
-            None,
-            MetricType::Gauge,
-        )?;
+        let enc =
+            encoder.encode_descriptor("nat_pressure", "Fraction of the NAT map in use", None, MetricType::Gauge)?;
         let pressure = if s.capacity == 0 { 0.0 } else { s.entries as f64 / s.capacity as f64 };
         ConstGauge::new(pressure).encode(enc)?;
         let enc = encoder.encode_descriptor(
@@ -366,7 +367,8 @@ mod tests {
         let b = node("b", &["192.168.1.12"], &["10.244.2.0/24", "bogus"]);
         let nodes: BTreeMap<_, _> = [("a".to_string(), a.clone()), ("b".to_string(), b)].into();
         let cfg = Config { pin_dir: "/x".into(), non_masquerade: None, ports: PortRange::default() };
-        let uplink: Vec<IpAddr> = ["192.168.1.99", "192.168.1.11", "fd00:192:1::11"].iter().map(|a| a.parse().unwrap()).collect();
+        let uplink: Vec<IpAddr> =
+            ["192.168.1.99", "192.168.1.11", "fd00:192:1::11"].iter().map(|a| a.parse().unwrap()).collect();
         let p = plan(&cfg, &a, &nodes, &uplink);
         assert_eq!(p.sources, nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]));
         assert_eq!(
@@ -387,10 +389,7 @@ mod tests {
         // An explicit list replaces the pod CIDRs; nodes stay exempt.
         let cfg = Config { non_masquerade: Some(vec!["10.0.0.0/8".parse().unwrap()]), ..cfg };
         let p = plan(&cfg, &a, &nodes, &uplink[..1]);
-        assert_eq!(
-            p.non_masquerade,
-            nets(&["10.0.0.0/8", "192.168.1.11/32", "192.168.1.12/32", "fd00:192:1::11/128"])
-        );
+        assert_eq!(p.non_masquerade, nets(&["10.0.0.0/8", "192.168.1.11/32", "192.168.1.12/32", "fd00:192:1::11/128"]));
         // the uplink lacks the InternalIP: its own address; no IPv6 address: no IPv6 masquerade
         assert_eq!(p.addr4, Some("192.168.1.99".parse().unwrap()));
         assert_eq!(p.addr6, None);

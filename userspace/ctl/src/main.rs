@@ -120,7 +120,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             fmt_addr(r.pod, r.pod_port),
                             fmt_addr(r.nat, r.nat_port),
                             remote,
-                            if r.orphan { format!("{}/orphan", r.state.as_str()) } else { r.state.as_str().to_string() },
+                            if r.orphan {
+                                format!("{}/orphan", r.state.as_str())
+                            } else {
+                                r.state.as_str().to_string()
+                            },
                             format!("{}s", r.idle_s),
                         ]
                     })

@@ -199,7 +199,9 @@ pub fn list_nat(snat: &NatMap, snat_rev: &NatMap) -> Vec<NatFlow> {
             flow(&k, &fwd, rev.as_ref(), now)
         })
         .collect();
-    flows.sort_by(|a, b| (a.pod, a.pod_port, a.remote, a.remote_port).cmp(&(b.pod, b.pod_port, b.remote, b.remote_port)));
+    flows.sort_by(|a, b| {
+        (a.pod, a.pod_port, a.remote, a.remote_port).cmp(&(b.pod, b.pod_port, b.remote, b.remote_port))
+    });
     flows
 }
 

@@ -7,11 +7,7 @@ use std::net::IpAddr;
 
 use common::*;
 use ferry_common::{service_flags, DropReason};
-use ferry_datapath::{load_or_adopt, test_run, Datapath, DatapathConfig, Prog};
-
-const OK: u32 = 0;
-const SHOT: u32 = 2;
-const REDIRECT: u32 = 7;
+use ferry_datapath::{load_or_adopt, Datapath, DatapathConfig, Prog};
 
 const CLIENT: &str = "10.0.0.2";
 const BACKEND: &str = "10.0.0.5";
@@ -20,10 +16,6 @@ const VIP_EMPTY: &str = "10.96.0.11";
 const CLIENT6: &str = "fd00::2";
 const BACKEND6: &str = "fd00::5";
 const VIP6: &str = "fd00:96::10";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// A loaded data path with: VIP:80/tcp and VIP:53/udp -> BACKEND:8080/5353,
 /// VIP_EMPTY:80/tcp and :53/udp with no endpoints, VIP6:80/tcp -> BACKEND6:8080.
@@ -37,15 +29,6 @@ fn setup() -> (PinDir, Datapath) {
     program_service(m, 4, ip(VIP_EMPTY), 53, UDP, &[], 0, 0);
     program_service(m, 5, ip(VIP6), 80, TCP, &[(ip(BACKEND6), 8080)], 0, 0);
     (pin, dp)
-}
-
-fn run(dp: &Datapath, prog: Prog, pkt: &[u8]) -> (u32, Vec<u8>) {
-    let out = test_run(&dp.pin_dir, prog, pkt).expect("test_run");
-    (out.verdict, out.packet)
-}
-
-fn drops(dp: &Datapath, reason: DropReason) -> u64 {
-    dp.maps.drops.get(&(reason as u32), 0).unwrap().iter().sum()
 }
 
 #[test]

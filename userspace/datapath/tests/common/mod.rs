@@ -12,6 +12,26 @@ pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 pub const RST: u8 = 0x04;
 
+/// BPF_PROG_TEST_RUN verdicts (TC_ACT_*).
+pub const OK: u32 = 0;
+pub const SHOT: u32 = 2;
+pub const REDIRECT: u32 = 7;
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Runs `prog` once on `pkt`: (verdict, packet out).
+pub fn run(dp: &ferry_datapath::Datapath, prog: ferry_datapath::Prog, pkt: &[u8]) -> (u32, Vec<u8>) {
+    let out = ferry_datapath::test_run(&dp.pin_dir, prog, pkt).expect("test_run");
+    (out.verdict, out.packet)
+}
+
+/// Drops counted for `reason`, summed over the CPUs.
+pub fn drops(dp: &ferry_datapath::Datapath, reason: ferry_common::DropReason) -> u64 {
+    dp.maps.drops.get(&(reason as u32), 0).unwrap().iter().sum()
+}
+
 /// A packet to build by hand. Defaults make a valid TCP SYN; the knobs
 /// make it malformed in one specific way.
 #[derive(Clone, Debug)]
@@ -157,11 +177,13 @@ impl Pkt {
     }
 }
 
-fn sum(b: &[u8]) -> u32 {
+/// One's-complement sum of big-endian 16-bit words (odd byte padded).
+pub fn sum(b: &[u8]) -> u32 {
     b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
 }
 
-fn fold(mut s: u32) -> u16 {
+/// Folds `sum` into a 16-bit one's-complement checksum.
+pub fn fold(mut s: u32) -> u16 {
     while s >> 16 != 0 {
         s = (s & 0xffff) + (s >> 16);
     }
