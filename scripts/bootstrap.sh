@@ -14,10 +14,11 @@ need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # podman builds the image (make image, tests/e2e/image.rs) and runs it; runc
 # for hosts with hybrid cgroups, which crun refuses. python3-venv: the
-# manifest checkers' venv (below).
+# manifest checkers' venv (below). iputils-ping: the demo's and the egress
+# tests' pings from a pod.
 pkgs=(iproute2 iptables nftables containernetworking-plugins iperf3 dnsutils knot
       llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc make python3 procps
-      bpftool jq podman runc python3-venv)
+      bpftool jq podman runc python3-venv iputils-ping)
 if [ "$want_bench" = bench ]; then
   pkgs+=(knot-dnsutils nsd unbound dnsperf conntrack)
 fi

@@ -267,12 +267,24 @@ on_exit "ip netns del '$NODE_B'"
 ip -n "$NODE_B" link set lo up
 ip netns exec "$NODE_B" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 \
     net.ipv6.conf.all.forwarding=1
-# The segment between the nodes: one veth pair, eth0 on each side, created
-# straight into the two namespaces.
-ip link add "${ID}u0" netns "$NODE_NS" type veth peer name "${ID}u1" netns "$NODE_B"
-ip -n "$NODE_NS" link set "${ID}u0" name eth0
-ip -n "$NODE_B" link set "${ID}u1" name eth0
-for n in "$NODE_NS:1" "$NODE_B:2"; do
+# The segment: a bridge in a namespace of its own ("the LAN"), with both
+# nodes' eth0 and an "outside" host (the internet, for the masquerade
+# below: it has no route to the pod CIDRs) plugged in.
+LAN="${ID}-lan"
+OUTSIDE="${ID}-out"
+for ns in "$LAN" "$OUTSIDE"; do
+    ip netns add "$ns"
+    on_exit "ip netns del '$ns'"
+    ip -n "$ns" link set lo up
+done
+ip -n "$LAN" link add br0 type bridge
+ip -n "$LAN" link set br0 up
+for n in "$NODE_NS:a" "$NODE_B:b" "$OUTSIDE:o"; do
+    ns=${n%:*} t=${n#*:}
+    ip link add "${ID}$t" netns "$LAN" type veth peer name eth0 netns "$ns"
+    ip -n "$LAN" link set "${ID}$t" master br0 up
+done
+for n in "$NODE_NS:1" "$NODE_B:2" "$OUTSIDE:100"; do
     ns=${n%:*} h=${n#*:}
     ip netns exec "$ns" sysctl -qw net.ipv6.conf.eth0.accept_dad=0 net.ipv6.conf.all.forwarding=1
     ip -n "$ns" addr add "192.168.250.$h/24" dev eth0
@@ -344,5 +356,37 @@ for _ in range(6):
     print("    %s (peer %s:%d)" % (c.recv(100).decode().strip(), *c.getpeername()))
     c.close()
 '
+
+# --- egress masquerade (issue 13) ---
+say "A pod reaching outside the cluster: eBPF masquerade at node-a's uplink"
+in_ns_py() { ip netns exec "$1" python3 -c "$2" "${@:3}"; }
+in_ns_py "$OUTSIDE" '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8000)); s.listen(16)
+while True:
+    c, a = s.accept(); c.sendall(("%s:%d" % a).encode()); c.close()
+' &
+OUT_SRV=$!
+on_exit "kill $OUT_SRV"
+echo "  outside host 192.168.250.100 (no route to any pod CIDR); it answers with the source it sees."
+for _ in $(seq 100); do
+    # The uplink programs are attached (their link pins exist) and the server listens.
+    ls "$PIN/links" 2>/dev/null | grep -q -- '-net-out$' &&
+        ip netns exec "$OUTSIDE" ss -Hltn 'sport = :8000' | grep -q . && break
+    sleep 0.05
+done
+echo "  pod0 (${POD_IP[0]}) -> 192.168.250.100:8000, 3 connects:"
+in_pod 0 python3 -c '
+import socket
+for _ in range(3):
+    c = socket.create_connection(("192.168.250.100", 8000), timeout=2)
+    print("    the outside saw %s" % c.recv(100).decode())
+    c.close()
+'
+echo "  pod0 pings the outside host:"
+in_pod 0 ping -c 2 -W 2 192.168.250.100 | grep -E "bytes from|packet loss" | sed 's/^/    /'
+echo "  ferryctl nat list (no iptables or nftables rule exists in node-a):"
+"$BIN/ferryctl" --pin-dir "$PIN" nat list | sed 's/^/    /'
 
 say "cleaning up (DEL through the plugin, namespaces removed)"
