@@ -172,7 +172,11 @@ fn touch(entry: &mut NatEntry, pkt: &Packet, extra: u32, now: u64) {
 #[inline(never)]
 fn snat(ctx: &TcContext, pkt: &Packet, iface: &MasqIface, port_off: usize) -> Result<i32, DropReason> {
     let addr = nat_addr(iface, pkt.family);
-    if addr == [0; 4] || pkt.src == addr {
+    if addr == [0; 4] {
+        return Ok(TC_ACT_OK);
+    }
+    if pkt.src == addr {
+        hold_node_port(pkt, iface);
         return Ok(TC_ACT_OK);
     }
     let key = flow_key(pkt);
@@ -196,6 +200,40 @@ fn snat(ctx: &TcContext, pkt: &Packet, iface: &MasqIface, port_off: usize) -> Re
     set_port(ctx, pkt, port_off, pkt.sport, nat.1)?;
     count_global(GlobalCounter::MasqEgress);
     Ok(TC_ACT_OK)
+}
+
+/// The node's own flow from a port of the SNAT range (a socket bound to it
+/// explicitly; the kernel never picks one, the range is reserved): its
+/// reverse entry is claimed as an identity translation, so no pod flow to
+/// the same remote is given that port. Untouched if a pod flow holds it
+/// already (the node's socket then shares the tuple, as it would behind
+/// any NAT).
+#[inline(never)]
+fn hold_node_port(pkt: &Packet, iface: &MasqIface) {
+    let port = u16::from_be(pkt.sport);
+    if port < iface.port_min || port > iface.port_max || pkt.problem.is_some() {
+        return;
+    }
+    let key = flow_key(pkt);
+    let now = now_ns();
+    if let Some(e) = FERRY_SNAT.get_ptr_mut(&key) {
+        // SAFETY: map value pointer; advisory fields only.
+        touch(unsafe { &mut *e }, pkt, 0, now);
+        return;
+    }
+    let rkey = NatKey {
+        src_addr: pkt.dst,
+        dst_addr: pkt.src,
+        src_port: pkt.dport,
+        dst_port: pkt.sport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    let same = NatEntry { addr: pkt.src, port: pkt.sport, _pad: 0, flags: 0, created_ns: now, last_seen_ns: now };
+    if FERRY_SNAT_REV.insert(&rkey, &same, BPF_NOEXIST as u64).is_ok() {
+        let _ = record(&key, &rkey, &same);
+    }
 }
 
 /// Claims a free SNAT port for the new flow `key` and records both
