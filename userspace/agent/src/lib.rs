@@ -280,7 +280,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let masquerade = match (args.masquerade, node_name) {
         (true, Some(_)) => {
             let shared = Arc::new(masq::Shared::default());
-            metrics.set_masquerade(shared.clone());
+            metrics.set_masquerade(shared.clone(), args.pin_dir.clone());
             masq::spawn_expiry(args.pin_dir.clone(), args.nat_size, shared.clone())?;
             let cfg = masq::Config {
                 pin_dir: args.pin_dir.clone(),

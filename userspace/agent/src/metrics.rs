@@ -97,8 +97,8 @@ impl Metrics {
     }
 
     /// Adds the masquerade's state to /status and /metrics.
-    pub fn set_masquerade(&mut self, shared: Arc<crate::masq::Shared>) {
-        self.registry.register_collector(Box::new(crate::masq::MasqCollector(shared.clone())));
+    pub fn set_masquerade(&mut self, shared: Arc<crate::masq::Shared>, pin_dir: std::path::PathBuf) {
+        self.registry.register_collector(Box::new(crate::masq::MasqCollector(shared.clone(), pin_dir)));
         self.masquerade = Some(shared);
     }
 
